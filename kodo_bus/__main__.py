@@ -1,0 +1,5 @@
+"""`python -m kodo_bus` is `kodo-bus`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,248 @@
+"""The connection to NATS: connect with retries, typed request/reply, streams and buckets.
+
+The first connection is tried `retry` more times with exponential backoff, each time over every
+URL given; once connected, nats-py reconnects by itself forever, so a service rides out a server
+restart. Request/reply helpers turn NATS and decoding failures into kodo-bus errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
+from .config import ConnectSettings, Credentials
+from .errors import AuthError, ConnectError, FieldProblem, KodoTimeout, NoResponders
+
+log = logging.getLogger("kodo_bus.bus")
+
+M = TypeVar("M", bound=BaseModel)
+
+STREAM_NAME_IN_USE = 10058
+"""JetStream API error code: a stream with that name exists with another configuration."""
+
+_MAX_BACKOFF = 5.0
+
+
+def _auth_options(creds: Credentials) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if creds.user is not None:
+        opts["user"] = creds.user
+        opts["password"] = creds.password or ""
+    if creds.creds is not None:
+        opts["user_credentials"] = str(creds.creds)
+    if creds.nkey is not None:
+        opts["nkeys_seed"] = str(creds.nkey)
+    if creds.tls_ca or creds.tls_cert:
+        ctx = ssl.create_default_context(cafile=str(creds.tls_ca) if creds.tls_ca else None)
+        if creds.tls_cert:
+            ctx.load_cert_chain(str(creds.tls_cert), str(creds.tls_key) if creds.tls_key else None)
+        opts["tls"] = ctx
+    return opts
+
+
+async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> NATS:
+    """Connect to the first reachable URL, retrying with backoff; raise ConnectError at the end.
+
+    `callbacks` are passed to nats-py (`disconnected_cb`, `reconnected_cb`, `error_cb`, ...).
+    """
+    s = settings or ConnectSettings()
+    urls = list(s.nats)
+    attempt = 0
+    last: BaseException | None = None
+    options = _auth_options(s.credentials)
+    seen: list[Exception] = []
+    user_error_cb = callbacks.pop("error_cb", _log_error)
+
+    async def error_cb(exc: Exception) -> None:
+        seen.append(exc)
+        await user_error_cb(exc)
+
+    callbacks["error_cb"] = error_cb
+    box: list[NATS] = []
+
+    async def disconnected_cb() -> None:
+        if box and not (box[0].is_closed or box[0].is_draining):
+            log.warning("disconnected from NATS; reconnecting")
+
+    callbacks.setdefault("disconnected_cb", disconnected_cb)
+    callbacks.setdefault("reconnected_cb", _log_reconnected)
+    while True:
+        try:
+            # max_reconnect_attempts=1: nats-py tries each URL at most twice, then gives up
+            # with NoServersError, so this loop (not nats-py) owns the retry budget.
+            nc = await nats.connect(
+                servers=urls,
+                name=s.name,
+                dont_randomize=True,
+                connect_timeout=2,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.05,
+                **options,
+                **callbacks,
+            )
+        except nats.errors.AuthorizationError as exc:
+            raise AuthError(
+                f"NATS at {', '.join(urls)} refused the credentials ({exc}) — check "
+                "--user/--password, --creds or the KODO_* variables"
+            ) from None
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            last = seen[-1] if seen else exc
+        else:
+            # Connected: from now on nats-py reconnects by itself, forever, over every URL.
+            nc.options["max_reconnect_attempts"] = -1
+            nc.options["reconnect_time_wait"] = 0.5
+            box.append(nc)
+            return nc
+        if s.retry != -1 and attempt >= s.retry:
+            break
+        attempt += 1
+        delay = min(_MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+        log.debug("NATS unreachable (%s), attempt %d, retrying in %.2f s", last, attempt, delay)
+        await asyncio.sleep(delay)
+    where = ", ".join(urls)
+    raise ConnectError(
+        f"cannot reach NATS at {where} — start one with 'kodo-bus server' "
+        f"(gave up after {attempt + 1} attempts: {last or 'no reason given'})"
+    )
+
+
+async def _log_error(exc: Exception) -> None:
+    log.debug("nats: %s", exc)
+
+
+async def _log_reconnected() -> None:
+    log.info("reconnected to NATS")
+
+
+# -- request / reply -----------------------------------------------------------------------------
+async def request(
+    nc: NATS,
+    subject: str,
+    message: BaseModel,
+    reply_model: type[M],
+    *,
+    timeout: float = 5.0,
+    content_type: str = MSGPACK,
+) -> M:
+    """Send `message`, await and decode the reply; typed errors for every way it can fail."""
+    body, headers = encode(message, content_type)
+    try:
+        msg = await nc.request(subject, body, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise NoResponders(f"no service answers on {subject!r} — is it running?") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise KodoTimeout(f"no reply on {subject!r} within {timeout:g} s") from None
+    return decode_reply(msg, reply_model)
+
+
+async def respond(msg: Msg, reply: BaseModel) -> None:
+    """Answer a request in its own content type (an empty request gets msgpack)."""
+    if not msg.reply:
+        return
+    body, headers = encode(reply, reply_content_type(msg))
+    await msg._client.publish(msg.reply, body, headers=headers)
+
+
+async def respond_error(
+    msg: Msg, kind: str, message: str, problems: list[FieldProblem] | None = None
+) -> None:
+    """Answer a request with an `ErrorReply` (and the `Kodo-Error` header)."""
+    if not msg.reply:
+        return
+    body, headers = encode_error(kind, message, problems, reply_content_type(msg))
+    await msg._client.publish(msg.reply, body, headers=headers)
+
+
+# -- JetStream -----------------------------------------------------------------------------------
+async def ensure_stream(
+    js: JetStreamContext,
+    name: str,
+    subjects: Sequence[str],
+    *,
+    max_age: float | None = None,
+    replicas: int = 1,
+    max_bytes: int | None = None,
+    duplicate_window: float = 120.0,
+) -> api.StreamInfo:
+    """Create the stream, or bring an existing one to this configuration (idempotent)."""
+    config = api.StreamConfig(
+        name=name,
+        subjects=list(subjects),
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        num_replicas=replicas,
+        duplicate_window=min(duplicate_window, max_age) if max_age else duplicate_window,
+        allow_direct=True,
+    )
+    try:
+        return await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        return await js.update_stream(config)
+
+
+async def ensure_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    *,
+    ttl: float | None = None,
+    history: int = 1,
+    replicas: int = 1,
+    max_bytes: int | None = None,
+    description: str | None = None,
+) -> KeyValue:
+    """Create the KV bucket if it is missing and return it (an existing one is kept as is)."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(
+            bucket=bucket,
+            ttl=ttl,
+            history=history,
+            replicas=replicas,
+            max_bytes=max_bytes,
+            description=description,
+            storage=api.StorageType.FILE,
+            direct=True,
+        )
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        # Another process created it between our look-up and our create: use theirs.
+        return await js.key_value(bucket)
+
+
+async def ensure_execution_storage(
+    js: JetStreamContext, *, max_age: float, replicas: int = 1
+) -> KeyValue:
+    """The events stream and the executions bucket every node and registry relies on."""
+    from .subjects import BUCKET_EXECUTIONS, EVENTS_ALL, STREAM_EVENTS
+
+    await ensure_stream(js, STREAM_EVENTS, [EVENTS_ALL], max_age=max_age, replicas=replicas)
+    return await ensure_bucket(
+        js,
+        BUCKET_EXECUTIONS,
+        ttl=max_age,
+        replicas=replicas,
+        description="kodo-bus: current record of every execution",
+    )

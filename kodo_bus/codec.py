@@ -1,0 +1,141 @@
+"""Encoding of wire models as msgpack or JSON, told apart by the `Content-Type` header.
+
+Control-plane traffic (catalogs, heartbeats) is msgpack because it is small and frequent;
+events are JSON so that `nats sub` on the event subjects prints readable lines. Decoders accept
+both, and sniff the body when a foreign publisher left the header out. Every failure becomes one `WireError` that names
+the subject: callers never see msgpack, json or pydantic exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
+
+import msgpack
+from pydantic import BaseModel, ValidationError
+
+from .errors import (
+    Busy,
+    FieldProblem,
+    InputsInvalid,
+    RemoteError,
+    WireError,
+    problems_from,
+)
+from .models import ErrorReply, FieldError
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+CONTENT_TYPE = "Content-Type"
+ERROR_HEADER = "Kodo-Error"
+"""Present (with the error kind) on error replies, so a reader knows which model to expect."""
+MSG_ID = "Nats-Msg-Id"
+"""JetStream de-duplicates messages carrying the same id within the stream's window."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Msg(Protocol):
+    """The parts of a nats-py `Msg` the codec reads (kept structural so tests can build one)."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+
+
+def encode(
+    model: BaseModel, content_type: str = MSGPACK, extra: Mapping[str, str] | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """Serialise `model`; returns the body and the headers to send with it."""
+    if content_type == JSON:
+        body = model.model_dump_json(exclude_none=True).encode()
+    elif content_type == MSGPACK:
+        body = msgpack.packb(model.model_dump(mode="json", exclude_none=True))
+    else:
+        raise ValueError(f"unsupported content type {content_type!r}")
+    headers = {CONTENT_TYPE: content_type}
+    if extra:
+        headers.update(extra)
+    return body, headers
+
+
+def content_type_of(data: bytes, headers: Mapping[str, str] | None) -> str:
+    """The body's content type: the header when present, else a sniff of the first byte."""
+    declared = (headers or {}).get(CONTENT_TYPE)
+    if declared:
+        return declared.split(";", 1)[0].strip()
+    stripped = data.lstrip()
+    return JSON if stripped[:1] in (b"{", b"[") else MSGPACK
+
+
+def reply_content_type(request: _Msg) -> str:
+    """A reply mirrors its request's content type; an empty request gets msgpack."""
+    if not request.data:
+        return MSGPACK
+    return content_type_of(request.data, request.headers)
+
+
+def loads(subject: str, data: bytes, headers: Mapping[str, str] | None) -> Any:
+    """Parse a body into plain Python data, or raise WireError."""
+    kind = content_type_of(data, headers)
+    try:
+        if kind == JSON:
+            return json.loads(data)
+        if kind == MSGPACK:
+            return msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise WireError(subject, f"undecodable {kind} body ({exc})") from None
+    raise WireError(subject, f"unsupported content type {kind!r}")
+
+
+def decode(subject: str, data: bytes, headers: Mapping[str, str] | None, model: type[M]) -> M:
+    """Decode and validate one message as `model`, or raise WireError naming the subject."""
+    if not data:
+        data = b"\x80"  # an empty body is an empty msgpack map: every field takes its default
+    try:
+        if content_type_of(data, headers) == JSON:
+            return model.model_validate_json(data)
+        payload = loads(subject, data, headers)
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        detail = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
+        raise WireError(subject, f"not a valid {model.__name__}: {detail}") from None
+
+
+def decode_msg(msg: _Msg, model: type[M]) -> M:
+    """`decode` for a received nats-py message."""
+    return decode(msg.subject, msg.data, msg.headers, model)
+
+
+def encode_error(
+    kind: str,
+    message: str,
+    problems: list[FieldProblem] | None = None,
+    content_type: str = MSGPACK,
+) -> tuple[bytes, dict[str, str]]:
+    """Serialise an error reply (body and headers, including `Kodo-Error`)."""
+    reply = ErrorReply(
+        error=kind,
+        message=message,
+        fields=[FieldError(field=p.field, message=p.message) for p in problems or []],
+    )
+    return encode(reply, content_type, {ERROR_HEADER: kind})
+
+
+def decode_reply(msg: _Msg, model: type[M]) -> M:
+    """Decode a reply as `model`, or raise the typed error an error reply stands for."""
+    if msg.headers and ERROR_HEADER in msg.headers:
+        err = decode_msg(msg, ErrorReply)
+        raise error_from_reply(err)
+    return decode_msg(msg, model)
+
+
+def error_from_reply(err: ErrorReply) -> RemoteError:
+    """The exception an `ErrorReply` stands for."""
+    if err.error == "invalid_inputs":
+        problems = [FieldProblem(f.field, f.message) for f in err.fields]
+        return InputsInvalid(problems) if problems else RemoteError(err.error, err.message)
+    if err.error == "busy":
+        return Busy(err.error, err.message)
+    return RemoteError(err.error, err.message)

@@ -1,0 +1,239 @@
+"""Settings of every kodo-bus process, from defaults, a YAML file, `KODO_*` variables and flags.
+
+Precedence, lowest first: model defaults, YAML file, environment, command-line overrides. Every
+source is validated by the same pydantic model, so a bad value fails at start with the file (or
+variable), the key and the reason — never deep inside a running service.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, problems_from
+from .models import Role
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+ENV_PREFIX = "KODO_"
+
+
+class _Settings(BaseModel):
+    """Shared constructors: YAML file, environment, overrides."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def build(
+        cls,
+        file: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Merge defaults < YAML `file` < `env` (KODO_*) < `overrides` (None values skipped)."""
+        data: dict[str, Any] = {}
+        source = "settings"
+        if file is not None:
+            data.update(_read_yaml(Path(file)))
+            source = str(file)
+        data.update(cls._env_values(os.environ if env is None else env))
+        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.parse(data, source)
+
+    @classmethod
+    def from_yaml(cls, file: Path | str) -> Self:
+        """Settings from one YAML file (no environment)."""
+        return cls.parse(_read_yaml(Path(file)), str(file))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """Settings from `KODO_<FIELD>` variables (lists comma-separated)."""
+        return cls.parse(cls._env_values(os.environ if env is None else env), "environment")
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], source: str) -> Self:
+        """Validate `data`; a failure names `source`, the key and the reason."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            lines = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
+            raise ConfigError(f"{source}: {lines}") from None
+
+    @classmethod
+    def _env_values(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None or name in cls._env_ignored():
+                continue
+            origin = getattr(field.annotation, "__origin__", None)
+            is_list = origin is list or str(field.annotation).startswith("list[")
+            values[name] = [p.strip() for p in raw.split(",") if p.strip()] if is_list else raw
+        return values
+
+    @classmethod
+    def _env_ignored(cls) -> frozenset[str]:
+        return frozenset()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+class Credentials(_Settings):
+    """How to authenticate to NATS; all optional (development buses need none)."""
+
+    user: str | None = None
+    password: str | None = None
+    creds: Path | None = None
+    nkey: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+
+class ConnectSettings(_Settings):
+    """Where and how a process connects to NATS."""
+
+    nats: list[str] = Field(default_factory=lambda: [DEFAULT_NATS_URL], min_length=1)
+    retry: int = Field(default=9, ge=-1)
+    """Connection attempts after the first; -1 retries forever."""
+    credentials: Credentials = Field(default_factory=Credentials)
+    name: str = "kodo-bus"
+
+
+class FlowDecl(BaseModel):
+    """One flow named in a config file, by `entry` (module:function) or `module`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    entry: str | None = None
+    module: str | None = None
+    summary: str | None = None
+    description: str | None = None
+    tags: list[str] | None = None
+    version: str | None = None
+    author: str | None = None
+    inputs: str | None = None
+    """`module:PydanticModel` of the flow's inputs (overrides what the decorator declared)."""
+    timeout: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FlowDecl:
+        if (self.entry is None) == (self.module is None):
+            raise ValueError("give exactly one of 'entry: module:function' or 'module: pkg.mod'")
+        if self.module is not None and (self.name or self.inputs):
+            raise ValueError("'name' and 'inputs' go with 'entry', not with 'module'")
+        return self
+
+
+def default_service_id(role: str) -> str:
+    """A stable id when none is configured: role and host name, made subject-safe."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return f"{role}-{host}"
+
+
+class ServiceSettings(_Settings):
+    """Everything `kodo-bus run` needs; keys of the YAML config file."""
+
+    id: str = ""
+    role: Role = "node"
+    organization: str = ""
+    nats: list[str] = Field(default_factory=lambda: [DEFAULT_NATS_URL], min_length=1)
+    feed: bool | None = None
+    """Take in peers' views (registry: yes, provider/hybrid: no). None picks by role."""
+    connect: list[str] = Field(default_factory=list)
+    """Other, independent buses to republish to (and feed from, when feed is on)."""
+    heartbeat: float = Field(default=5.0, gt=0)
+    ttl: float | None = Field(default=None, gt=0)
+    """A node silent this long is offline. Default: three heartbeats."""
+    flows: list[FlowDecl] = Field(default_factory=list)
+    log_level: str = "INFO"
+    log_file: Path | None = None
+    retry: int = Field(default=9, ge=-1)
+    cache_reset: bool = False
+    max_running: int | None = Field(default=None, ge=1)
+    """Executions running at once on this node. Default: Ray's CPU count."""
+    max_queue: int = Field(default=10_000, ge=0)
+    ray_address: str | None = None
+    actors: int | None = Field(default=None, ge=1)
+    """Long-lived Ray actors that run executions. Default: max_running, at most 4."""
+    events_max_age: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """Seconds JetStream keeps execution events and records."""
+    grace: float = Field(default=30.0, ge=0)
+    """On SIGTERM, seconds running executions get to finish before they are cancelled."""
+    max_depth: int = Field(default=32, ge=1)
+    credentials: Credentials = Field(default_factory=Credentials)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ServiceSettings:
+        from .subjects import check_token
+
+        if not self.id:
+            self.id = default_service_id(self.role)
+        try:
+            check_token(self.id, "service id")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def is_registry(self) -> bool:
+        return self.role != "node"
+
+    @property
+    def is_node(self) -> bool:
+        return self.role in ("node", "hybrid")
+
+    @property
+    def feeds(self) -> bool:
+        """Whether this service takes in other registries' views."""
+        if self.feed is not None:
+            return self.feed and self.is_registry
+        return self.role == "registry"
+
+    @property
+    def liveness_ttl(self) -> float:
+        return self.ttl if self.ttl is not None else 3 * self.heartbeat
+
+    def connect_settings(self) -> ConnectSettings:
+        return ConnectSettings(
+            nats=self.nats, retry=self.retry, credentials=self.credentials, name=self.id
+        )
+
+    @classmethod
+    def _env_ignored(cls) -> frozenset[str]:
+        return frozenset({"flows", "credentials"})
+
+
+class ServerSettings(_Settings):
+    """The embedded nats-server (`kodo-bus server`, `kodo-bus up`, test fixtures)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4222, ge=-1, le=65535)
+    """Client port; 0 or -1 picks a free one."""
+    http_port: int | None = Field(default=8222, ge=-1, le=65535)
+    """Monitoring port; None turns monitoring off, 0 or -1 picks a free one."""
+    store: Path = Path("data/nats")
+    config: Path | None = None
+    """nats-server config file. Default: ./nats-server.conf if present, else the packaged one."""
+    binary: Path | None = None
+    server_name: str | None = None

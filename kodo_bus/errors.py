@@ -1,0 +1,127 @@
+"""The exception tree: one root, one subclass per kind of failure a user can act on.
+
+Timeouts also subclass the built-in `TimeoutError` so `except TimeoutError` keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class KodoError(Exception):
+    """Root of every error kodo-bus raises on purpose."""
+
+
+class ConfigError(KodoError):
+    """A setting, config file or command-line value is missing or wrong."""
+
+
+class ServerError(KodoError):
+    """The embedded nats-server could not be started (binary missing, port taken, bad config)."""
+
+
+class ConnectError(KodoError):
+    """NATS could not be reached within the retry budget, or refused the credentials."""
+
+
+class AuthError(ConnectError):
+    """NATS refused the credentials (or the user lacks permission for the operation)."""
+
+
+class WireError(KodoError):
+    """A message failed to decode or validate; names the subject and the reason."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(f"bad message on {subject!r}: {reason}")
+        self.subject = subject
+        self.reason = reason
+
+
+class KodoTimeout(KodoError, TimeoutError):
+    """A request to a kodo-bus service got no reply in time (is the service running?)."""
+
+
+class NoResponders(KodoError):
+    """Nobody listens on the subject a request went to (the service is not running)."""
+
+
+class RemoteError(KodoError):
+    """A service answered a request with an error reply."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One invalid input field: where it is (dotted path) and what is wrong."""
+
+    field: str
+    message: str
+
+
+class InputsInvalid(RemoteError):
+    """Flow inputs failed validation; `problems` holds one message per field."""
+
+    def __init__(self, problems: Sequence[FieldProblem], flow: str = "") -> None:
+        lines = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        where = f" for flow {flow!r}" if flow else ""
+        super().__init__("invalid_inputs", f"invalid inputs{where}: {lines}")
+        self.problems = list(problems)
+
+
+class Busy(RemoteError):
+    """The node's run queue is full; retry later or launch elsewhere."""
+
+
+class FlowNotFound(KodoError):
+    """No flow matches the name; the message lists candidates when there are some."""
+
+
+class AmbiguousFlow(KodoError):
+    """Several flows match the name; name one as `node/flow`."""
+
+
+class ExecutionError(KodoError):
+    """Base of the ways an execution can end without a result."""
+
+    def __init__(self, execution: str, message: str) -> None:
+        super().__init__(message)
+        self.execution = execution
+
+
+class ExecutionFailed(ExecutionError):
+    """The flow raised; `remote_type`, `message` and `traceback` come from the node."""
+
+    def __init__(self, execution: str, remote_type: str, message: str, traceback: str) -> None:
+        super().__init__(execution, f"execution {execution} failed: {remote_type}: {message}")
+        self.remote_type = remote_type
+        self.remote_message = message
+        self.traceback = traceback
+
+
+class ExecutionCancelled(ExecutionError):
+    """The execution was cancelled before it finished."""
+
+
+class ExecutionTimeout(ExecutionError, TimeoutError):
+    """The execution ran past its timeout and was stopped."""
+
+
+class ExecutionLost(ExecutionError):
+    """The node running the execution died; its result will never come."""
+
+
+def problems_from(error: Exception) -> list[FieldProblem]:
+    """Turn a pydantic ValidationError into one FieldProblem per field (dotted path)."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return [FieldProblem("", str(error))]
+    return [
+        FieldProblem(".".join(str(part) for part in item["loc"]) or "(root)", item["msg"])
+        for item in error.errors(include_url=False)
+    ]

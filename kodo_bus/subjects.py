@@ -1,0 +1,182 @@
+"""Every NATS subject, JetStream stream and KV bucket name kodo-bus uses.
+
+This is the only module that spells a subject. `subjects.md` at the repository root documents each
+one (who publishes, who listens, the payload model); a test fails when the two disagree.
+
+Tokens (node ids, user names, execution ids, flow names) become subject tokens, so they must not
+contain `.`, `*`, `>` or whitespace; `check_token` enforces that where they enter the system.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ConfigError
+
+ROOT = "kodo"
+
+# -- announcements of nodes (pub/sub, msgpack) ---------------------------------------------------
+NODE_CATALOG = "kodo.node.{node}.catalog"
+NODE_HEARTBEAT = "kodo.node.{node}.heartbeat"
+NODE_BYE = "kodo.node.{node}.bye"
+NODE_ALL = "kodo.node.*.*"
+"""What a registry subscribes to: every node's catalog, heartbeat and bye."""
+
+SYNC = "kodo.sync"
+"""A registry asks every node to announce again (sent at registry start)."""
+
+REGISTRY_VIEW = "kodo.registry.{registry}.view"
+"""A registry or provider republishes its view (for registries that feed on it)."""
+REGISTRY_VIEW_ALL = "kodo.registry.*.view"
+
+# -- request/reply on every service (msgpack or json, the reply mirrors the request) -------------
+SVC_INFO = "kodo.svc.{service}.info"
+SVC_FLOWS = "kodo.svc.{service}.flows"
+SVC_NODES = "kodo.svc.{service}.nodes"
+SVC_DISCONNECT = "kodo.svc.{service}.disconnect"
+SVC_CATALOG = "kodo.svc.{service}.catalog"
+"""A node answers with its full catalog (registries use it to repair a missed announcement)."""
+
+MICRO_SERVICE_NAME = "kodo-bus"
+"""Name under which every service registers with NATS micro ($SRV.PING/INFO/STATS)."""
+
+# -- executions ----------------------------------------------------------------------------------
+LAUNCH = "kodo.launch.{user}.{node}.{flow}"
+LAUNCH_NODE = "kodo.launch.*.{node}.*"
+"""What a node subscribes to (queue group = node id, so replicas share launches)."""
+EXEC_CANCEL = "kodo.exec.{user}.{execution}.cancel"
+EXEC_ANSWER = "kodo.exec.{user}.{execution}.answer"
+EXEC_CONTROL_ALL = "kodo.exec.*.*.*"
+
+EVENTS = "kodo.events.{user}.{execution}.{kind}"
+EVENTS_ALL = "kodo.events.>"
+EVENTS_OF_EXECUTION = "kodo.events.*.{execution}.*"
+EVENTS_OF_USER = "kodo.events.{user}.>"
+EVENTS_STATUS_ALL = "kodo.events.*.*.status"
+EVENTS_LOG_ALL = "kodo.events.*.*.log"
+
+# -- JetStream -----------------------------------------------------------------------------------
+STREAM_EVENTS = "KODO_EVENTS"
+"""Captures `kodo.events.>` so late readers replay an execution in order."""
+
+BUCKET_VIEW = "KODO_VIEW_{registry}"
+"""One KV bucket per registry: its view of nodes and flows; survives restarts."""
+BUCKET_EXECUTIONS = "KODO_EXECUTIONS"
+"""Current record of every execution (status, node, flow, launcher), one key per execution."""
+
+DEFAULT_USER = "local"
+"""The launcher's name when the bus runs without authentication."""
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def check_token(value: str, what: str) -> str:
+    """Return `value` if it can be one subject token, else raise ConfigError naming `what`."""
+    if not _TOKEN.match(value):
+        raise ConfigError(
+            f"{what} {value!r} cannot be used in NATS subjects: use letters, digits, '_' or '-'"
+        )
+    return value
+
+
+def node_catalog(node: str) -> str:
+    return NODE_CATALOG.format(node=node)
+
+
+def node_heartbeat(node: str) -> str:
+    return NODE_HEARTBEAT.format(node=node)
+
+
+def node_bye(node: str) -> str:
+    return NODE_BYE.format(node=node)
+
+
+def registry_view(registry: str) -> str:
+    return REGISTRY_VIEW.format(registry=registry)
+
+
+def svc_info(service: str) -> str:
+    return SVC_INFO.format(service=service)
+
+
+def svc_flows(service: str) -> str:
+    return SVC_FLOWS.format(service=service)
+
+
+def svc_nodes(service: str) -> str:
+    return SVC_NODES.format(service=service)
+
+
+def svc_disconnect(service: str) -> str:
+    return SVC_DISCONNECT.format(service=service)
+
+
+def svc_catalog(service: str) -> str:
+    return SVC_CATALOG.format(service=service)
+
+
+def launch(user: str, node: str, flow: str) -> str:
+    return LAUNCH.format(user=user, node=node, flow=flow)
+
+
+def launch_node(node: str) -> str:
+    return LAUNCH_NODE.format(node=node)
+
+
+def exec_cancel(user: str, execution: str) -> str:
+    return EXEC_CANCEL.format(user=user, execution=execution)
+
+
+def exec_answer(user: str, execution: str) -> str:
+    return EXEC_ANSWER.format(user=user, execution=execution)
+
+
+def events(user: str, execution: str, kind: str) -> str:
+    return EVENTS.format(user=user, execution=execution, kind=kind)
+
+
+def events_of_execution(execution: str) -> str:
+    return EVENTS_OF_EXECUTION.format(execution=execution)
+
+
+def events_of_user(user: str) -> str:
+    return EVENTS_OF_USER.format(user=user)
+
+
+def bucket_view(registry: str) -> str:
+    return BUCKET_VIEW.format(registry=registry)
+
+
+def token(subject: str, index: int) -> str:
+    """The `index`-th dot-separated token of a concrete subject (0-based)."""
+    return subject.split(".")[index]
+
+
+ALL_PATTERNS: tuple[str, ...] = (
+    NODE_CATALOG,
+    NODE_HEARTBEAT,
+    NODE_BYE,
+    NODE_ALL,
+    SYNC,
+    REGISTRY_VIEW,
+    REGISTRY_VIEW_ALL,
+    SVC_INFO,
+    SVC_FLOWS,
+    SVC_NODES,
+    SVC_DISCONNECT,
+    SVC_CATALOG,
+    LAUNCH,
+    LAUNCH_NODE,
+    EXEC_CANCEL,
+    EXEC_ANSWER,
+    EXEC_CONTROL_ALL,
+    EVENTS,
+    EVENTS_ALL,
+    EVENTS_OF_EXECUTION,
+    EVENTS_OF_USER,
+    EVENTS_STATUS_ALL,
+    EVENTS_LOG_ALL,
+)
+"""Every subject pattern above; the documentation test walks this tuple."""
+
+ALL_JETSTREAM: tuple[str, ...] = (STREAM_EVENTS, BUCKET_VIEW, BUCKET_EXECUTIONS)

@@ -1,0 +1,119 @@
+"""Shared fixtures: real nats-servers on free loopback ports, stopped by their own PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kodo_bus.config import ServerSettings
+from kodo_bus.server import NatsServer
+
+REPO = Path(__file__).resolve().parent.parent
+KODO_BUS = [sys.executable, "-m", "kodo_bus"]
+
+
+def _server(store: Path) -> NatsServer:
+    return NatsServer(
+        ServerSettings(port=0, http_port=0, store=store, config=REPO / "nats-server.conf")
+    )
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One nats-server for the whole session (tests use unique subjects and names)."""
+    server = _server(tmp_path_factory.mktemp("nats-session")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own, for tests that restart or kill it."""
+    server = _server(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[[str], NatsServer]]:
+    """Start extra servers (two buses, say); every one is stopped at the end of the test."""
+    started: list[NatsServer] = []
+
+    def make(name: str) -> NatsServer:
+        server = _server(tmp_path / f"nats-{name}").start()
+        started.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
+
+
+class Processes:
+    """Subprocesses started by a test; each stopped by its own PID (children included)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, **kw: object
+    ) -> subprocess.Popen[str]:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(  # type: ignore[call-overload]
+            [*KODO_BUS, *args],
+            env=full_env,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kw,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(
+        self, proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 15
+    ) -> int:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            try:
+                children = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                children = []
+            self.stop(proc)
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.stop_all()
