@@ -1,0 +1,194 @@
+"""Declaring flows: the `@flow` decorator, input validation, and loading flows named in config.
+
+A flow is a plain function `(inputs: SomeModel, tracer: Tracer) -> Any`, async or sync. The
+decorator only attaches a `FlowSpec` to it (the function stays callable as written), so flow
+modules import cheaply and the same spec can be rebuilt inside a Ray worker from its `entry`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ValidationError
+
+from .config import FlowDecl
+from .errors import ConfigError, InputsInvalid, problems_from
+from .models import FlowInfo
+from .subjects import check_token
+
+F = TypeVar("F", bound=Callable[..., Any])
+SPEC_ATTR = "__kodo_flow__"
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """Everything a node needs to announce, validate and run one flow."""
+
+    name: str
+    func: Callable[..., Any] = field(repr=False, compare=False)
+    entry: str
+    """`module:function`, so a Ray worker can import the function by name."""
+    inputs: type[BaseModel] | None = None
+    summary: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    version: str = ""
+    author: str = ""
+    timeout: float | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    def info(self) -> FlowInfo:
+        """The catalog entry: metadata plus the input model's JSON schema."""
+        return FlowInfo(
+            name=self.name,
+            summary=self.summary,
+            description=self.description,
+            tags=list(self.tags),
+            version=self.version,
+            author=self.author,
+            input_schema=self.inputs.model_json_schema() if self.inputs else {},
+            timeout=self.timeout,
+        )
+
+    def validate(self, data: Mapping[str, Any] | BaseModel) -> BaseModel | dict[str, Any]:
+        """Inputs as the flow will receive them; InputsInvalid lists every bad field."""
+        if self.inputs is None:
+            return data.model_dump() if isinstance(data, BaseModel) else dict(data)
+        try:
+            if isinstance(data, BaseModel):
+                data = data.model_dump()
+            return self.inputs.model_validate(data)
+        except ValidationError as exc:
+            raise InputsInvalid(problems_from(exc), flow=self.name) from None
+
+
+def flow(
+    name: str | None = None,
+    *,
+    summary: str = "",
+    description: str = "",
+    tags: Iterable[str] = (),
+    version: str = "",
+    author: str = "",
+    inputs: type[BaseModel] | None = None,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """Mark a function as a flow. The input model defaults to the first parameter's annotation."""
+
+    def mark(func: F) -> F:
+        spec = FlowSpec(
+            name=check_token(name or func.__name__, "flow name"),
+            func=func,
+            entry=f"{func.__module__}:{func.__qualname__}",
+            inputs=inputs or _input_model(func),
+            summary=summary or _first_line(func.__doc__),
+            description=description or inspect.cleandoc(func.__doc__ or ""),
+            tags=tuple(tags),
+            version=version,
+            author=author,
+            timeout=timeout,
+        )
+        setattr(func, SPEC_ATTR, spec)
+        return func
+
+    return mark
+
+
+def spec_of(func: Callable[..., Any]) -> FlowSpec | None:
+    """The spec `@flow` attached to `func`, if any."""
+    spec = getattr(func, SPEC_ATTR, None)
+    return spec if isinstance(spec, FlowSpec) else None
+
+
+def _first_line(doc: str | None) -> str:
+    return inspect.cleandoc(doc).splitlines()[0] if doc and doc.strip() else ""
+
+
+def _input_model(func: Callable[..., Any]) -> type[BaseModel] | None:
+    try:
+        hints = get_type_hints(func)
+    except Exception:  # unresolvable forward references: the flow takes raw dict inputs
+        return None
+    params = [p for p in inspect.signature(func).parameters if p != "return"]
+    if not params:
+        return None
+    hint = hints.get(params[0])
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+def import_object(path: str) -> Any:
+    """Import `module:attribute` (attribute may be dotted); ConfigError names what failed."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{path!r} is not of the form 'module:name'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} for {path!r}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def flows_in_module(module_name: str) -> list[FlowSpec]:
+    """Every `@flow` function defined in a module, in definition order."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import flow module {module_name!r}: {exc}") from None
+    specs = [s for obj in vars(module).values() if callable(obj) and (s := spec_of(obj))]
+    if not specs:
+        raise ConfigError(f"module {module_name!r} declares no @flow function")
+    return specs
+
+
+def _from_decl(decl: FlowDecl) -> list[FlowSpec]:
+    if decl.module is not None:
+        specs = flows_in_module(decl.module)
+    else:
+        assert decl.entry is not None
+        func = import_object(decl.entry)
+        if not callable(func):
+            raise ConfigError(f"flow entry {decl.entry!r} is not callable")
+        spec = spec_of(func) or FlowSpec(
+            name=func.__name__, func=func, entry=decl.entry, inputs=_input_model(func)
+        )
+        if decl.name:
+            spec = replace(spec, name=check_token(decl.name, "flow name"))
+        if decl.inputs:
+            model = import_object(decl.inputs)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise ConfigError(f"flow inputs {decl.inputs!r} is not a pydantic model")
+            spec = replace(spec, inputs=model)
+        specs = [spec]
+    overrides = {
+        key: value
+        for key in ("summary", "description", "version", "author", "timeout")
+        if (value := getattr(decl, key)) is not None
+    }
+    if decl.tags is not None:
+        overrides["tags"] = tuple(decl.tags)
+    return [replace(spec, **overrides) for spec in specs]
+
+
+def load_flows(decls: Iterable[FlowDecl]) -> list[FlowSpec]:
+    """Resolve the `flows:` of a config into specs; duplicate names are a ConfigError."""
+    specs: list[FlowSpec] = []
+    seen: set[str] = set()
+    for decl in decls:
+        for spec in _from_decl(decl):
+            if spec.name in seen:
+                raise ConfigError(f"flow {spec.name!r} is declared twice")
+            seen.add(spec.name)
+            specs.append(spec)
+    return specs

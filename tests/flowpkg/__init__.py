@@ -1,0 +1,1 @@
+"""Flow modules used by the tests (importable as `tests.flowpkg.*`)."""
