@@ -2,8 +2,8 @@
 
 Control-plane traffic (catalogs, heartbeats) is msgpack because it is small and frequent;
 events are JSON so that `nats sub` on the event subjects prints readable lines. Decoders accept
-both, and sniff the body when a foreign publisher left the header out. Every failure becomes one `WireError` that names
-the subject: callers never see msgpack, json or pydantic exceptions.
+both, and sniff the body when a foreign publisher left the header out. Every failure becomes one
+`WireError` that names the subject: callers never see msgpack, json or pydantic exceptions.
 """
 
 from __future__ import annotations
