@@ -50,10 +50,10 @@ class _Builder:
                 fields[prop] = (annotation, Field(**extra))
             else:
                 fields[prop] = (annotation, Field(default=sub.get("default"), **extra))
-        extra_policy = "forbid" if schema.get("additionalProperties") is False else "ignore"
-        model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        forbid = schema.get("additionalProperties") is False
+        model: type[BaseModel] = create_model(
             _identifier(schema.get("title", name)),
-            __config__=ConfigDict(extra=extra_policy),
+            __config__=ConfigDict(extra="forbid" if forbid else "ignore"),
             **fields,
         )
         self.models[name] = model
