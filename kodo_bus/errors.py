@@ -85,6 +85,10 @@ class AmbiguousFlow(KodoError):
     """Several flows match the name; name one as `node/flow`."""
 
 
+class ExecutionNotFound(KodoError):
+    """No record of that execution id exists (wrong id, or expired past `events_max_age`)."""
+
+
 class ExecutionError(KodoError):
     """Base of the ways an execution can end without a result."""
 

@@ -1,0 +1,308 @@
+"""`Client`: the asyncio entry point of the Python SDK.
+
+It talks only to NATS subjects and JetStream (never imports a role), so a user's process stays
+light. Registries are found through their KV buckets (one stream per registry view), which needs
+no extra discovery protocol and works the moment a registry has ever run on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Self, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from pydantic import BaseModel
+
+from . import bus, subjects
+from .codec import decode, decode_msg
+from .config import DEFAULT_NATS_URL, ConnectSettings, Credentials
+from .errors import AmbiguousFlow, FlowNotFound, KodoError, NoResponders, WireError
+from .execution_ref import Execution
+from .flow_ref import Flow
+from .models import Event, ExecutionRecord, FlowsPage, FlowsQuery
+
+M = TypeVar("M", bound=BaseModel)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _urls(url: str | Sequence[str] | None) -> list[str]:
+    if url is None:
+        url = os.environ.get("KODO_NATS_URL") or DEFAULT_NATS_URL
+    if isinstance(url, str):
+        return [u.strip() for u in url.split(",") if u.strip()]
+    return list(url)
+
+
+class Client:
+    """Connection to a kodo-bus federation: find flows, launch them, follow executions.
+
+    `async with Client() as kb:` — the URL comes from the argument, `KODO_NATS_URL`, or
+    nats://127.0.0.1:4222. `user` is the launcher identity placed in launch subjects (with
+    authentication it must be your NATS user name); it defaults to `KODO_USER` or `local`.
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str] | None = None,
+        *,
+        user: str | None = None,
+        credentials: Credentials | None = None,
+        retry: int = 2,
+        timeout: float = 5.0,
+    ) -> None:
+        self.urls = _urls(url)
+        self.user = subjects.check_token(
+            user or os.environ.get("KODO_USER") or subjects.DEFAULT_USER, "user"
+        )
+        self.timeout = timeout
+        self._settings = ConnectSettings(
+            nats=self.urls,
+            retry=retry,
+            credentials=credentials or Credentials.from_env(),
+            name=f"kodo-bus-client-{self.user}",
+        )
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._other_buses: dict[tuple[str, ...], NATS] = {}
+
+    # -- life cycle ----------------------------------------------------------------------------
+    async def connect(self) -> Self:
+        """Connect (raises ConnectError with a hint when NATS is unreachable)."""
+        if self._nc is None:
+            self._nc = await bus.connect(self._settings)
+            self._js = self._nc.jetstream()
+        return self
+
+    async def close(self) -> None:
+        """Drain and close every connection this client opened."""
+        connections = [c for c in (self._nc, *self._other_buses.values()) if c is not None]
+        self._nc, self._js = None, None
+        self._other_buses.clear()
+        for nc in connections:
+            with contextlib.suppress(nats.errors.Error):
+                await nc.drain()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise KodoError("the client is not connected: use 'async with Client() as kb:'")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise KodoError("the client is not connected: use 'async with Client() as kb:'")
+        return self._js
+
+    # -- flows ---------------------------------------------------------------------------------
+    async def registries(self) -> list[str]:
+        """Ids of the registries whose views live on this bus."""
+        prefix = "KV_" + subjects.bucket_view("")
+        names = await self.js.streams_info()
+        return sorted(
+            info.config.name[len(prefix) :]
+            for info in names
+            if info.config.name and info.config.name.startswith(prefix)
+        )
+
+    async def flows(
+        self,
+        q: str | None = None,
+        tags: Iterable[str] | None = None,
+        via: str | None = None,
+        *,
+        node: str | None = None,
+        organization: str | None = None,
+    ) -> list[Flow]:
+        """Flows from a registry's view: any registry that answers, or the one named by `via`."""
+        query = FlowsQuery(
+            q=q, tags=list(tags or []), node=node, organization=organization, limit=10_000
+        )
+        candidates = [via] if via else await self.registries()
+        if not candidates:
+            raise NoResponders(
+                "no registry on this bus — start one with 'kodo-bus run --role "
+                "registry' (or 'kodo-bus up')"
+            )
+        last: KodoError | None = None
+        for registry in candidates:
+            items = []
+            try:
+                while True:
+                    page = await self._request(subjects.svc_flows(registry), query, FlowsPage)
+                    items.extend(page.items)
+                    if len(items) >= page.total or not page.items:
+                        break
+                    query = query.model_copy(update={"offset": len(items)})
+            except NoResponders as exc:
+                last = exc
+                continue
+            return [Flow(self, item) for item in items]
+        raise last or NoResponders("no registry answered")
+
+    async def flow(self, name: str, via: str | None = None) -> Flow:
+        """One flow by `name` or `node/name`; errors list the candidates."""
+        node, _, flow_name = name.rpartition("/")
+        found = await self.flows(via=via, node=node or None)
+        exact = [f for f in found if f.name == flow_name]
+        if len(exact) == 1:
+            return exact[0]
+        if len(exact) > 1:
+            online = [f for f in exact if f.status == "online"]
+            if len(online) == 1:
+                return online[0]
+            names = ", ".join(sorted(f.qualified_name for f in exact))
+            raise AmbiguousFlow(f"{name!r} is offered by several nodes: {names} — name one")
+        near = sorted(f.qualified_name for f in found if flow_name.lower() in f.name.lower())
+        hint = f" — did you mean: {', '.join(near[:10])}?" if near else ""
+        raise FlowNotFound(f"no flow named {name!r}{hint}")
+
+    # -- executions ----------------------------------------------------------------------------
+    def execution(self, execution: str) -> Execution:
+        """Re-attach to an execution by id, from any process."""
+        return Execution(self, execution)
+
+    async def executions(
+        self,
+        status: str | Iterable[str] | None = None,
+        flow: str | None = None,
+        node: str | None = None,
+        launcher: str | None = None,
+        limit: int = 100,
+    ) -> list[ExecutionRecord]:
+        """Execution records, newest first, filtered on any of the fields."""
+        statuses = {status} if isinstance(status, str) else set(status or [])
+
+        def keep(r: ExecutionRecord) -> bool:
+            return (
+                (not statuses or r.status in statuses)
+                and flow in (None, r.flow)
+                and node in (None, r.node)
+                and launcher in (None, r.launcher)
+            )
+
+        records = await self._records(keep)
+        records.sort(key=lambda r: r.created, reverse=True)
+        return records[:limit]
+
+    async def logs(
+        self,
+        level: str = "debug",
+        node: str | None = None,
+        flow: str | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[Event]:
+        """`log` events of every execution on the bus, oldest first; `follow` keeps listening."""
+        floor = LOG_LEVELS.index(level.lower()) if level.lower() in LOG_LEVELS else 0
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        if since is not None:
+            policy = {
+                "deliver_policy": api.DeliverPolicy.BY_START_TIME,
+                "opt_start_time": _rfc3339(since),
+            }
+        else:
+            policy = {"deliver_policy": api.DeliverPolicy.ALL}
+        sub = await self.js.subscribe(
+            subjects.EVENTS_LOG_ALL,
+            cb=on_msg,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(**policy),  # type: ignore[arg-type]
+        )
+        try:
+            pending = (await sub.consumer_info()).num_pending or 0
+            seen = 0
+            while follow or seen < pending:
+                msg = await queue.get()
+                seen += 1
+                assert msg is not None
+                try:
+                    event = decode_msg(msg, Event)
+                except WireError:
+                    continue
+                data = event.data if isinstance(event.data, dict) else {}
+                lvl = str(data.get("level", "info")).lower()
+                if (LOG_LEVELS.index(lvl) if lvl in LOG_LEVELS else 1) < floor:
+                    continue
+                if node in (None, event.node) and flow in (None, event.flow):
+                    yield event
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # -- internals shared with Flow and Execution ----------------------------------------------
+    async def _request(
+        self, subject: str, message: BaseModel, reply: type[M], nc: NATS | None = None
+    ) -> M:
+        return await bus.request(nc or self.nc, subject, message, reply, timeout=self.timeout)
+
+    async def _bus_for(self, urls: Sequence[str]) -> NATS:
+        """This bus, or a connection to the other bus a flow was taken in from."""
+        if not urls or set(urls) & set(self.urls):
+            return self.nc
+        key = tuple(sorted(urls))
+        if key not in self._other_buses:
+            settings = self._settings.model_copy(update={"nats": list(urls)})
+            self._other_buses[key] = await bus.connect(settings)
+        return self._other_buses[key]
+
+    async def _record(self, execution: str) -> ExecutionRecord | None:
+        kv = await self.js.key_value(subjects.BUCKET_EXECUTIONS)
+        try:
+            entry = await kv.get(execution)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return decode(
+            f"{subjects.BUCKET_EXECUTIONS}.{execution}", entry.value, None, ExecutionRecord
+        )
+
+    async def _records(self, keep: Callable[[ExecutionRecord], bool]) -> list[ExecutionRecord]:
+        """Every current record passing `keep` (one pass over the bucket, latest values only)."""
+        try:
+            kv = await self.js.key_value(subjects.BUCKET_EXECUTIONS)
+        except nats.js.errors.BucketNotFoundError:
+            return []
+        watcher = await kv.watchall(ignore_deletes=True)
+        records: list[ExecutionRecord] = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break  # end of the current values
+                if entry.value is None:
+                    continue
+                try:
+                    record = decode(entry.key, entry.value, None, ExecutionRecord)
+                except WireError:
+                    continue
+                if keep(record):
+                    records.append(record)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return records
+
+
+def _rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"

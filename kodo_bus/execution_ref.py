@@ -1,0 +1,226 @@
+"""`Execution`: a handle on one execution, from any process that knows its id.
+
+Everything an execution says travels as events on `kodo.events.<user>.<id>.<kind>`, captured by
+the `KODO_EVENTS` stream. Reading them through an ordered JetStream consumer gives history then
+live events in one sequence, so `events()` needs no separate "catch up" phase and `result()` is
+just the last event of that sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from . import subjects
+from .codec import decode_msg
+from .errors import (
+    ExecutionCancelled,
+    ExecutionFailed,
+    ExecutionLost,
+    ExecutionNotFound,
+    ExecutionTimeout,
+    KodoTimeout,
+    WireError,
+)
+from .models import TERMINAL_STATUSES, Ack, AnswerRequest, Empty, Event, ExecutionRecord
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("kodo_bus.client")
+
+
+def status_of(event: Event) -> str | None:
+    """The status a `status` event announces (None for other kinds)."""
+    if event.kind != "status":
+        return None
+    data = event.data
+    return str(data.get("status")) if isinstance(data, dict) else str(data)
+
+
+@dataclass
+class WorkflowNode:
+    """One execution of a workflow tree, with its ending and its children."""
+
+    execution: str
+    flow: str
+    node: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    children: list[WorkflowNode] = field(default_factory=list)
+
+
+class Execution:
+    """One execution: follow its events, await its result, cancel it or answer its questions."""
+
+    def __init__(
+        self,
+        client: Client,
+        execution: str,
+        launcher: str | None = None,
+        node: str = "",
+        flow: str = "",
+    ) -> None:
+        self._client = client
+        self.id = execution
+        self.launcher = launcher
+        self.node = node
+        self.flow = flow
+
+    def __repr__(self) -> str:
+        return f"Execution({self.id!r}, flow={self.flow!r}, node={self.node!r})"
+
+    # -- state ---------------------------------------------------------------------------------
+    async def record(self) -> ExecutionRecord:
+        """The current record from the executions bucket."""
+        record = await self._client._record(self.id)
+        if record is None:
+            raise ExecutionNotFound(f"no execution {self.id!r} is known to the bus")
+        self.launcher, self.node, self.flow = record.launcher, record.node, record.flow
+        return record
+
+    async def status(self) -> str:
+        """Current status: pending, starting, running, awaiting, or a terminal one."""
+        return (await self.record()).status
+
+    # -- events --------------------------------------------------------------------------------
+    async def events(
+        self, kinds: Iterable[str] | None = None, replay: bool = True
+    ) -> AsyncIterator[Event]:
+        """Events in order, without gaps or duplicates: history first (if `replay`), then live.
+
+        Ends after the terminal status event.
+        """
+        wanted = set(kinds) if kinds else None
+        js = self._client.js
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        policy = api.DeliverPolicy.ALL if replay else api.DeliverPolicy.NEW
+        sub = await js.subscribe(
+            subjects.events_of_execution(self.id),
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=policy,
+            config=api.ConsumerConfig(flow_control=True, idle_heartbeat=2.0),
+        )
+        last = 0
+        try:
+            while True:
+                msg = await queue.get()
+                try:
+                    event = decode_msg(msg, Event)
+                except WireError as exc:
+                    log.warning("skipping undecodable event: %s", exc)
+                    continue
+                if event.seq <= last:
+                    continue  # a re-sent event JetStream's de-duplication window missed
+                if last and event.seq != last + 1:
+                    log.warning(
+                        "execution %s: events %d..%d missing", self.id, last + 1, event.seq - 1
+                    )
+                last = event.seq
+                self.launcher, self.node, self.flow = event.launcher, event.node, event.flow
+                if wanted is None or event.kind in wanted:
+                    yield event
+                if status_of(event) in TERMINAL_STATUSES:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The final value, or the typed error of how the execution ended."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._ending()
+        except TimeoutError:
+            raise KodoTimeout(
+                f"execution {self.id} did not end within {timeout:g} s (it goes on running)"
+            ) from None
+
+    async def _ending(self) -> Any:
+        final: Any = None
+        failure: dict[str, Any] = {}
+        async for event in self.events(kinds=("final", "error", "status")):
+            if event.kind == "final":
+                final = event.data
+            elif event.kind == "error":
+                failure = event.data if isinstance(event.data, dict) else {"message": event.data}
+            elif (status := status_of(event)) in TERMINAL_STATUSES:
+                return self._outcome(status or "", final, failure)
+        raise ExecutionLost(self.id, f"execution {self.id} ended without a terminal status")
+
+    def _outcome(self, status: str, final: Any, failure: dict[str, Any]) -> Any:
+        message = str(failure.get("message", ""))
+        if status == "finished":
+            return final
+        if status == "cancelled":
+            raise ExecutionCancelled(self.id, f"execution {self.id} was cancelled")
+        if status == "timeout":
+            raise ExecutionTimeout(self.id, f"execution {self.id} timed out: {message}")
+        if status == "lost":
+            raise ExecutionLost(
+                self.id, f"execution {self.id} was lost: its node {self.node!r} went offline"
+            )
+        raise ExecutionFailed(
+            self.id, str(failure.get("type", "Error")), message, str(failure.get("traceback", ""))
+        )
+
+    # -- control -------------------------------------------------------------------------------
+    async def _launcher(self) -> str:
+        if self.launcher is None:
+            await self.record()
+        assert self.launcher is not None
+        return self.launcher
+
+    async def cancel(self) -> None:
+        """Ask the node to stop the execution; it ends `cancelled` within about 2 s."""
+        subject = subjects.exec_cancel(await self._launcher(), self.id)
+        await self._client._request(subject, Empty(), Ack)
+
+    async def answer(self, data: Any) -> None:
+        """Answer the question an `awaiting` execution asked (validated by the node)."""
+        subject = subjects.exec_answer(await self._launcher(), self.id)
+        await self._client._request(subject, AnswerRequest(data=data), Ack)
+
+    # -- workflows -----------------------------------------------------------------------------
+    async def children(self) -> list[Execution]:
+        """Executions this one launched (its next flows)."""
+        records = await self._client._records(lambda r: r.parent == self.id)
+        return [Execution(self._client, r.execution, r.launcher, r.node, r.flow) for r in records]
+
+    async def workflow(self, timeout: float | None = None) -> WorkflowNode:
+        """The tree under this execution, once every execution in it has ended."""
+        async with asyncio.timeout(timeout):
+            return await self._tree()
+
+    async def _tree(self) -> WorkflowNode:
+        result: Any = None
+        error: str | None = None
+        try:
+            result = await self.result()
+        except (ExecutionFailed, ExecutionCancelled, ExecutionTimeout, ExecutionLost) as exc:
+            error = str(exc)
+        record = await self.record()
+        kids = await asyncio.gather(*(child._tree() for child in await self.children()))
+        return WorkflowNode(
+            execution=self.id,
+            flow=record.flow,
+            node=record.node,
+            status=record.status,
+            result=result,
+            error=error,
+            children=list(kids),
+        )

@@ -1,0 +1,93 @@
+"""`Flow`: one flow of the federation as a client sees it, ready to validate inputs and launch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import subjects
+from .errors import InputsInvalid, problems_from
+from .models import FlowItem, LaunchReply, LaunchRequest
+from .schema_model import model_from_schema
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .execution_ref import Execution
+
+
+class Flow:
+    """A flow offered by a node: its description, input schema and a `launch` method."""
+
+    def __init__(self, client: Client, item: FlowItem) -> None:
+        self._client = client
+        self._item = item
+
+    def __repr__(self) -> str:
+        return f"Flow({self.node}/{self.name}, status={self.status!r})"
+
+    name = property(lambda self: self._item.name, doc="Flow name, unique on its node.")
+    node = property(lambda self: self._item.node, doc="Id of the node that runs it.")
+    summary = property(lambda self: self._item.summary)
+    description = property(lambda self: self._item.description)
+    tags = property(lambda self: list(self._item.tags))
+    version = property(lambda self: self._item.version)
+    author = property(lambda self: self._item.author)
+    organization = property(lambda self: self._item.organization)
+    status = property(lambda self: self._item.status, doc="online or offline.")
+    urls = property(lambda self: list(self._item.urls), doc="Bus of the node when not this one.")
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """JSON schema of the inputs (titles, descriptions, defaults, bounds, enums)."""
+        return self._item.input_schema
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.node}/{self.name}"
+
+    @cached_property
+    def _model(self) -> type[BaseModel] | None:
+        return model_from_schema(self.schema, f"{self.name}_inputs")
+
+    def validate(self, inputs: Mapping[str, Any] | BaseModel | None = None) -> dict[str, Any]:
+        """Check inputs here, with the node's messages; returns them as JSON-ready data."""
+        data = _as_data(inputs)
+        if self._model is None:
+            return data
+        try:
+            self._model.model_validate(data)
+        except ValidationError as exc:
+            raise InputsInvalid(problems_from(exc), flow=self.name) from None
+        return data
+
+    async def launch(
+        self,
+        inputs: Mapping[str, Any] | BaseModel | None = None,
+        timeout: float | None = None,
+        *,
+        parent: str | None = None,
+    ) -> Execution:
+        """Start an execution; returns at once with its handle (the node validates again)."""
+        from .execution_ref import Execution
+
+        data = self.validate(inputs)
+        nc = await self._client._bus_for(self.urls)
+        subject = subjects.launch(self._client.user, self.node, self.name)
+        reply = await self._client._request(
+            subject,
+            LaunchRequest(inputs=data, timeout=timeout, parent=parent),
+            LaunchReply,
+            nc=nc,
+        )
+        return Execution(self._client, reply.execution, reply.launcher, reply.node, reply.flow)
+
+
+def _as_data(inputs: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
+    if inputs is None:
+        return {}
+    if isinstance(inputs, BaseModel):
+        return inputs.model_dump(mode="json")
+    return dict(inputs)
