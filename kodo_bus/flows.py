@@ -192,3 +192,30 @@ def load_flows(decls: Iterable[FlowDecl]) -> list[FlowSpec]:
             seen.add(spec.name)
             specs.append(spec)
     return specs
+
+
+class Next(BaseModel):
+    """Returned by a flow to chain others: each of `flows` is launched with `outputs` as inputs.
+
+    The FlowKit tuple `(next_flows, outputs, message)` means the same thing.
+    """
+
+    flows: list[str] = []
+    outputs: dict[str, Any] = {}
+    message: str = ""
+
+    @classmethod
+    def from_result(cls, value: Any) -> Next | None:
+        """The Next a flow's return value stands for, if any (a Next, or a FlowKit tuple)."""
+        if isinstance(value, Next):
+            return value
+        if (
+            isinstance(value, tuple)
+            and len(value) == 3
+            and isinstance(value[0], list | tuple)
+            and all(isinstance(name, str) for name in value[0])
+            and isinstance(value[1], dict)
+            and isinstance(value[2], str)
+        ):
+            return cls(flows=list(value[0]), outputs=value[1], message=value[2])
+        return None

@@ -86,3 +86,16 @@ def test_duplicate_names_are_refused() -> None:
         load_flows(
             [FlowDecl(module="tests.flowpkg.basic"), FlowDecl(entry="tests.flowpkg.basic:add")]
         )
+
+
+def test_next_from_flowkit_tuple_and_model() -> None:
+    from kodo_bus.flows import Next
+
+    assert Next.from_result((["a", "b"], {"x": 1}, "ok")) == Next(
+        flows=["a", "b"], outputs={"x": 1}, message="ok"
+    )
+    assert Next.from_result(([], {}, "done")) == Next(message="done")
+    nxt = Next(flows=["p"])
+    assert Next.from_result(nxt) is nxt
+    for not_next in (("a", {}, "m"), ([1], {}, "m"), [["a"], {}, "m"], 42, None, (["a"], {})):
+        assert Next.from_result(not_next) is None
