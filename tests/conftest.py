@@ -117,3 +117,21 @@ def procs() -> Iterator[Processes]:
         yield p
     finally:
         p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """One local Ray for the whole session (started only when a test asks); its GCS address.
+
+    PYTHONPATH is set first so Ray's workers import `tests.*` and `examples.*` like the driver.
+    """
+    import ray
+
+    path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), path) if p)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

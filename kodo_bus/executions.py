@@ -1,0 +1,217 @@
+"""Execution records and the events that end an execution from outside its worker.
+
+The `KODO_EXECUTIONS` bucket holds one `ExecutionRecord` per execution. Several writers touch a
+record (the node's runner, the Ray worker, a registry declaring the node lost), so every change
+goes through compare-and-set: a writer that lost the race re-reads and applies its change again,
+or drops it when the record already ended.
+
+Event bodies are built here too, so that the worker, the runner and `mark_lost` number and
+encode events the same way: JSON `Event`, header `Nats-Msg-Id: <execution>:<seq>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback as tb
+from collections.abc import Callable
+from typing import Any
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from pydantic_core import to_jsonable_python
+
+from . import subjects
+from .codec import JSON, MSG_ID, MSGPACK, decode, encode
+from .errors import WireError
+from .models import TERMINAL_STATUSES, Event, ExecutionRecord
+
+log = logging.getLogger("kodo_bus.executions")
+
+KEY_WRONG_LAST_SEQUENCE = 10071
+"""JetStream API error code: the compare-and-set revision did not match."""
+
+
+def jsonable(data: Any) -> Any:
+    """Event data as plain JSON values (pydantic models, datetimes...; anything else as str)."""
+    return to_jsonable_python(data, fallback=str)
+
+
+def event_message(event: Event) -> tuple[str, bytes, dict[str, str]]:
+    """Subject, body and headers of one event (the id lets JetStream drop re-sent copies)."""
+    subject = subjects.events(event.launcher, event.execution, event.kind)
+    body, headers = encode(event, JSON, {MSG_ID: f"{event.execution}:{event.seq}"})
+    return subject, body, headers
+
+
+def error_data(exc: BaseException, type_name: str | None = None) -> dict[str, str]:
+    """The `data` of an `error` event for an exception."""
+    return {
+        "type": type_name or type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(tb.format_exception(exc)),
+    }
+
+
+async def last_seq(js: JetStreamContext, execution: str) -> int:
+    """Highest event seq of an execution stored in the stream (0 when it has none)."""
+    try:
+        msg = await js.get_last_msg(subjects.STREAM_EVENTS, subjects.events_of_execution(execution))
+    except nats.js.errors.NotFoundError:
+        return 0
+    try:
+        return decode(msg.subject or "", msg.data or b"", msg.headers, Event).seq
+    except WireError:
+        log.warning("undecodable last event of %s", execution)
+        return 0
+
+
+async def last_event(js: JetStreamContext, execution: str) -> Event | None:
+    try:
+        msg = await js.get_last_msg(subjects.STREAM_EVENTS, subjects.events_of_execution(execution))
+    except nats.js.errors.NotFoundError:
+        return None
+    try:
+        return decode(msg.subject or "", msg.data or b"", msg.headers, Event)
+    except WireError:
+        return None
+
+
+# -- records -------------------------------------------------------------------------------------
+def record_bytes(record: ExecutionRecord) -> bytes:
+    return encode(record, MSGPACK)[0]
+
+
+async def create_record(kv: KeyValue, record: ExecutionRecord) -> int:
+    """Store a new record; its revision."""
+    return int(await kv.create(record.execution, record_bytes(record)))
+
+
+async def read_record(kv: KeyValue, execution: str) -> tuple[ExecutionRecord, int] | None:
+    """The record and its revision, or None when there is none (or it is unreadable)."""
+    try:
+        entry = await kv.get(execution)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    try:
+        record = decode(execution, entry.value, None, ExecutionRecord)
+    except WireError as exc:
+        log.warning("%s", exc)
+        return None
+    return record, int(entry.revision or 0)
+
+
+Change = Callable[[ExecutionRecord], ExecutionRecord | None]
+
+
+async def update_record(kv: KeyValue, execution: str, change: Change) -> ExecutionRecord | None:
+    """Apply `change` with compare-and-set, retrying on a lost race.
+
+    `change` returns the new record, or None to leave it as it is. Terminal records are never
+    changed: whoever ended the execution first wins.
+    """
+    for _ in range(50):
+        current = await read_record(kv, execution)
+        if current is None:
+            return None
+        record, revision = current
+        if record.status in TERMINAL_STATUSES:
+            return None
+        new = change(record)
+        if new is None:
+            return None
+        new = new.model_copy(update={"updated": time.time()})
+        try:
+            await kv.update(execution, record_bytes(new), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            continue
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != KEY_WRONG_LAST_SEQUENCE:
+                raise
+            continue
+        return new
+    log.warning("gave up updating the record of %s after 50 conflicts", execution)
+    return None
+
+
+def set_status(status: str, **fields: Any) -> Change:
+    """A change that sets the status (and any other fields)."""
+
+    def change(record: ExecutionRecord) -> ExecutionRecord:
+        return record.model_copy(update={"status": status, **fields})
+
+    return change
+
+
+# -- lost executions -----------------------------------------------------------------------------
+async def end_from_outside(
+    js: JetStreamContext,
+    record: ExecutionRecord,
+    status: str,
+    error: dict[str, str],
+) -> int:
+    """Publish `error` + terminal `status` after the last stored event; the last seq written.
+
+    Used when the worker cannot end the execution itself (it died, or the node did). Events are
+    acknowledged publishes with de-duplicating ids, so two writers racing produce one copy.
+    When the stream already ends with a terminal status (the worker finished but the record was
+    not updated), nothing is published and that status is kept.
+    """
+    last = await last_event(js, record.execution)
+    seq = last.seq if last else 0
+    if last is not None and last.kind == "status":
+        data = last.data if isinstance(last.data, dict) else {}
+        if data.get("status") in TERMINAL_STATUSES:
+            return seq
+    base = {
+        "execution": record.execution,
+        "node": record.node,
+        "flow": record.flow,
+        "launcher": record.launcher,
+        "parent": record.parent,
+        "root": record.root,
+    }
+    for kind, data in (("error", error), ("status", {"status": status})):
+        seq += 1
+        event = Event(seq=seq, ts=time.time(), kind=kind, data=data, **base)
+        subject, body, headers = event_message(event)
+        await js.publish(subject, body, headers=headers)
+    return seq
+
+
+async def mark_lost(js: JetStreamContext, node: str) -> int:
+    """End every unfinished execution of `node` as `lost`; how many records this call ended."""
+    try:
+        kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
+    except nats.js.errors.BucketNotFoundError:
+        return 0
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return 0
+    ended = 0
+    for key in keys:
+        current = await read_record(kv, key)
+        if current is None:
+            continue
+        record, _ = current
+        if record.node != node or record.status in TERMINAL_STATUSES:
+            continue
+        message = f"node {node!r} went offline while the execution was {record.status}"
+        error = {"type": "ExecutionLost", "message": message, "traceback": ""}
+        seq = await end_from_outside(js, record, "lost", error)
+        last = await last_event(js, record.execution)
+        final = "lost"
+        if last is not None and isinstance(last.data, dict):
+            final = str(last.data.get("status", "lost"))
+        if final not in TERMINAL_STATUSES:
+            final = "lost"
+        new = await update_record(
+            kv, key, set_status(final, last_seq=seq, error=message if final == "lost" else None)
+        )
+        if new is not None and final == "lost":
+            ended += 1
+    return ended

@@ -1,0 +1,376 @@
+"""Node side of executions: take launches, queue them, run them on the actor pool, control them.
+
+A launch is validated here, before anything runs; a valid one gets a record, its first events
+(meta, inputs, status pending) and an immediate reply with the execution id. At most
+`max_running` executions run at once; the rest wait first in first out, up to `max_queue`, and a
+launch beyond that is refused as `busy` — nothing accepted is ever dropped.
+
+Ray is started at the first launch, not at `start`, so nodes that never run anything stay light.
+The runner publishes only the events before the hand-over (acknowledged, so they are stored
+before the actor publishes the next seq) and the ending of executions whose worker died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from . import subjects
+from .bus import ensure_execution_storage, respond, respond_error
+from .codec import decode_msg
+from .config import ServiceSettings
+from .errors import InputsInvalid, WireError
+from .executions import (
+    create_record,
+    end_from_outside,
+    event_message,
+    jsonable,
+    set_status,
+    update_record,
+)
+from .flows import FlowSpec
+from .models import Ack, Event, ExecutionRecord, LaunchReply, LaunchRequest
+
+if TYPE_CHECKING:
+    from .executor import ActorPool
+
+log = logging.getLogger("kodo_bus.runner")
+
+
+@dataclass
+class _Execution:
+    record: ExecutionRecord
+    spec: FlowSpec
+    inputs: dict[str, Any]
+    timeout: float | None
+    seq: int = 0
+    state: str = "pending"
+    cancel_requested: bool = False
+    control: Subscription | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Runner:
+    """Runs the executions of one node (every replica of the node id has one)."""
+
+    def __init__(self, nc: NATS, settings: ServiceSettings, flows: list[FlowSpec]) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._flows = {spec.name: spec for spec in flows}
+        self._capacity = settings.max_running or os.cpu_count() or 1
+        self._queue: deque[_Execution] = deque()
+        self._live: dict[str, _Execution] = {}
+        self._running = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._launch_sub: Subscription | None = None
+        self._pool: ActorPool | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._stopping = False
+        self.rejected = 0
+
+    async def __aenter__(self) -> Runner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- life cycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._js = self._nc.jetstream()
+        self._kv = await ensure_execution_storage(self._js, max_age=self._settings.events_max_age)
+        node = self._settings.id
+        self._launch_sub = await self._nc.subscribe(
+            subjects.launch_node(node), queue=node, cb=self._on_launch
+        )
+
+    async def stop(self) -> None:
+        """Refuse new launches, give running ones `grace` seconds, then cancel them."""
+        self._stopping = True
+        if self._launch_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._launch_sub.unsubscribe()
+            self._launch_sub = None
+        while self._queue:
+            await self._end_pending(self._queue.popleft(), "node stopped before it ran")
+        running = [ex for ex in self._live.values() if ex.state != "done"]
+        if running:
+            waits = [asyncio.create_task(ex.ended.wait()) for ex in running]
+            _, late = await asyncio.wait(waits, timeout=self._settings.grace)
+            for task in late:
+                task.cancel()
+            for ex in running:
+                if ex.state != "done":
+                    await self._cancel_running(ex)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            await self._pool.stop()
+            self._pool = None
+
+    def load(self) -> tuple[int, int, int]:
+        """(running, queued, capacity) for heartbeats."""
+        return self._running, len(self._queue), self._capacity
+
+    # -- launches ----------------------------------------------------------------------------
+    async def _on_launch(self, msg: Msg) -> None:
+        try:
+            await self._launch(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("launch on %s failed", msg.subject)
+            await respond_error(msg, "internal", f"the node failed to accept the launch: {exc}")
+
+    async def _launch(self, msg: Msg) -> None:
+        parts = msg.subject.split(".")
+        if len(parts) != 5:
+            self.rejected += 1
+            await respond_error(msg, "invalid_request", f"bad launch subject {msg.subject!r}")
+            return
+        launcher, flow_name = parts[2], parts[4]
+        spec = self._flows.get(flow_name)
+        if spec is None:
+            names = ", ".join(sorted(self._flows)) or "none"
+            await respond_error(
+                msg, "not_found", f"node {self._settings.id!r} has no flow {flow_name!r} ({names})"
+            )
+            return
+        try:
+            request = decode_msg(msg, LaunchRequest)
+        except WireError as exc:
+            self.rejected += 1
+            await respond_error(msg, "invalid_request", str(exc))
+            return
+        if request.depth >= self._settings.max_depth:
+            await respond_error(
+                msg, "invalid_request", f"launch depth {request.depth} exceeds max_depth"
+            )
+            return
+        try:
+            validated = spec.validate(request.inputs)
+        except InputsInvalid as exc:
+            await respond_error(msg, "invalid_inputs", str(exc), exc.problems)
+            return
+        if self._stopping:
+            await respond_error(msg, "busy", f"node {self._settings.id!r} is stopping")
+            return
+        if self._running >= self._capacity and len(self._queue) >= self._settings.max_queue:
+            await respond_error(
+                msg,
+                "busy",
+                f"node {self._settings.id!r} is busy: {self._running} running and "
+                f"{len(self._queue)} queued (max_queue {self._settings.max_queue}); retry later",
+            )
+            return
+        inputs = jsonable(validated)
+        ex = await self._accept(spec, launcher, request, inputs)
+        await respond(
+            msg,
+            LaunchReply(
+                execution=ex.record.execution,
+                node=self._settings.id,
+                flow=spec.name,
+                launcher=launcher,
+                subject=subjects.events(launcher, ex.record.execution, "*"),
+            ),
+        )
+        self._queue.append(ex)
+        self._pump()
+
+    async def _accept(
+        self, spec: FlowSpec, launcher: str, request: LaunchRequest, inputs: dict[str, Any]
+    ) -> _Execution:
+        """Record and first events of a new execution; stored before the launch is answered."""
+        assert self._kv is not None
+        execution = secrets.token_hex(16)  # 128 random bits, subject-safe
+        now = time.time()
+        record = ExecutionRecord(
+            execution=execution,
+            flow=spec.name,
+            node=self._settings.id,
+            launcher=launcher,
+            status="pending",
+            created=now,
+            updated=now,
+            parent=request.parent,
+            root=request.root or (execution if request.parent is None else None),
+            depth=request.depth,
+        )
+        timeout = request.timeout or spec.timeout
+        ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout)
+        await create_record(self._kv, record)
+        meta = {
+            "flow": spec.name,
+            "node": self._settings.id,
+            "entry": spec.entry,
+            "summary": spec.summary,
+            "version": spec.version,
+            "timeout": timeout,
+            "depth": request.depth,
+        }
+        await self._publish(ex, "meta", meta, ack=False)
+        await self._publish(ex, "inputs", inputs, ack=False)
+        await self._publish(ex, "status", {"status": "pending"}, ack=True)
+        self._live[execution] = ex
+        ex.control = await self._nc.subscribe(
+            subjects.exec_cancel(launcher, execution), cb=self._on_cancel
+        )
+        return ex
+
+    async def _publish(self, ex: _Execution, kind: str, data: Any, *, ack: bool) -> None:
+        """An event from the node; acknowledged ones are stored (with all before) on return."""
+        ex.seq += 1
+        r = ex.record
+        event = Event(
+            execution=r.execution,
+            seq=ex.seq,
+            ts=time.time(),
+            kind=kind,
+            node=r.node,
+            flow=r.flow,
+            launcher=r.launcher,
+            data=data,
+            parent=r.parent,
+            root=r.root,
+        )
+        subject, body, headers = event_message(event)
+        if ack:
+            assert self._js is not None
+            await self._js.publish(subject, body, headers=headers)
+        else:
+            await self._nc.publish(subject, body, headers=headers)
+
+    # -- running -----------------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Start queued executions while there is room, oldest first."""
+        while self._queue and self._running < self._capacity and not self._stopping:
+            ex = self._queue.popleft()
+            self._running += 1
+            ex.state = "starting"
+            self._spawn(self._run(ex), f"run-{ex.record.execution}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("task %s failed", task.get_name(), exc_info=exc)
+
+    async def _run(self, ex: _Execution) -> None:
+        from .executor import ActorPool, Job, WorkerDied
+
+        try:
+            if self._pool is None:
+                self._pool = ActorPool(
+                    self._settings.connect_settings(),
+                    self._settings.ray_address,
+                    self._settings.actors,
+                )
+            capacity = await self._pool.start(self._settings.max_running)
+            if capacity != self._capacity:
+                self._capacity = capacity
+                self._pump()
+            if ex.cancel_requested:
+                await self._end_pending(ex, "cancelled before it started")
+                return
+            await self._publish(ex, "status", {"status": "starting"}, ack=True)
+            assert self._kv is not None
+            await update_record(self._kv, ex.record.execution, set_status("starting"))
+            r = ex.record
+            job = Job(
+                execution=r.execution,
+                flow=r.flow,
+                entry=ex.spec.entry,
+                node=r.node,
+                launcher=r.launcher,
+                inputs=ex.inputs,
+                seq=ex.seq,
+                timeout=ex.timeout,
+                parent=r.parent,
+                root=r.root,
+            )
+            ex.state = "running"
+            if ex.cancel_requested:
+                self._spawn(self._pool.cancel(r.execution), f"cancel-{r.execution}")
+            try:
+                await self._pool.run(job)
+            except WorkerDied as exc:
+                await self._end_outside(ex, "error", "WorkerDied", f"the Ray worker died: {exc}")
+        finally:
+            ex.state = "done"
+            ex.ended.set()
+            self._running -= 1
+            await self._forget(ex)
+            self._pump()
+
+    async def _end_outside(self, ex: _Execution, status: str, type_name: str, message: str) -> None:
+        assert self._js is not None and self._kv is not None
+        error = {"type": type_name, "message": message, "traceback": ""}
+        seq = await end_from_outside(self._js, ex.record, status, error)
+        await update_record(
+            self._kv, ex.record.execution, set_status(status, last_seq=seq, error=message)
+        )
+
+    async def _end_pending(self, ex: _Execution, message: str) -> None:
+        """End an execution that never reached a worker as `cancelled`."""
+        assert self._kv is not None
+        await self._publish(
+            ex, "error", {"type": "Cancelled", "message": message, "traceback": ""}, ack=False
+        )
+        await self._publish(ex, "status", {"status": "cancelled"}, ack=True)
+        await update_record(
+            self._kv,
+            ex.record.execution,
+            set_status("cancelled", last_seq=ex.seq, error=message),
+        )
+        ex.state = "done"
+        ex.ended.set()
+        await self._forget(ex)
+
+    async def _forget(self, ex: _Execution) -> None:
+        self._live.pop(ex.record.execution, None)
+        if ex.control is not None:
+            with contextlib.suppress(Exception):
+                await ex.control.unsubscribe()
+            ex.control = None
+
+    # -- control -----------------------------------------------------------------------------
+    async def _on_cancel(self, msg: Msg) -> None:
+        execution = msg.subject.split(".")[3]
+        ex = self._live.get(execution)
+        if ex is None or ex.state == "done":
+            await respond_error(msg, "not_found", f"execution {execution} is not running here")
+            return
+        if ex.state == "pending":
+            with contextlib.suppress(ValueError):
+                self._queue.remove(ex)
+            await self._end_pending(ex, "cancelled while pending")
+        else:
+            await self._cancel_running(ex)
+        await respond(msg, Ack(message="cancel requested"))
+
+    async def _cancel_running(self, ex: _Execution) -> None:
+        ex.cancel_requested = True
+        if ex.state == "running" and self._pool is not None:
+            await self._pool.cancel(ex.record.execution)

@@ -1,0 +1,250 @@
+"""Events from inside a flow: the `Tracer` a flow receives, and the per-execution `Emitter`.
+
+The emitter numbers events 1, 2, 3... without gaps and hands them, encoded, to a sink (the Ray
+actor's publisher) in that order. It is thread-safe, because sync flows run in threads and their
+`print` calls land here too. Once the execution has ended the emitter is closed and drops
+anything a straggling thread still writes, so an execution never gets events after its end.
+
+Every tracer method exists as a coroutine (for async flows) and as a `*_sync` twin (for sync
+flows); both only enqueue, so neither ever waits on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from . import subjects
+from .bus import respond, respond_error
+from .codec import decode_msg
+from .errors import KodoTimeout, WireError, problems_from
+from .executions import error_data, event_message, jsonable
+from .models import Ack, AnswerRequest, Event
+
+log = logging.getLogger("kodo_bus.tracer")
+
+M = TypeVar("M", bound=BaseModel)
+Sink = Callable[[str, bytes, dict[str, str]], None]
+
+current: contextvars.ContextVar[Emitter | None] = contextvars.ContextVar(
+    "kodo_execution", default=None
+)
+"""The emitter of the execution the running code belongs to (routes stdout/stderr)."""
+
+
+class AskTimeout(KodoTimeout):
+    """Nobody answered `tracer.ask` in time; uncaught, it ends the execution `timeout`."""
+
+
+class Emitter:
+    """Numbers and encodes the events of one execution; safe to call from any thread."""
+
+    def __init__(self, base: dict[str, Any], seq: int, sink: Sink) -> None:
+        self.base = base
+        """execution, node, flow, launcher, parent, root: the same on every event."""
+        self.seq = seq
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._closed = False
+        self._partial: dict[str, str] = {}
+
+    @property
+    def execution(self) -> str:
+        return str(self.base["execution"])
+
+    def emit(self, kind: str, data: Any = None) -> int:
+        """Send one event; its seq (0 when the execution already ended)."""
+        with self._lock:
+            if self._closed:
+                return 0
+            self.seq += 1
+            event = Event(seq=self.seq, ts=time.time(), kind=kind, data=jsonable(data), **self.base)
+            self._sink(*event_message(event))
+            return self.seq
+
+    def write(self, kind: str, text: str) -> None:
+        """Captured stdout/stderr: one event per chunk of complete lines."""
+        with self._lock:
+            buffered = self._partial.get(kind, "") + text
+            head, sep, tail = buffered.rpartition("\n")
+            self._partial[kind] = tail
+        if sep:
+            self.emit(kind, head + sep)
+
+    def flush_output(self) -> None:
+        with self._lock:
+            rest, self._partial = self._partial, {}
+        for kind, text in rest.items():
+            if text:
+                self.emit(kind, text)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+
+class Tracer:
+    """What a flow uses to report: rich output, results, progress, logs, and questions."""
+
+    def __init__(
+        self,
+        emitter: Emitter,
+        nc: NATS,
+        loop: asyncio.AbstractEventLoop,
+        on_status: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._em = emitter
+        self._nc = nc
+        self._loop = loop
+        self._on_status = on_status
+
+    @property
+    def execution(self) -> str:
+        return self._em.execution
+
+    # -- output ------------------------------------------------------------------------------
+    async def markdown(self, body: str) -> None:
+        self._em.emit("markdown", str(body))
+
+    async def text(self, body: str) -> None:
+        self._em.emit("text", str(body))
+
+    async def html(self, body: str) -> None:
+        self._em.emit("html", str(body))
+
+    async def result(self, data: Any) -> None:
+        """Structured data (a pydantic model, dict, list...) as an intermediate result."""
+        self._em.emit("result", data)
+
+    async def action(self, data: Any) -> None:
+        self._em.emit("action", data)
+
+    async def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        self._em.emit("progress", {"done": done, "total": total, "message": message})
+
+    async def log(
+        self, level: str, message: str, *, exc_info: bool = False, **context: Any
+    ) -> None:
+        self.log_sync(level, message, exc_info=exc_info, **context)
+
+    async def debug(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("debug", message, exc_info=exc_info, **context)
+
+    async def info(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("info", message, exc_info=exc_info, **context)
+
+    async def warning(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("warning", message, exc_info=exc_info, **context)
+
+    async def error(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("error", message, exc_info=exc_info, **context)
+
+    # -- sync twins --------------------------------------------------------------------------
+    def markdown_sync(self, body: str) -> None:
+        self._em.emit("markdown", str(body))
+
+    def text_sync(self, body: str) -> None:
+        self._em.emit("text", str(body))
+
+    def html_sync(self, body: str) -> None:
+        self._em.emit("html", str(body))
+
+    def result_sync(self, data: Any) -> None:
+        self._em.emit("result", data)
+
+    def action_sync(self, data: Any) -> None:
+        self._em.emit("action", data)
+
+    def progress_sync(self, done: float, total: float | None = None, message: str = "") -> None:
+        self._em.emit("progress", {"done": done, "total": total, "message": message})
+
+    def log_sync(self, level: str, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        data: dict[str, Any] = {"level": level, "message": str(message), "context": context}
+        if exc_info:
+            import sys
+
+            exc = sys.exc_info()[1]
+            if exc is not None:
+                data["exception"] = error_data(exc)
+        self._em.emit("log", data)
+
+    def debug_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("debug", message, exc_info=exc_info, **context)
+
+    def info_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("info", message, exc_info=exc_info, **context)
+
+    def warning_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("warning", message, exc_info=exc_info, **context)
+
+    def error_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        self.log_sync("error", message, exc_info=exc_info, **context)
+
+    # -- human in the loop -------------------------------------------------------------------
+    async def ask(self, model: type[M], prompt: str = "", timeout: float = 300.0) -> M:
+        """Wait (status `awaiting`) for an answer that validates against `model`.
+
+        Answers arrive as requests on the execution's answer subject; an invalid one is told
+        field by field what is wrong and the question stays open.
+        """
+        launcher = str(self._em.base["launcher"])
+        subject = subjects.exec_answer(launcher, self.execution)
+        lock = secrets.token_hex(8)
+        answered: asyncio.Future[M] = self._loop.create_future()
+
+        async def on_answer(msg: Msg) -> None:
+            try:
+                request = decode_msg(msg, AnswerRequest)
+                value = model.model_validate(request.data)
+            except WireError as exc:
+                await respond_error(msg, "invalid_request", str(exc))
+                return
+            except ValidationError as exc:
+                await respond_error(msg, "invalid_inputs", "invalid answer", problems_from(exc))
+                return
+            if answered.done():
+                await respond_error(msg, "not_found", "the question was already answered")
+                return
+            answered.set_result(value)
+            await respond(msg, Ack(message="answer accepted"))
+
+        sub = await self._nc.subscribe(subject, cb=on_answer)
+        try:
+            await self._nc.flush()
+            self._em.emit(
+                "lock",
+                {
+                    "lock": lock,
+                    "prompt": prompt,
+                    "schema": model.model_json_schema(),
+                    "timeout": timeout,
+                },
+            )
+            self._em.emit("status", {"status": "awaiting"})
+            await self._on_status("awaiting")
+            try:
+                async with asyncio.timeout(timeout):
+                    value = await answered
+            except TimeoutError:
+                raise AskTimeout(f"no answer to {prompt!r} within {timeout:g} s") from None
+        finally:
+            await sub.unsubscribe()
+        self._em.emit("answer", {"lock": lock, "data": value})
+        self._em.emit("status", {"status": "running"})
+        await self._on_status("running")
+        return value
+
+    def ask_sync(self, model: type[M], prompt: str = "", timeout: float = 300.0) -> M:
+        """`ask` for sync flows (which run in a thread, never on the actor's loop)."""
+        future = asyncio.run_coroutine_threadsafe(self.ask(model, prompt, timeout), self._loop)
+        return future.result()
