@@ -110,3 +110,12 @@ async def make_node(nats_server: Any, ray_address: str) -> AsyncIterator[NodeFac
         for n in started:
             await asyncio.wait_for(n.runner.stop(), 60)
             await n.nc.close()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
