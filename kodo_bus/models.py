@@ -107,6 +107,8 @@ class Bye(Message):
 
     node: str
     reason: str = ""
+    forget: bool = False
+    """True (disconnect): registries drop the node. False (a stop): they keep it, offline."""
 
 
 class SyncRequest(Message):

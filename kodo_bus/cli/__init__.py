@@ -19,12 +19,14 @@ from ..errors import (
     InputsInvalid,
     KodoError,
 )
-from . import server_cmd
+from . import federation_cmd, run_cmd, server_cmd
 from .app import app, console, state
 
 __all__ = ["app", "main"]
 
 server_cmd.register(app)
+run_cmd.register(app)
+federation_cmd.register(app)
 
 
 def exit_code_for(exc: KodoError) -> int:

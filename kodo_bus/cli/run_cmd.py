@@ -1,0 +1,96 @@
+"""`kodo-bus run`: one service (node, registry, provider or hybrid) until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .. import logs
+from ..config import ServiceSettings
+from ..flows import load_flows
+
+ROLES = ("node", "registry", "provider", "hybrid")
+
+
+def _importable(config: Path | None) -> None:
+    """Flow modules named in a config resolve against its directory and the current one."""
+    for place in (Path.cwd(), config.resolve().parent if config else None):
+        if place is not None and str(place) not in sys.path:
+            sys.path.insert(0, str(place))
+
+
+async def serve(settings: ServiceSettings, flows: list[Any]) -> None:
+    """Run the service until a signal; stop gracefully (the second signal is not waited for)."""
+    from ..service import KodoService
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with KodoService(settings, flows):
+        await stop.wait()
+
+
+def run(  # noqa: PLR0917 (typer options)
+    role: Annotated[
+        str | None, typer.Option(help="node | registry | provider | hybrid [default: node].")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    id: Annotated[
+        str | None, typer.Option("--id", help="Service id, stable across restarts.")
+    ] = None,
+    nats: Annotated[list[str] | None, typer.Option("--nats", help="NATS URL (repeatable).")] = None,
+    organization: Annotated[str | None, typer.Option(help="Organization name.")] = None,
+    connect: Annotated[
+        list[str] | None,
+        typer.Option("--connect", help="URL of an independent bus to federate with (repeatable)."),
+    ] = None,
+    feed: Annotated[
+        bool | None, typer.Option("--feed/--no-feed", help="Take in other registries' views.")
+    ] = None,
+    cache_reset: Annotated[
+        bool | None, typer.Option("--cache-reset", help="Forget the stored view at start.")
+    ] = None,
+    heartbeat: Annotated[
+        float | None, typer.Option(help="Seconds between heartbeats [default: 5].")
+    ] = None,
+    ttl: Annotated[
+        float | None, typer.Option(help="Seconds of silence before offline [default: 3 beats].")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="Screen log level.")] = None,
+    log_file: Annotated[Path | None, typer.Option(help="Log file (DEBUG).")] = None,
+    retry: Annotated[
+        int | None, typer.Option(help="NATS connection retries at start (-1: forever).")
+    ] = None,
+) -> None:
+    """Run a kodo-bus service: serve flows (node), broker them (registry/provider), or both."""
+    if role is not None and role not in ROLES:
+        raise typer.BadParameter(f"must be one of {', '.join(ROLES)}", param_hint="--role")
+    overrides: dict[str, Any] = {
+        "role": role,
+        "id": id,
+        "nats": nats or None,
+        "organization": organization,
+        "connect": connect or None,
+        "feed": feed,
+        "cache_reset": cache_reset,
+        "heartbeat": heartbeat,
+        "ttl": ttl,
+        "log_level": log_level,
+        "log_file": log_file,
+        "retry": retry,
+    }
+    settings = ServiceSettings.build(config, overrides=overrides)
+    logs.setup(settings.log_level, settings.log_file)
+    _importable(config)
+    flows = load_flows(settings.flows)
+    asyncio.run(serve(settings, flows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
