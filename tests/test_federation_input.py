@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
+import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.micro.service import ServiceVerb, control_subject
 
 from kodo_bus import subjects
+from kodo_bus.bus import request
 from kodo_bus.codec import JSON, encode
-from kodo_bus.models import Catalog, FlowInfo, Heartbeat, SyncRequest
+from kodo_bus.models import Ack, Catalog, Empty, FlowInfo, Heartbeat, SyncRequest
 from kodo_bus.server import NatsServer
 
 from .conftest import Processes
-from .test_federation import eventually, flows, info, nc, run
+from .test_federation import eventually, flows, info, nc, run, wait_totals
 
 __all__ = ["nc"]
 
@@ -111,3 +114,33 @@ async def test_services_are_nats_micro_services(
         timeout=2,
     )
     assert json.loads(ping.data)["name"] == subjects.MICRO_SERVICE_NAME
+
+
+async def test_two_buses_joined_by_connect(
+    procs: Processes, server_factory: Callable[[str], NatsServer]
+) -> None:
+    """Bus A: a node and a registry; bus B: a hybrid (provider) and a registry of its own."""
+    a, b = server_factory("a"), server_factory("b")
+    run(procs, a, "node.yaml")
+    run(procs, a, "registry.yaml", "--id", "ra", "--connect", b.url)
+    run(procs, b, "hybrid.yaml", "--connect", a.url)
+    run(procs, b, "registry.yaml", "--id", "rb")
+    nca, ncb = await nats.connect(a.url), await nats.connect(b.url)
+    try:
+        await wait_totals(nca, {"node": 5, "ra": 55})
+        await wait_totals(ncb, {"hybrid": 50, "rb": 55})
+        # Entries taken in keep the URL of the bus they live on, so a client can launch there.
+        from_b = await flows(nca, "ra", node="hybrid")
+        assert {tuple(f.urls) for f in from_b.items} == {(b.url,)}
+        from_a = await flows(ncb, "rb", node="node")
+        assert {tuple(f.urls) for f in from_a.items} == {(a.url,)}
+        # A provider never takes in: the hybrid holds only its own organization.
+        assert (await info(ncb, "hybrid")).nodes == 1
+
+        await request(ncb, subjects.svc_disconnect("hybrid"), Empty(), Ack)
+        await wait_totals(nca, {"ra": 5})
+        await request(nca, subjects.svc_disconnect("ra"), Empty(), Ack)
+        await wait_totals(ncb, {"rb": 0, "hybrid": 50})
+    finally:
+        await nca.drain()
+        await ncb.drain()
