@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import time
+from pathlib import Path
 
+import nats
 from nats.aio.client import Client as NATS
 
 from kodo_bus.server import NatsServer
 
 from .conftest import REPO, Processes
-from .test_federation import eventually, info, nc, run
+from .test_federation import eventually, flows, info, nc, run
 
 __all__ = ["nc"]
 
@@ -62,3 +67,31 @@ async def test_info_of_a_missing_service_fails_cleanly(
     code, out = cli(procs, fresh_server, "info", "nobody")
     assert code == 1
     assert "no service answers" in out
+
+
+async def test_up_runs_bus_registry_and_example_node(procs: Processes, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    up = procs.start(
+        "up", "--port", str(port), "--http-port", "0", "--store", str(tmp_path), cwd=REPO
+    )
+    client = None
+    try:
+        deadline = time.monotonic() + 30
+        while client is None:
+            try:
+                client = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=1)
+            except Exception:  # not up yet
+                assert time.monotonic() < deadline, "the bus did not come up"
+                assert up.poll() is None, up.stdout.read() if up.stdout else ""
+                await asyncio.sleep(0.2)
+        page = await eventually(
+            lambda: flows(client, "up-registry"), lambda p: p.total == 1, timeout=30
+        )
+        assert page.items[0].name == "hello"
+        assert page.items[0].node == "up-node"
+    finally:
+        if client is not None:
+            await client.drain()
+    assert procs.stop(up) == 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
@@ -18,8 +20,13 @@ from ..version import __version__
 from .app import console, out
 
 
-def _serve_until_signal(server: NatsServer) -> int:
-    """Run `server` until SIGINT/SIGTERM or until it exits by itself; returns its exit code."""
+def _serve_until_signal(
+    server: NatsServer, on_ready: Callable[[], Callable[[], None]] | None = None
+) -> int:
+    """Run `server` until SIGINT/SIGTERM or until it exits by itself; returns its exit code.
+
+    `on_ready` runs once the server is up and returns what to call before the server stops.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -41,7 +48,12 @@ def _serve_until_signal(server: NatsServer) -> int:
         if server.monitor_url:
             console.print(f"monitoring at {server.monitor_url}", highlight=False)
         console.print(f"store: {server.settings.store}   (Ctrl-C to stop)", highlight=False)
-        stop.wait()
+        cleanup = on_ready() if on_ready else None
+        try:
+            stop.wait()
+        finally:
+            if cleanup is not None:
+                cleanup()
         exited_alone = not server.running
         code = server.wait() if exited_alone else 0
         server.stop()
@@ -82,14 +94,47 @@ def server(
 def up(
     port: Annotated[int, typer.Option("--port", "-p", help="Client port of the server.")] = 4222,
     store: Annotated[Path, typer.Option(help="JetStream store directory.")] = Path("data/nats"),
+    http_port: Annotated[
+        int, typer.Option("--http-port", help="Monitoring port (0: a free one).")
+    ] = 8222,
+    examples: Annotated[
+        Path, typer.Option(help="Directory holding up-node.yaml and hello.py.")
+    ] = Path("examples"),
 ) -> None:
     """Run the whole bus on this machine: embedded nats-server, a registry and an example node."""
-    console.print(
-        "[yellow]note:[/] the registry and node roles are not built yet — "
-        "'up' runs the embedded nats-server alone for now."
-    )
-    settings = ServerSettings(port=port, store=store)
-    raise typer.Exit(_serve_until_signal(NatsServer(settings)))
+    settings = ServerSettings(port=port, http_port=http_port, store=store)
+    server = NatsServer(settings)
+
+    def start_services() -> Callable[[], None]:
+        base = [sys.executable, "-m", "kodo_bus", "run", "--nats", server.url, "--retry", "-1"]
+        node_config = examples / "up-node.yaml"
+        node_args = (
+            ["--config", str(node_config.resolve())]
+            if node_config.exists()
+            else ["--id", "up-node"]
+        )
+        if not node_config.exists():
+            console.print(f"[yellow]note:[/] {node_config} not found; the node serves no flows")
+        children = [
+            subprocess.Popen([*base, "--role", "registry", "--id", "up-registry"]),
+            subprocess.Popen([*base, "--role", "node", *node_args], cwd=examples.resolve().parent),
+        ]
+        console.print("registry [bold]up-registry[/] and node [bold]up-node[/] starting")
+
+        def stop_services() -> None:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+        return stop_services
+
+    raise typer.Exit(_serve_until_signal(server, start_services))
 
 
 def version() -> None:
