@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -95,7 +96,7 @@ async def test_services_are_nats_micro_services(
     sub = await nc.subscribe(inbox)
     subject = control_subject(ServiceVerb.INFO, name=subjects.MICRO_SERVICE_NAME)
     await nc.publish(subject, b"", reply=inbox)
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     while len(found) < 3:
         reply = json.loads((await sub.next_msg(timeout=5)).data)
         found[reply["metadata"]["id"]] = reply
