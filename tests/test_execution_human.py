@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ async def test_ask_waits_for_a_valid_answer(make_node: NodeFactory) -> None:
     deadline = time.monotonic() + 5
     while (rec := await read_record(kv, reply.execution)) and rec[0].status != "awaiting":
         assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
     answer = subjects.exec_answer("local", reply.execution)
     with pytest.raises(InputsInvalid) as bad:
         await request(node.nc, answer, AnswerRequest(data={"colour": "red", "count": 0}), Ack)
