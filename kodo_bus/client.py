@@ -1,8 +1,7 @@
 """`Client`: the asyncio entry point of the Python SDK.
 
 It talks only to NATS subjects and JetStream (never imports a role), so a user's process stays
-light. Registries are found through their KV buckets (one stream per registry view), which needs
-no extra discovery protocol and works the moment a registry has ever run on the bus.
+light. Registries are found by NATS micro discovery (`discovery.py`), like `kodo-bus flows`.
 """
 
 from __future__ import annotations
@@ -25,10 +24,11 @@ from pydantic import BaseModel
 from . import bus, subjects
 from .codec import decode, decode_msg
 from .config import DEFAULT_NATS_URL, ConnectSettings, Credentials
-from .errors import AmbiguousFlow, FlowNotFound, KodoError, NoResponders, WireError
+from .discovery import find_registry
+from .errors import AmbiguousFlow, FlowNotFound, KodoError, WireError
 from .execution_ref import Execution
 from .flow_ref import Flow
-from .models import Event, ExecutionRecord, FlowsPage, FlowsQuery
+from .models import Event, ExecutionRecord, FlowItem, FlowsPage, FlowsQuery
 
 M = TypeVar("M", bound=BaseModel)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -112,16 +112,6 @@ class Client:
         return self._js
 
     # -- flows ---------------------------------------------------------------------------------
-    async def registries(self) -> list[str]:
-        """Ids of the registries whose views live on this bus."""
-        prefix = "KV_" + subjects.bucket_view("")
-        names = await self.js.streams_info()
-        return sorted(
-            info.config.name[len(prefix) :]
-            for info in names
-            if info.config.name and info.config.name.startswith(prefix)
-        )
-
     async def flows(
         self,
         q: str | None = None,
@@ -135,27 +125,14 @@ class Client:
         query = FlowsQuery(
             q=q, tags=list(tags or []), node=node, organization=organization, limit=10_000
         )
-        candidates = [via] if via else await self.registries()
-        if not candidates:
-            raise NoResponders(
-                "no registry on this bus — start one with 'kodo-bus run --role "
-                "registry' (or 'kodo-bus up')"
-            )
-        last: KodoError | None = None
-        for registry in candidates:
-            items = []
-            try:
-                while True:
-                    page = await self._request(subjects.svc_flows(registry), query, FlowsPage)
-                    items.extend(page.items)
-                    if len(items) >= page.total or not page.items:
-                        break
-                    query = query.model_copy(update={"offset": len(items)})
-            except NoResponders as exc:
-                last = exc
-                continue
-            return [Flow(self, item) for item in items]
-        raise last or NoResponders("no registry answered")
+        registry = via or await find_registry(self.nc)
+        items: list[FlowItem] = []
+        while True:
+            page = await self._request(subjects.svc_flows(registry), query, FlowsPage)
+            items.extend(page.items)
+            if len(items) >= page.total or not page.items:
+                return [Flow(self, item) for item in items]
+            query = query.model_copy(update={"offset": len(items)})
 
     async def flow(self, name: str, via: str | None = None) -> Flow:
         """One flow by `name` or `node/name`; errors list the candidates."""

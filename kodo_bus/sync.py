@@ -168,9 +168,6 @@ class Client:
     def user(self) -> str:
         return self._inner.user
 
-    def registries(self) -> list[str]:
-        return self._loop.run(self._inner.registries())
-
     def flows(
         self,
         q: str | None = None,

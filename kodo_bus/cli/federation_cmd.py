@@ -7,21 +7,18 @@ discovery (`$SRV.INFO.kodo-bus`), preferring one with feed on, since it sees the
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from nats.aio.client import Client as NATS
-from nats.micro.service import ServiceVerb, control_subject
 from pydantic import BaseModel
 from rich.table import Table
 
 from .. import subjects
 from ..bus import connect, request
 from ..config import DEFAULT_NATS_URL, ConnectSettings
-from ..errors import NoResponders
+from ..discovery import find_registry
 from ..models import Ack, Empty, FlowsPage, FlowsQuery, NodesPage, ServiceInfo
 from .app import out
 
@@ -33,7 +30,6 @@ NatsOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ViaOpt = Annotated[str | None, typer.Option("--via", help="Service id to ask.")]
-DISCOVERY_WINDOW = 0.5
 
 
 def _call(nats: list[str] | None, work: Callable[[NATS], Awaitable[T]]) -> T:
@@ -49,27 +45,7 @@ def _call(nats: list[str] | None, work: Callable[[NATS], Awaitable[T]]) -> T:
 
 async def discover_registry(nc: NATS) -> str:
     """The id of a registry on this bus (feed on preferred); NoResponders when there is none."""
-    inbox = nc.new_inbox()
-    found: list[dict[str, Any]] = []
-    sub = await nc.subscribe(inbox, cb=None)
-    await nc.publish(
-        control_subject(ServiceVerb.INFO, name=subjects.MICRO_SERVICE_NAME), b"", reply=inbox
-    )
-    deadline = time.monotonic() + DISCOVERY_WINDOW
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            msg = await sub.next_msg(timeout=left)
-        except TimeoutError:
-            break
-        found.append(json.loads(msg.data).get("metadata") or {})
-    await sub.unsubscribe()
-    ranked = sorted(
-        (m for m in found if m.get("role") in ("registry", "provider", "hybrid")),
-        key=lambda m: (m.get("role") != "registry", m.get("id", "")),
-    )
-    if not ranked:
-        raise NoResponders("no registry answers on this bus — name a service with --via")
-    return str(ranked[0]["id"])
+    return await find_registry(nc)
 
 
 def _emit(model: BaseModel, as_json: bool, table: Callable[[], Table]) -> None:
