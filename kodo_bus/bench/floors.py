@@ -1,0 +1,105 @@
+"""Floors: the same kind of work done with the bare layers kodo-bus is built on.
+
+A kodo-bus figure is only meaningful next to what Ray and NATS alone achieve on the same machine
+in the same run: a launch cannot beat a Ray round trip plus a NATS request, an event stream cannot
+beat nats-py publish→subscribe. Each floor here is as bare as the library allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .common import Floor, percentile
+
+_noop_task: Any = None
+
+
+def _ray_noop() -> Any:
+    """The bare Ray task, made remote once per process (Ray is imported only when needed)."""
+    global _noop_task
+    if _noop_task is None:
+        import ray
+
+        def noop() -> int:
+            return 0
+
+        _noop_task = ray.remote(num_cpus=1)(noop)
+    return _noop_task
+
+
+async def ray_task_round_trip(n: int) -> list[float]:
+    """Seconds of `await noop.remote()` one after the other (after a warm-up)."""
+    task = _ray_noop()
+    for _ in range(min(n, 20)):
+        await task.remote()
+    samples: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await task.remote()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+async def ray_tasks_per_second(n: int) -> float:
+    """Bare no-op Ray tasks submitted at once, per second until all results are back."""
+    import ray
+
+    task = _ray_noop()
+    await asyncio.to_thread(ray.get, [task.remote() for _ in range(min(n, 50))])
+    t0 = time.perf_counter()
+    refs = [task.remote() for _ in range(n)]
+    await asyncio.to_thread(ray.get, refs)
+    return n / (time.perf_counter() - t0)
+
+
+async def nats_request_round_trip(nc: NATS, n: int, subject: str) -> list[float]:
+    """Seconds of a bare request/reply through the server (responder in this process)."""
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    sub = await nc.subscribe(subject, cb=echo)
+    try:
+        for _ in range(min(n, 50)):
+            await nc.request(subject, b"x", timeout=5)
+        samples: list[float] = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await nc.request(subject, b"x", timeout=5)
+            samples.append(time.perf_counter() - t0)
+        return samples
+    finally:
+        await sub.unsubscribe()
+
+
+async def nats_pubsub_rate(nc: NATS, n: int, subject: str, body: bytes) -> float:
+    """Messages per second from bare `publish` to a subscriber callback, in one process."""
+    got = 0
+    done = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal got
+        got += 1
+        if got == n and not done.done():
+            done.set_result(None)
+
+    sub = await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=n + 1, pending_bytes_limit=-1)
+    await nc.flush()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await nc.publish(subject, body)
+        await asyncio.wait_for(done, timeout=max(60.0, n / 1000))
+        return n / (time.perf_counter() - t0)
+    finally:
+        await sub.unsubscribe()
+
+
+def p50_floor(name: str, samples: list[float]) -> Floor:
+    """A latency floor in milliseconds (median of the samples)."""
+    return Floor(name=name, value=percentile(samples, 50) * 1000, unit="ms")

@@ -1,0 +1,54 @@
+"""`launch`: sequential launches of the no-op flow through the SDK; launch→final latency.
+
+Each sample is what a user waits for: `await flow.launch({})` then `await execution.result()`
+(the request to the node, the record and first events, the hand-over to a Ray actor, the final
+event, and the SDK's ordered consumer reading it). Floors: a bare Ray task round trip and a bare
+NATS request/reply, the two hops a launch cannot avoid.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import floors
+from .common import ScenarioResult, Stopwatch, percentile
+from .env import BenchEnv
+
+TARGET_P50_MS = 10.0
+TARGET_P99_MS = 40.0
+
+
+async def run(env: BenchEnv, n: int = 500, warmup: int = 30) -> ScenarioResult:
+    watch = Stopwatch()
+    result = ScenarioResult(scenario="launch", params={"n": n, "warmup": warmup})
+    await env.service()
+    kb = await env.client()
+    flow = await kb.flow("bench-noop", via=env.service_id)
+    for _ in range(warmup):
+        await (await flow.launch({})).result(timeout=60)
+    total: list[float] = []
+    reply: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ex = await flow.launch({})
+        t1 = time.perf_counter()
+        await ex.result(timeout=60)
+        t2 = time.perf_counter()
+        reply.append(t1 - t0)
+        total.append(t2 - t0)
+
+    ray_floor = floors.p50_floor("Ray task", await floors.ray_task_round_trip(max(n, 100)))
+    nc = await env.nats()
+    nats_samples = await floors.nats_request_round_trip(
+        nc, max(n, 500), f"kodo-bench.{env.run_id}.echo"
+    )
+    nats_floor = floors.p50_floor("NATS req/reply", nats_samples)
+    ms = [s * 1000 for s in total]
+    result.add("launch→final p50", percentile(ms, 50), "ms", floor=ray_floor, target=TARGET_P50_MS)
+    result.add("launch→final p95", percentile(ms, 95), "ms", floor=ray_floor)
+    result.add("launch→final p99", percentile(ms, 99), "ms", floor=ray_floor, target=TARGET_P99_MS)
+    reply_ms = [s * 1000 for s in reply]
+    result.add("launch→reply p50", percentile(reply_ms, 50), "ms", floor=nats_floor)
+    result.add("launch→reply p99", percentile(reply_ms, 99), "ms", floor=nats_floor)
+    result.seconds = watch()
+    return result
