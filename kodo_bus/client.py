@@ -208,7 +208,10 @@ class Client:
             config=api.ConsumerConfig(**policy),  # type: ignore[arg-type]
         )
         try:
-            pending = (await sub.consumer_info()).num_pending or 0
+            info = await sub.consumer_info()
+            # delivered + pending, read together, is what matched when we started
+            delivered = info.delivered.consumer_seq if info.delivered else 0
+            pending = (info.num_pending or 0) + (delivered or 0)
             seen = 0
             while follow or seen < pending:
                 msg = await queue.get()

@@ -20,9 +20,10 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from . import subjects
-from .codec import decode_msg
+from .codec import decode, decode_msg
 from .errors import (
     ExecutionCancelled,
+    ExecutionError,
     ExecutionFailed,
     ExecutionLost,
     ExecutionNotFound,
@@ -89,8 +90,24 @@ class Execution:
         return record
 
     async def status(self) -> str:
-        """Current status: pending, starting, running, awaiting, or a terminal one."""
-        return (await self.record()).status
+        """Current status: pending, starting, running, awaiting, or a terminal one.
+
+        The last `status` event is the truth (the record is written just after it), so it is
+        read straight from the stream, last message on the execution's status subject.
+        """
+        record = await self.record()
+        if record.status in TERMINAL_STATUSES:
+            return record.status
+        subject = subjects.events(record.launcher, self.id, "status")
+        try:
+            msg = await self._client.js.get_last_msg(subjects.STREAM_EVENTS, subject)
+        except nats.js.errors.NotFoundError:
+            return record.status
+        try:
+            event = decode(subject, msg.data or b"", msg.headers, Event)
+        except WireError:
+            return record.status
+        return status_of(event) or record.status
 
     # -- events --------------------------------------------------------------------------------
     async def events(
@@ -151,6 +168,14 @@ class Execution:
             ) from None
 
     async def _ending(self) -> Any:
+        return self._outcome(*await self._conclusion())
+
+    async def _conclusion(self) -> tuple[str, Any, dict[str, Any]]:
+        """Terminal status, final value and failure data, read from the events themselves.
+
+        The events (not the record, which is written just after them) are the truth of how an
+        execution ended.
+        """
         final: Any = None
         failure: dict[str, Any] = {}
         async for event in self.events(kinds=("final", "error", "status")):
@@ -159,7 +184,7 @@ class Execution:
             elif event.kind == "error":
                 failure = event.data if isinstance(event.data, dict) else {"message": event.data}
             elif (status := status_of(event)) in TERMINAL_STATUSES:
-                return self._outcome(status or "", final, failure)
+                return status or "", final, failure
         raise ExecutionLost(self.id, f"execution {self.id} ended without a terminal status")
 
     def _outcome(self, status: str, final: Any, failure: dict[str, Any]) -> Any:
@@ -207,20 +232,20 @@ class Execution:
             return await self._tree()
 
     async def _tree(self) -> WorkflowNode:
-        result: Any = None
-        error: str | None = None
-        try:
-            result = await self.result()
-        except (ExecutionFailed, ExecutionCancelled, ExecutionTimeout, ExecutionLost) as exc:
-            error = str(exc)
-        record = await self.record()
+        status, final, failure = await self._conclusion()
+        error = None
+        if status != "finished":
+            try:
+                self._outcome(status, final, failure)
+            except ExecutionError as exc:
+                error = str(exc)
         kids = await asyncio.gather(*(child._tree() for child in await self.children()))
         return WorkflowNode(
             execution=self.id,
-            flow=record.flow,
-            node=record.node,
-            status=record.status,
-            result=result,
+            flow=self.flow,
+            node=self.node,
+            status=status,
+            result=final if status == "finished" else None,
             error=error,
             children=list(kids),
         )

@@ -28,9 +28,10 @@ from pydantic import BaseModel
 
 from . import subjects
 from .bus import connect
+from .chain import ChainContext, WorkflowError, launch_next
 from .config import ConnectSettings
 from .executions import error_data, set_status, update_record
-from .flows import _input_model, import_object
+from .flows import Next, import_object, input_model, spec_of
 from .tracer import AskTimeout, Emitter, Tracer, current
 
 log = logging.getLogger("kodo_bus.executor")
@@ -50,6 +51,12 @@ class Job(BaseModel):
     timeout: float | None = None
     parent: str | None = None
     root: str | None = None
+    depth: int = 0
+    max_depth: int = 32
+    inputs_model: str | None = None
+    """`module:Model` when the flow's input model is not its first parameter's annotation."""
+    node_flows: list[str] = []
+    """Flows of the same node, so chained flows prefer it without asking a registry."""
 
 
 class Outcome(BaseModel):
@@ -226,9 +233,29 @@ class ExecActor:
             status = "timeout" if isinstance(exc, AskTimeout) else "error"
             outcome = await self._end(emitter, job, status, error_data(exc))
         else:
-            emitter.emit("final", task.result())
-            outcome = await self._end(emitter, job, "finished", None)
+            outcome = await self._finish(emitter, job, task.result())
         return outcome.model_dump()
+
+    async def _finish(self, emitter: Emitter, job: Job, value: Any) -> Outcome:
+        """`final` (after launching the next flows a `Next` names), or `error` if that fails."""
+        nxt = Next.from_result(value)
+        if nxt is not None:
+            ctx = ChainContext(
+                execution=job.execution,
+                root=job.root,
+                depth=job.depth,
+                max_depth=job.max_depth,
+                launcher=job.launcher,
+                node=job.node,
+                node_flows=frozenset(job.node_flows),
+            )
+            try:
+                children = await launch_next(self._nc, ctx, nxt)
+            except WorkflowError as exc:
+                return await self._end(emitter, job, "error", error_data(exc))
+            value = {**nxt.model_dump(), "children": children}
+        emitter.emit("final", value)
+        return await self._end(emitter, job, "finished", None)
 
     async def _end(
         self, emitter: Emitter, job: Job, status: str, failure: dict[str, str] | None
@@ -247,8 +274,10 @@ class ExecActor:
         return Outcome(status=status, last_seq=last, error=message)
 
     async def _call(self, job: Job, tracer: Tracer) -> Any:
-        func = import_object(job.entry)
-        model = _input_model(func)
+        target = import_object(job.entry)
+        spec = spec_of(target)
+        func = spec.func if spec is not None else target
+        model = import_object(job.inputs_model) if job.inputs_model else input_model(func)
         inputs: Any = model.model_validate(job.inputs) if model else dict(job.inputs)
         if inspect.iscoroutinefunction(func):
             return await func(inputs, tracer)

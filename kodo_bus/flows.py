@@ -87,7 +87,7 @@ def flow(
             name=check_token(name or func.__name__, "flow name"),
             func=func,
             entry=f"{func.__module__}:{func.__qualname__}",
-            inputs=inputs or _input_model(func),
+            inputs=inputs or input_model(func),
             summary=summary or _first_line(func.__doc__),
             description=description or inspect.cleandoc(func.__doc__ or ""),
             tags=tuple(tags),
@@ -111,7 +111,7 @@ def _first_line(doc: str | None) -> str:
     return inspect.cleandoc(doc).splitlines()[0] if doc and doc.strip() else ""
 
 
-def _input_model(func: Callable[..., Any]) -> type[BaseModel] | None:
+def input_model(func: Callable[..., Any]) -> type[BaseModel] | None:
     try:
         hints = get_type_hints(func)
     except Exception:  # unresolvable forward references: the flow takes raw dict inputs
@@ -161,7 +161,7 @@ def _from_decl(decl: FlowDecl) -> list[FlowSpec]:
         if not callable(func):
             raise ConfigError(f"flow entry {decl.entry!r} is not callable")
         spec = spec_of(func) or FlowSpec(
-            name=func.__name__, func=func, entry=decl.entry, inputs=_input_model(func)
+            name=func.__name__, func=func, entry=decl.entry, inputs=input_model(func)
         )
         if decl.name:
             spec = replace(spec, name=check_token(decl.name, "flow name"))

@@ -41,7 +41,7 @@ from .executions import (
     set_status,
     update_record,
 )
-from .flows import FlowSpec
+from .flows import FlowSpec, input_model
 from .models import Ack, Event, ExecutionRecord, LaunchReply, LaunchRequest
 
 if TYPE_CHECKING:
@@ -309,6 +309,10 @@ class Runner:
                 timeout=ex.timeout,
                 parent=r.parent,
                 root=r.root,
+                depth=r.depth,
+                max_depth=self._settings.max_depth,
+                inputs_model=_model_path(ex.spec),
+                node_flows=sorted(self._flows),
             )
             ex.state = "running"
             if ex.cancel_requested:
@@ -374,3 +378,10 @@ class Runner:
         ex.cancel_requested = True
         if ex.state == "running" and self._pool is not None:
             await self._pool.cancel(ex.record.execution)
+
+
+def _model_path(spec: FlowSpec) -> str | None:
+    """Import path of a flow's input model when config named one (the worker re-imports it)."""
+    if spec.inputs is None or spec.inputs is input_model(spec.func):
+        return None
+    return f"{spec.inputs.__module__}:{spec.inputs.__qualname__}"
