@@ -8,7 +8,6 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import yaml
