@@ -73,7 +73,7 @@ class Processes:
         self, *args: str, env: dict[str, str] | None = None, **kw: object
     ) -> subprocess.Popen[str]:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen(  # type: ignore[call-overload]
+        proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
             [*KODO_BUS, *args],
             env=full_env,
             text=True,
@@ -98,6 +98,11 @@ class Processes:
                 proc.wait()
         return proc.returncode
 
+    def close(self, proc: subprocess.Popen[str]) -> None:
+        """Release the pipe of a stopped process (its unread output is dropped)."""
+        if proc.stdout is not None and not proc.stdout.closed:
+            proc.stdout.close()
+
     def stop_all(self) -> None:
         for proc in self.procs:
             try:
@@ -105,6 +110,7 @@ class Processes:
             except psutil.NoSuchProcess:
                 children = []
             self.stop(proc)
+            self.close(proc)
             for child in children:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()

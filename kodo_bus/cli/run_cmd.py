@@ -67,6 +67,19 @@ def run(  # noqa: PLR0917 (typer options)
     retry: Annotated[
         int | None, typer.Option(help="NATS connection retries at start (-1: forever).")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to run flows on [default: a local Ray, started lazily]."),
+    ] = None,
+    max_running: Annotated[
+        int | None, typer.Option(help="Executions running at once [default: Ray's CPU count].")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Launches waiting beyond max_running [default: 10000].")
+    ] = None,
+    grace: Annotated[
+        float | None, typer.Option(help="Seconds running executions get on SIGTERM [default: 30].")
+    ] = None,
 ) -> None:
     """Run a kodo-bus service: serve flows (node), broker them (registry/provider), or both."""
     if role is not None and role not in ROLES:
@@ -84,6 +97,10 @@ def run(  # noqa: PLR0917 (typer options)
         "log_level": log_level,
         "log_file": log_file,
         "retry": retry,
+        "ray_address": ray_address,
+        "max_running": max_running,
+        "max_queue": max_queue,
+        "grace": grace,
     }
     settings = ServiceSettings.build(config, overrides=overrides)
     logs.setup(settings.log_level, settings.log_file)
