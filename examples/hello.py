@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from kodo_bus.flows import flow
-from kodo_bus.tracer import Tracer
+from kodo_bus import Tracer, flow
 
 
 class HelloInputs(BaseModel):

@@ -3,6 +3,7 @@
 The public API is what `__all__` lists; every other module is private.
 """
 
+from .client import Client
 from .config import ConnectSettings, Credentials, ServerSettings, ServiceSettings
 from .errors import (
     AmbiguousFlow,
@@ -14,6 +15,7 @@ from .errors import (
     ExecutionError,
     ExecutionFailed,
     ExecutionLost,
+    ExecutionNotFound,
     ExecutionTimeout,
     FlowNotFound,
     InputsInvalid,
@@ -24,32 +26,48 @@ from .errors import (
     ServerError,
     WireError,
 )
+from .execution_ref import Execution, WorkflowNode
+from .flow_ref import Flow
+from .flows import FlowSpec, Next, flow
+from .models import Event, ExecutionRecord
 from .server import NatsServer
+from .tracer import Tracer
 from .version import __version__
 
 __all__ = [
     "AmbiguousFlow",
     "AuthError",
     "Busy",
+    "Client",
     "ConfigError",
     "ConnectError",
     "ConnectSettings",
     "Credentials",
+    "Event",
+    "Execution",
     "ExecutionCancelled",
     "ExecutionError",
     "ExecutionFailed",
     "ExecutionLost",
+    "ExecutionNotFound",
+    "ExecutionRecord",
     "ExecutionTimeout",
+    "Flow",
     "FlowNotFound",
+    "FlowSpec",
     "InputsInvalid",
     "KodoError",
     "KodoTimeout",
     "NatsServer",
+    "Next",
     "NoResponders",
     "RemoteError",
     "ServerError",
     "ServerSettings",
     "ServiceSettings",
+    "Tracer",
     "WireError",
+    "WorkflowNode",
     "__version__",
+    "flow",
 ]
