@@ -161,6 +161,12 @@ class BenchEnv:
             self._service = service
         return self._service
 
+    async def stop_service(self) -> None:
+        """Stop the in-process service (so it does not compete with a measured subprocess)."""
+        if self._service is not None:
+            service, self._service = self._service, None
+            await asyncio.wait_for(service.stop(), 30)
+
     async def client(self, timeout: float = 60.0) -> Client:
         """An SDK client on the bench bus (closed at the end of the run)."""
         kb = Client(self.url, timeout=timeout)
