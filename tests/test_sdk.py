@@ -45,7 +45,10 @@ def bus(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Iterator[
                 "id": "sdk-a",
                 "role": "node",
                 "max_depth": 5,
-                "flows": [{"module": "tests.flowpkg.sdk_flows"}],
+                "flows": [
+                    {"module": "tests.flowpkg.sdk_flows"},
+                    {"module": "examples.pipeline.flowkit_complete"},
+                ],
             },
             "b": {
                 "id": "sdk-b",
@@ -234,3 +237,33 @@ def test_blocking_twin(bus: NatsServer) -> None:
         kinds = [e.kind for e in ex.events()]
         assert kinds[0] == "meta" and kinds[-1] == "status"
         assert ex.status() == "finished"
+
+
+async def test_flowkit_complete_example_as_a_flow(kb: Client) -> None:
+    fk = await kb.flow("sdk-a/flowkit_complete")
+    ex = await fk.launch({"data": "abc"})
+    tree = await ex.workflow(timeout=60)
+    assert tree.status == "finished"
+    assert tree.result["message"] == "Success" and tree.result["outputs"] == {"result": "ABC"}
+    [child] = tree.children
+    assert (child.flow, child.result) == ("next_node", {"received": "ABC"})
+    logged = [
+        e.data["message"]
+        async for e in kb.logs(level="debug", flow="flowkit_complete")
+        if e.execution == ex.id
+    ]
+    assert logged == ["Starting data processing", "Inputs: {'data': 'abc'}", "Processed 3 items"]
+
+
+async def test_timeout_and_model_inputs(kb: Client) -> None:
+    from kodo_bus import ExecutionTimeout
+
+    from .flowpkg.sdk_flows import Greeting
+
+    ex = await (await kb.flow("sdk-a/forever")).launch(timeout=0.5)
+    with pytest.raises(ExecutionTimeout):
+        await ex.result(timeout=30)
+    ex = await (await kb.flow("sdk-a/greet")).launch(Greeting(name="Model"))
+    assert (await ex.result(timeout=30))["greeting"] == "Hello Model"
+    mine = await kb.executions(launcher=kb.user, flow="greet", limit=1000)
+    assert ex.id in {r.execution for r in mine}

@@ -62,3 +62,12 @@ async def step3(inputs: Number, tracer: Any) -> dict[str, int]:
 @flow(summary="Chains itself forever")
 async def loop(inputs: Number, tracer: Any) -> Next:
     return Next(flows=["loop"], outputs={"value": inputs.value + 1})
+
+
+class Received(BaseModel):
+    result: str = ""
+
+
+@flow(name="next_node", summary="Downstream of the FlowKit example")
+async def next_node(inputs: Received, tracer: Any) -> dict[str, str]:
+    return {"received": inputs.result}
