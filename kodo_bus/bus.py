@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import nats
+import nats.aio.client
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -87,6 +90,7 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
             nc = await nats.connect(
                 servers=urls,
                 name=s.name,
+                inbox_prefix=s.inbox_prefix or nats.aio.client.DEFAULT_INBOX_PREFIX,
                 dont_randomize=True,
                 connect_timeout=2,
                 max_reconnect_attempts=1,
@@ -168,6 +172,27 @@ async def respond_error(
 
 
 # -- JetStream -----------------------------------------------------------------------------------
+@dataclass
+class _FreshlyNamed(api.ConsumerConfig):
+    """A consumer config that takes a new random name each time nats-py creates the consumer.
+
+    A named consumer is created through `CONSUMER.CREATE.<stream>.<name>.<filter>`, the form
+    server permissions can confine to one user's subjects. Ordered consumers re-create
+    themselves after a gap or a server restart; a fresh name keeps that from colliding with the
+    consumer they replace.
+    """
+
+    def evolve(self, **params: Any) -> _FreshlyNamed:
+        new: _FreshlyNamed = replace(self, **params)
+        new.name = secrets.token_hex(8)
+        return new
+
+
+def consumer_config(**fields: Any) -> api.ConsumerConfig:
+    """Config for `js.subscribe`: named consumers, so permissions can check their filter."""
+    return _FreshlyNamed(name=secrets.token_hex(8), **fields)
+
+
 async def ensure_stream(
     js: JetStreamContext,
     name: str,
@@ -178,7 +203,11 @@ async def ensure_stream(
     max_bytes: int | None = None,
     duplicate_window: float = 120.0,
 ) -> api.StreamInfo:
-    """Create the stream, or bring an existing one to this configuration (idempotent)."""
+    """Create the stream, or bring an existing one to this configuration (idempotent).
+
+    An existing stream that already matches is left alone without a write, so processes with
+    read-only rights on it (nodes in the secure profile) start fine.
+    """
     config = api.StreamConfig(
         name=name,
         subjects=list(subjects),
@@ -191,6 +220,19 @@ async def ensure_stream(
         duplicate_window=min(duplicate_window, max_age) if max_age else duplicate_window,
         allow_direct=True,
     )
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    else:
+        c = info.config
+        if (
+            list(c.subjects or []) == config.subjects
+            and c.max_age == config.max_age
+            and (c.num_replicas or 1) == replicas
+            and (c.max_bytes or -1) == (max_bytes or -1)
+        ):
+            return info
     try:
         return await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:

@@ -69,6 +69,7 @@ class Client:
             retry=retry,
             credentials=credentials or Credentials.from_env(),
             name=f"kodo-bus-client-{self.user}",
+            inbox_prefix=subjects.inbox(self.user),
         )
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -175,7 +176,7 @@ class Client:
                 and launcher in (None, r.launcher)
             )
 
-        records = await self._records(keep)
+        records = await self._records(keep, launcher)
         records.sort(key=lambda r: r.created, reverse=True)
         return records[:limit]
 
@@ -247,40 +248,61 @@ class Client:
             self._other_buses[key] = await bus.connect(settings)
         return self._other_buses[key]
 
-    async def _record(self, execution: str) -> ExecutionRecord | None:
+    async def _record(self, execution: str, launcher: str | None = None) -> ExecutionRecord | None:
+        """The record of an execution launched by `launcher` (default: this client's user)."""
         kv = await self.js.key_value(subjects.BUCKET_EXECUTIONS)
+        key = subjects.record_key(launcher or self.user, execution)
         try:
-            entry = await kv.get(execution)
+            entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
         if entry.value is None:
             return None
-        return decode(
-            f"{subjects.BUCKET_EXECUTIONS}.{execution}", entry.value, None, ExecutionRecord
-        )
+        return decode(f"{subjects.BUCKET_EXECUTIONS}.{key}", entry.value, None, ExecutionRecord)
 
-    async def _records(self, keep: Callable[[ExecutionRecord], bool]) -> list[ExecutionRecord]:
-        """Every current record passing `keep` (one pass over the bucket, latest values only)."""
+    async def _records(
+        self, keep: Callable[[ExecutionRecord], bool], launcher: str | None = None
+    ) -> list[ExecutionRecord]:
+        """Current records of `launcher`'s executions (default: this client's user; `*` for
+        everyone's, which needs monitor or admin rights) passing `keep`.
+
+        Read with a consumer filtered on the launcher's keys, the form a client's permissions
+        allow (a whole-bucket watch would be refused on a secure bus).
+        """
+        bucket = subjects.BUCKET_EXECUTIONS
         try:
-            kv = await self.js.key_value(subjects.BUCKET_EXECUTIONS)
+            await self.js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             return []
-        watcher = await kv.watchall(ignore_deletes=True)
+        keys = subjects.kv_subject(bucket, subjects.record_key(launcher or self.user, ">"))
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await self.js.subscribe(
+            keys,
+            stream=subjects.kv_stream(bucket),
+            cb=on_msg,
+            ordered_consumer=True,
+            config=bus.consumer_config(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT),
+        )
         records: list[ExecutionRecord] = []
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break  # end of the current values
-                if entry.value is None:
-                    continue
+            pending = (await sub.consumer_info()).num_pending or 0
+            for _ in range(pending):
+                msg = await queue.get()
+                if not msg.data:
+                    continue  # a deleted or purged key
                 try:
-                    record = decode(entry.key, entry.value, None, ExecutionRecord)
+                    record = decode(msg.subject, msg.data, None, ExecutionRecord)
                 except WireError:
                     continue
                 if keep(record):
                     records.append(record)
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
         return records
 
 

@@ -117,6 +117,9 @@ class ConnectSettings(_Settings):
     """Connection attempts after the first; -1 retries forever."""
     credentials: Credentials = Field(default_factory=Credentials)
     name: str = "kodo-bus"
+    inbox_prefix: str | None = None
+    """Prefix of reply subjects (`_INBOX_<user>` in the secure profile, where a user may
+    subscribe to its own inboxes only). None: the NATS default `_INBOX`."""
 
 
 class FlowDecl(BaseModel):
@@ -181,6 +184,9 @@ class ServiceSettings(_Settings):
     grace: float = Field(default=30.0, ge=0)
     """On SIGTERM, seconds running executions get to finish before they are cancelled."""
     max_depth: int = Field(default=32, ge=1)
+    replicas: int = Field(default=1, ge=1, le=5)
+    """JetStream replicas of the events stream and the buckets this service creates (3 on a
+    cluster, see deploy/cluster/)."""
     credentials: Credentials = Field(default_factory=Credentials)
 
     @model_validator(mode="after")
@@ -215,8 +221,14 @@ class ServiceSettings(_Settings):
         return self.ttl if self.ttl is not None else 3 * self.heartbeat
 
     def connect_settings(self) -> ConnectSettings:
+        from .subjects import inbox
+
         return ConnectSettings(
-            nats=self.nats, retry=self.retry, credentials=self.credentials, name=self.id
+            nats=self.nats,
+            retry=self.retry,
+            credentials=self.credentials,
+            name=self.id,
+            inbox_prefix=inbox(self.id),
         )
 
     @classmethod

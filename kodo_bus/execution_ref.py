@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from . import subjects
+from .bus import consumer_config
 from .codec import decode, decode_msg
 from .errors import (
     ExecutionCancelled,
@@ -83,7 +84,7 @@ class Execution:
     # -- state ---------------------------------------------------------------------------------
     async def record(self) -> ExecutionRecord:
         """The current record from the executions bucket."""
-        record = await self._client._record(self.id)
+        record = await self._client._record(self.id, self.launcher)
         if record is None:
             raise ExecutionNotFound(f"no execution {self.id!r} is known to the bus")
         self.launcher, self.node, self.flow = record.launcher, record.node, record.flow
@@ -100,7 +101,7 @@ class Execution:
             return record.status
         subject = subjects.events(record.launcher, self.id, "status")
         try:
-            msg = await self._client.js.get_last_msg(subjects.STREAM_EVENTS, subject)
+            msg = await self._client.js.get_last_msg(subjects.STREAM_EVENTS, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return record.status
         try:
@@ -125,12 +126,15 @@ class Execution:
             queue.put_nowait(msg)
 
         policy = api.DeliverPolicy.ALL if replay else api.DeliverPolicy.NEW
+        # The launcher's token in the filter is what a client's permissions allow (its own).
+        launcher = self.launcher or self._client.user
         sub = await js.subscribe(
-            subjects.events_of_execution(self.id),
+            subjects.events(launcher, self.id, "*"),
+            stream=subjects.STREAM_EVENTS,
             cb=on_msg,
             ordered_consumer=True,
             deliver_policy=policy,
-            config=api.ConsumerConfig(flow_control=True, idle_heartbeat=2.0),
+            config=consumer_config(flow_control=True, idle_heartbeat=2.0),
         )
         last = 0
         try:
@@ -223,7 +227,7 @@ class Execution:
     # -- workflows -----------------------------------------------------------------------------
     async def children(self) -> list[Execution]:
         """Executions this one launched (its next flows)."""
-        records = await self._client._records(lambda r: r.parent == self.id)
+        records = await self._client._records(lambda r: r.parent == self.id, self.launcher)
         return [Execution(self._client, r.execution, r.launcher, r.node, r.flow) for r in records]
 
     async def workflow(self, timeout: float | None = None) -> WorkflowNode:

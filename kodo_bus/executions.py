@@ -57,7 +57,9 @@ def error_data(exc: BaseException, type_name: str | None = None) -> dict[str, st
 async def last_seq(js: JetStreamContext, execution: str) -> int:
     """Highest event seq of an execution stored in the stream (0 when it has none)."""
     try:
-        msg = await js.get_last_msg(subjects.STREAM_EVENTS, subjects.events_of_execution(execution))
+        msg = await js.get_last_msg(
+            subjects.STREAM_EVENTS, subjects.events_of_execution(execution), direct=True
+        )
     except nats.js.errors.NotFoundError:
         return 0
     try:
@@ -69,7 +71,9 @@ async def last_seq(js: JetStreamContext, execution: str) -> int:
 
 async def last_event(js: JetStreamContext, execution: str) -> Event | None:
     try:
-        msg = await js.get_last_msg(subjects.STREAM_EVENTS, subjects.events_of_execution(execution))
+        msg = await js.get_last_msg(
+            subjects.STREAM_EVENTS, subjects.events_of_execution(execution), direct=True
+        )
     except nats.js.errors.NotFoundError:
         return None
     try:
@@ -83,21 +87,26 @@ def record_bytes(record: ExecutionRecord) -> bytes:
     return encode(record, MSGPACK)[0]
 
 
+def record_key(record: ExecutionRecord) -> str:
+    """The KV key of a record: launcher first, so permissions confine a user to their own."""
+    return subjects.record_key(record.launcher, record.execution)
+
+
 async def create_record(kv: KeyValue, record: ExecutionRecord) -> int:
     """Store a new record; its revision."""
-    return int(await kv.create(record.execution, record_bytes(record)))
+    return int(await kv.create(record_key(record), record_bytes(record)))
 
 
-async def read_record(kv: KeyValue, execution: str) -> tuple[ExecutionRecord, int] | None:
-    """The record and its revision, or None when there is none (or it is unreadable)."""
+async def read_record(kv: KeyValue, key: str) -> tuple[ExecutionRecord, int] | None:
+    """The record under `key` (`subjects.record_key`) and its revision, or None."""
     try:
-        entry = await kv.get(execution)
+        entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:
         return None
     if not entry.value:
         return None
     try:
-        record = decode(execution, entry.value, None, ExecutionRecord)
+        record = decode(key, entry.value, None, ExecutionRecord)
     except WireError as exc:
         log.warning("%s", exc)
         return None
@@ -107,14 +116,14 @@ async def read_record(kv: KeyValue, execution: str) -> tuple[ExecutionRecord, in
 Change = Callable[[ExecutionRecord], ExecutionRecord | None]
 
 
-async def update_record(kv: KeyValue, execution: str, change: Change) -> ExecutionRecord | None:
-    """Apply `change` with compare-and-set, retrying on a lost race.
+async def update_record(kv: KeyValue, key: str, change: Change) -> ExecutionRecord | None:
+    """Apply `change` to the record under `key` with compare-and-set, retrying on a lost race.
 
     `change` returns the new record, or None to leave it as it is. Terminal records are never
     changed: whoever ended the execution first wins.
     """
     for _ in range(50):
-        current = await read_record(kv, execution)
+        current = await read_record(kv, key)
         if current is None:
             return None
         record, revision = current
@@ -125,7 +134,7 @@ async def update_record(kv: KeyValue, execution: str, change: Change) -> Executi
             return None
         new = new.model_copy(update={"updated": time.time()})
         try:
-            await kv.update(execution, record_bytes(new), last=revision)
+            await kv.update(key, record_bytes(new), last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             continue
         except nats.js.errors.APIError as exc:
@@ -133,7 +142,7 @@ async def update_record(kv: KeyValue, execution: str, change: Change) -> Executi
                 raise
             continue
         return new
-    log.warning("gave up updating the record of %s after 50 conflicts", execution)
+    log.warning("gave up updating the record %s after 50 conflicts", key)
     return None
 
 

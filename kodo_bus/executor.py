@@ -198,7 +198,9 @@ class ExecActor:
         loop = asyncio.get_running_loop()
 
         async def on_status(status: str) -> None:
-            await update_record(self._kv, job.execution, set_status(status))
+            await update_record(
+                self._kv, subjects.record_key(job.launcher, job.execution), set_status(status)
+            )
 
         tracer = Tracer(emitter, self._nc, loop, on_status)
         context = contextvars.copy_context()
@@ -269,7 +271,9 @@ class ExecActor:
         await self._pub.drain()
         message = failure["message"] if failure else None
         await update_record(
-            self._kv, job.execution, set_status(status, last_seq=last, error=message)
+            self._kv,
+            subjects.record_key(job.launcher, job.execution),
+            set_status(status, last_seq=last, error=message),
         )
         return Outcome(status=status, last_seq=last, error=message)
 

@@ -73,7 +73,12 @@ class Registry:
         if self.settings.cache_reset:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_key_value(bucket)
-        self.kv = await ensure_bucket(js, bucket, description="kodo-bus: view of one registry")
+        self.kv = await ensure_bucket(
+            js,
+            bucket,
+            description="kodo-bus: view of one registry",
+            replicas=self.settings.replicas,
+        )
         await self._load()
         self._subs = [await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node)]
         if self.settings.feeds:

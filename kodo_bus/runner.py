@@ -38,6 +38,7 @@ from .executions import (
     end_from_outside,
     event_message,
     jsonable,
+    record_key,
     set_status,
     update_record,
 )
@@ -92,7 +93,9 @@ class Runner:
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._js = self._nc.jetstream()
-        self._kv = await ensure_execution_storage(self._js, max_age=self._settings.events_max_age)
+        self._kv = await ensure_execution_storage(
+            self._js, max_age=self._settings.events_max_age, replicas=self._settings.replicas
+        )
         node = self._settings.id
         self._launch_sub = await self._nc.subscribe(
             subjects.launch_node(node), queue=node, cb=self._on_launch
@@ -296,7 +299,7 @@ class Runner:
                 return
             await self._publish(ex, "status", {"status": "starting"}, ack=True)
             assert self._kv is not None
-            await update_record(self._kv, ex.record.execution, set_status("starting"))
+            await update_record(self._kv, record_key(ex.record), set_status("starting"))
             r = ex.record
             job = Job(
                 execution=r.execution,
@@ -333,7 +336,7 @@ class Runner:
         error = {"type": type_name, "message": message, "traceback": ""}
         seq = await end_from_outside(self._js, ex.record, status, error)
         await update_record(
-            self._kv, ex.record.execution, set_status(status, last_seq=seq, error=message)
+            self._kv, record_key(ex.record), set_status(status, last_seq=seq, error=message)
         )
 
     async def _end_pending(self, ex: _Execution, message: str) -> None:
@@ -345,7 +348,7 @@ class Runner:
         await self._publish(ex, "status", {"status": "cancelled"}, ack=True)
         await update_record(
             self._kv,
-            ex.record.execution,
+            record_key(ex.record),
             set_status("cancelled", last_seq=ex.seq, error=message),
         )
         ex.state = "done"

@@ -63,6 +63,12 @@ BUCKET_VIEW = "KODO_VIEW_{registry}"
 """One KV bucket per registry: its view of nodes and flows; survives restarts."""
 BUCKET_EXECUTIONS = "KODO_EXECUTIONS"
 """Current record of every execution (status, node, flow, launcher), one key per execution."""
+RECORD_KEY = "{user}.{execution}"
+"""Key of an execution record: the launcher first, so permissions can confine a user to theirs."""
+
+INBOX = "_INBOX_{user}"
+"""Inbox prefix of a user's connections: replies (and JetStream deliveries) to one user land
+under a prefix only that user may subscribe to, instead of the shared `_INBOX.>`."""
 
 DEFAULT_USER = "local"
 """The launcher's name when the bus runs without authentication."""
@@ -141,6 +147,28 @@ def events_of_execution(execution: str) -> str:
 
 def events_of_user(user: str) -> str:
     return EVENTS_OF_USER.format(user=user)
+
+
+KV_SUBJECT = "$KV.{bucket}.{key}"
+"""NATS convention: the subject a KV key is stored under."""
+KV_STREAM = "KV_{bucket}"
+"""NATS convention: the stream behind a KV bucket."""
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    return KV_SUBJECT.format(bucket=bucket, key=key)
+
+
+def kv_stream(bucket: str) -> str:
+    return KV_STREAM.format(bucket=bucket)
+
+
+def record_key(user: str, execution: str) -> str:
+    return RECORD_KEY.format(user=user, execution=execution)
+
+
+def inbox(user: str) -> str:
+    return INBOX.format(user=user)
 
 
 def bucket_view(registry: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kodo_bus import subjects
 from kodo_bus.errors import InputsInvalid, RemoteError
 
 from . import test_execution_support as support
@@ -28,7 +29,8 @@ async def test_round_trip(make_node: NodeFactory) -> None:
     assert events[-2].kind == "final" and events[-2].data == 5
     assert events[1].data == {"a": 2, "b": 3}
     assert all(e.launcher == "local" and e.node == node.id for e in events)
-    rec = await (await node.js.key_value("KODO_EXECUTIONS")).get(reply.execution)
+    kv = await node.js.key_value("KODO_EXECUTIONS")
+    rec = await kv.get(subjects.record_key("local", reply.execution))
     assert rec.value
 
 

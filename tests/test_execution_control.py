@@ -61,7 +61,7 @@ async def _record_is(kv: Any, execution: str, status: str) -> None:
     """Records are written right after the terminal events: wait for it, with a deadline."""
     deadline = time.monotonic() + 5
     while True:
-        rec = await read_record(kv, execution)
+        rec = await read_record(kv, subjects.record_key("local", execution))
         if rec is not None and rec[0].status == status:
             return
         assert time.monotonic() < deadline, f"record of {execution} is {rec}"

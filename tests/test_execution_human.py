@@ -34,7 +34,9 @@ async def test_ask_waits_for_a_valid_answer(make_node: NodeFactory) -> None:
     assert b"pick a colour" in lock.data
     kv = await node.js.key_value(subjects.BUCKET_EXECUTIONS)
     deadline = time.monotonic() + 5
-    while (rec := await read_record(kv, reply.execution)) and rec[0].status != "awaiting":
+    while (rec := await read_record(kv, subjects.record_key("local", reply.execution))) and rec[
+        0
+    ].status != "awaiting":
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     answer = subjects.exec_answer("local", reply.execution)

@@ -66,10 +66,10 @@ async def test_mark_lost_ends_unfinished_records_once(nats_server: NatsServer) -
             check_well_formed(events)
             assert status_of(events)[-1] == "lost"
             assert events[-2].data["type"] == "ExecutionLost"
-            rec = await read_record(kv, execution)
+            rec = await read_record(kv, subjects.record_key("local", execution))
             assert rec is not None and rec[0].status == "lost"
             assert rec[0].last_seq == events[-1].seq
-        rec = await read_record(kv, ids[2])
+        rec = await read_record(kv, subjects.record_key("local", ids[2]))
         assert rec is not None and rec[0].status == "finished"
         assert await mark_lost(js, node) == 0
     finally:

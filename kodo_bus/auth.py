@@ -1,0 +1,368 @@
+"""The secure profile: users, roles and the nats-server permissions that keep them apart.
+
+NATS enforces everything here, not kodo-bus code: a process that is talked into misbehaving still
+cannot announce as another node, launch as another user or read another user's events. That works
+because every private thing carries its owner in a subject token (`kodo.launch.<user>...`,
+`kodo.events.<user>...`, KV key `<user>.<execution>`) and each user gets an inbox prefix of its
+own (`_INBOX_<user>`), so replies and JetStream deliveries never travel on a shared wildcard.
+
+Users live in a small YAML file next to the config (name, role, bcrypt hash or nkey public key);
+the nats-server config is rendered from it, so adding a user is "edit the list, render again" and
+no secret is ever stored in clear. Every subject below is built from `subjects.py` patterns.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import bcrypt
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import subjects as s
+from .errors import ConfigError, problems_from
+
+AuthRole = Literal["node", "registry", "client", "monitor", "admin"]
+AUTH_ROLES: tuple[str, ...] = ("node", "registry", "client", "monitor", "admin")
+"""`registry` covers providers and hybrids' registry half; a hybrid needs both, so it runs as
+`registry` plus the node rights of its own id (the registry role includes them, see below)."""
+
+BCRYPT_ROUNDS = 11
+USERS_FILE = "users.yaml"
+CONF_FILE = "nats-server.conf"
+
+# JetStream API and NATS micro (NATS conventions, not kodo-bus subjects).
+_API = "$JS.API"
+_SRV = "$SRV.>"
+_kv = s.kv_subject
+_kv_stream = s.kv_stream
+
+
+def _api(*tokens: str) -> str:
+    return ".".join((_API, *tokens))
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What one user may publish and subscribe to; replies to requests it received are allowed."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = True
+
+
+def _reads_events(user: str) -> list[str]:
+    """JetStream reads confined to `user`'s executions: filtered consumers and direct gets.
+
+    Only the filtered consumer-create form (`CONSUMER.CREATE.<stream>.<name>.<filter>`) is
+    allowed; the server checks that the filter in the body equals the one in the subject, so a
+    consumer on someone else's events cannot be created. The plain form is not allowed.
+    """
+    records = s.BUCKET_EXECUTIONS
+    own_events = s.events_of_user(user)
+    own_records = _kv(records, s.record_key(user, ">"))
+    return [
+        _api("STREAM", "INFO", s.STREAM_EVENTS),
+        _api("STREAM", "INFO", _kv_stream(records)),
+        _api("STREAM", "NAMES"),
+        _api("STREAM", "LIST"),
+        _api("CONSUMER", "CREATE", s.STREAM_EVENTS, "*", own_events),
+        _api("CONSUMER", "CREATE", _kv_stream(records), "*", own_records),
+        _api("DIRECT", "GET", _kv_stream(records), own_records),
+        _api("CONSUMER", "INFO", s.STREAM_EVENTS, "*"),
+        _api("CONSUMER", "INFO", _kv_stream(records), "*"),
+        _api("DIRECT", "GET", s.STREAM_EVENTS, own_events),
+    ]
+
+
+def _service(name: str) -> tuple[list[str], list[str]]:
+    """What every service needs: its own request endpoints, NATS micro, its inbox."""
+    sub = [
+        s.SVC_INFO.format(service=name),
+        s.SVC_FLOWS.format(service=name),
+        s.SVC_NODES.format(service=name),
+        s.SVC_CATALOG.format(service=name),
+        s.SVC_DISCONNECT.format(service=name),
+        _SRV,
+        s.inbox(name) + ".>",
+    ]
+    pub = [
+        # the views of other services (a node's sync answers, a registry's catalog repair)
+        s.SVC_CATALOG.format(service="*"),
+        s.SVC_INFO.format(service="*"),
+    ]
+    return pub, sub
+
+
+def _node(name: str) -> Permissions:
+    """A node announces as itself, takes its own launches and writes its executions' events.
+
+    Not enforceable without a node token in those subjects (see deploy/secure/README.md): which
+    executions' events and records a node writes, and which control messages it hears.
+    """
+    pub, sub = _service(name)
+    records = s.BUCKET_EXECUTIONS
+    pub += [
+        s.node_catalog(name),
+        s.node_heartbeat(name),
+        s.node_bye(name),
+        s.EVENTS_ALL,
+        _kv(records, ">"),
+        _api("STREAM", "INFO", s.STREAM_EVENTS),
+        _api("STREAM", "INFO", _kv_stream(records)),
+        _api("STREAM", "CREATE", s.STREAM_EVENTS),
+        _api("STREAM", "CREATE", _kv_stream(records)),
+        _api("DIRECT", "GET", _kv_stream(records), _kv(records, ">")),
+        _api("DIRECT", "GET", s.STREAM_EVENTS, s.EVENTS_ALL),
+    ]
+    # Workflows: a node launches the next flows on behalf of the execution's launcher.
+    pub.append(s.launch("*", "*", "*"))
+    sub += [s.launch_node(name), s.SYNC, s.EXEC_CONTROL_ALL]
+    return Permissions(tuple(pub), tuple(sub))
+
+
+def _registry(name: str) -> Permissions:
+    """A registry hears every announcement, keeps its own view bucket, ends lost executions."""
+    node = _node(name)
+    view = s.bucket_view(name)
+    records = s.BUCKET_EXECUTIONS
+    pub = [
+        *node.publish,
+        s.SYNC,
+        s.registry_view(name),
+        s.SVC_CATALOG.format(service="*"),
+        _kv(view, ">"),
+        _api("STREAM", "INFO", _kv_stream(view)),
+        _api("STREAM", "CREATE", _kv_stream(view)),
+        _api("STREAM", "UPDATE", _kv_stream(view)),
+        _api("STREAM", "DELETE", _kv_stream(view)),
+        _api("STREAM", "UPDATE", s.STREAM_EVENTS),
+        _api("STREAM", "UPDATE", _kv_stream(records)),
+        _api("STREAM", "NAMES"),
+        _api("CONSUMER", "CREATE", _kv_stream(view), ">"),
+        _api("CONSUMER", "CREATE", _kv_stream(records), ">"),
+        _api("DIRECT", "GET", _kv_stream(view), ">"),
+    ]
+    sub = [*node.subscribe, s.NODE_ALL, s.REGISTRY_VIEW_ALL]
+    return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
+
+
+def _client(name: str) -> Permissions:
+    """A client launches as itself and reads only its own executions, live or stored."""
+    pub = [
+        s.launch(name, "*", "*"),
+        s.exec_cancel(name, "*"),
+        s.exec_answer(name, "*"),
+        s.SVC_INFO.format(service="*"),
+        s.SVC_FLOWS.format(service="*"),
+        s.SVC_NODES.format(service="*"),
+        _SRV,
+        *_reads_events(name),
+    ]
+    sub = [s.inbox(name) + ".>", s.events_of_user(name)]
+    return Permissions(tuple(pub), tuple(sub))
+
+
+def _monitor(name: str) -> Permissions:
+    """Reads everything, writes nothing: requests only to info endpoints and read-only APIs."""
+    pub = [
+        s.SVC_INFO.format(service="*"),
+        s.SVC_FLOWS.format(service="*"),
+        s.SVC_NODES.format(service="*"),
+        _SRV,
+        _api("INFO"),
+        _api("STREAM", "INFO", "*"),
+        _api("STREAM", "NAMES"),
+        _api("STREAM", "LIST"),
+        _api("CONSUMER", "CREATE", ">"),
+        _api("CONSUMER", "INFO", ">"),
+        _api("CONSUMER", "LIST", "*"),
+        _api("CONSUMER", "NAMES", "*"),
+        _api("DIRECT", "GET", ">"),
+        _api("STREAM", "MSG", "GET", "*"),
+    ]
+    return Permissions(tuple(pub), (">",))
+
+
+def _admin(name: str) -> Permissions:
+    return Permissions((">",), (">",))
+
+
+_BUILDERS = {
+    "node": _node,
+    "registry": _registry,
+    "client": _client,
+    "monitor": _monitor,
+    "admin": _admin,
+}
+
+
+def permissions(role: str, name: str) -> Permissions:
+    """The permissions of user `name` in `role` (the name is its node id, registry id or user)."""
+    s.check_token(name, "user name")
+    if role not in _BUILDERS:
+        raise ConfigError(f"unknown role {role!r}: use one of {', '.join(AUTH_ROLES)}")
+    return _BUILDERS[role](name)
+
+
+# -- users ---------------------------------------------------------------------------------------
+class User(BaseModel):
+    """One account: a bcrypt hash of its password, or the public key of its nkey."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: AuthRole
+    password_hash: str | None = None
+    nkey: str | None = Field(default=None, pattern=r"^U[A-Z2-7]{55}$")
+
+    @field_validator("name")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        try:
+            return s.check_token(value, "user name")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def new_password() -> str:
+    """A random password (about 190 bits), shown once to whoever creates the user."""
+    return secrets.token_urlsafe(24)
+
+
+def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
+    """bcrypt hash in the `$2a$` form every nats-server version accepts."""
+    salt = bcrypt.gensalt(rounds=rounds, prefix=b"2a")
+    return bcrypt.hashpw(password.encode(), salt).decode()
+
+
+class UserStore:
+    """The users file of one secure profile directory, and the config rendered from it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.users_file = directory / USERS_FILE
+        self.conf_file = directory / CONF_FILE
+
+    def load(self) -> list[User]:
+        if not self.users_file.is_file():
+            return []
+        try:
+            data = yaml.safe_load(self.users_file.read_text()) or {}
+            return [User.model_validate(u) for u in data.get("users", [])]
+        except (yaml.YAMLError, ValidationError, AttributeError) as exc:
+            detail = (
+                "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
+                if isinstance(exc, ValidationError)
+                else str(exc)
+            )
+            raise ConfigError(f"{self.users_file}: {detail}") from None
+
+    def save(self, users: Iterable[User], **server: object) -> None:
+        """Write the users file and render the nats-server config next to it."""
+        users = list(users)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        body = {"users": [u.model_dump(exclude_none=True) for u in users]}
+        header = "# kodo-bus users: names, roles and bcrypt hashes (never passwords)\n"
+        self.users_file.write_text(header + yaml.safe_dump(body, sort_keys=False))
+        self.conf_file.write_text(render_conf(users, **server))
+
+    def add(
+        self,
+        name: str,
+        role: str,
+        *,
+        password: str | None = None,
+        nkey: str | None = None,
+        rounds: int = BCRYPT_ROUNDS,
+        **server: object,
+    ) -> str | None:
+        """Add (or replace) a user; the new password when one was generated, else None."""
+        generated = None
+        if nkey is None and password is None:
+            password = generated = new_password()
+        try:
+            user = User(
+                name=name,
+                role=role,  # type: ignore[arg-type]
+                password_hash=hash_password(password, rounds) if password is not None else None,
+                nkey=nkey,
+            )
+        except ValidationError as exc:
+            lines = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
+            raise ConfigError(f"user {name!r}: {lines}") from None
+        users = [u for u in self.load() if u.name != name] + [user]
+        self.save(users, **server)
+        return generated
+
+    def remove(self, name: str, **server: object) -> bool:
+        users = self.load()
+        kept = [u for u in users if u.name != name]
+        self.save(kept, **server)
+        return len(kept) != len(users)
+
+
+def _q(value: str) -> str:
+    """A quoted string of the NATS config format (JSON quoting is a subset it reads)."""
+    return json.dumps(value)
+
+
+def _list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def render_conf(
+    users: Iterable[User],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4222,
+    http: str | None = "127.0.0.1:8222",
+    server_name: str = "kodo-secure",
+) -> str:
+    """The nats-server config of the secure profile: the dev settings plus users and roles."""
+    lines = [
+        "# kodo-bus secure nats-server configuration — GENERATED by `kodo-bus auth`;",
+        "# edit users with `kodo-bus auth add-user/remove-user`, not by hand.",
+        "# Passwords are bcrypt hashes. Production: prefer nkeys or TLS client certificates",
+        "# (see deploy/secure/README.md). Every permission is built from kodo_bus/subjects.py.",
+        f"server_name: {_q(server_name)}",
+        f"host: {_q(host)}",
+        f"port: {port}",
+    ]
+    if http:
+        lines.append(f"http: {_q(http)}")
+    lines += [
+        "max_payload: 8MB",
+        "max_pending: 64MB",
+        "max_connections: 10000",
+        'ping_interval: "20s"',
+        "ping_max: 3",
+        "jetstream {",
+        "    max_memory_store: 256MB",
+        "    max_file_store: 10GB",
+        "}",
+        "authorization {",
+        "    users = [",
+    ]
+    for user in users:
+        perms = permissions(user.role, user.name)
+        ident = (
+            f"nkey: {_q(user.nkey)}"
+            if user.nkey
+            else f"user: {_q(user.name)}, password: {_q(user.password_hash or '')}"
+        )
+        lines += [
+            f"        # {user.name}: {user.role}",
+            f"        {{ {ident}, permissions: {{",
+            f"            publish: {{ allow: {_list(perms.publish)} }},",
+            f"            subscribe: {{ allow: {_list(perms.subscribe)} }},",
+            f"            allow_responses: {str(perms.allow_responses).lower()}",
+            "        } },",
+        ]
+    lines += ["    ]", "}", ""]
+    return "\n".join(lines)
