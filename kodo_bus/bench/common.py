@@ -25,6 +25,8 @@ from rich.table import Table
 from ..version import __version__
 
 Better = Literal["lower", "higher"]
+TIMES = "\u00d7"
+"""The multiplication sign of ratios, as in 2.40 times the floor."""
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -212,7 +214,7 @@ def table(results: Iterable[ScenarioResult], title: str = "kodo-bus bench") -> T
             floor = (
                 f"{fmt(f.floor.value, f.floor.unit)} [dim]({f.floor.name})[/]" if f.floor else ""
             )
-            ratio = f"{f.ratio:.2f}×" if f.ratio is not None else ""
+            ratio = f"{f.ratio:.2f}{TIMES}" if f.ratio is not None else ""
             t.add_row(
                 result.scenario if first else "",
                 f.name,
@@ -237,7 +239,7 @@ def markdown_table(record: BenchRecord) -> str:
     for s in record.scenarios:
         for f in s.figures:
             floor = f"{fmt(f.floor.value, f.floor.unit)} ({f.floor.name})" if f.floor else ""
-            ratio = f"{f.ratio_to_floor:.2f}×" if f.ratio_to_floor is not None else ""
+            ratio = f"{f.ratio_to_floor:.2f}{TIMES}" if f.ratio_to_floor is not None else ""
             target = ""
             if f.target is not None:
                 op = "≤" if f.better == "lower" else "≥"

@@ -214,10 +214,10 @@ class BenchEnv:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self._procs.append(proc)
-        exited = asyncio.create_task(proc.wait())
+        exited: asyncio.Future[Any] = asyncio.ensure_future(proc.wait())
         try:
             done, _ = await asyncio.wait(
-                {ready, exited},
+                [ready, exited],
                 timeout=self.settings.start_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )

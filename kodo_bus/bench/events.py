@@ -74,7 +74,7 @@ def _sample_body(n: int) -> bytes:
     return event_message(event)[1]
 
 
-async def run(env: BenchEnv, n: int = 100_000) -> ScenarioResult:
+async def run(env: BenchEnv, *, n: int = 100_000) -> ScenarioResult:
     watch = Stopwatch()
     result = ScenarioResult(scenario="events", params={"n": n})
     await env.service()

@@ -16,20 +16,20 @@ from nats.aio.msg import Msg
 
 from .common import Floor, percentile
 
-_noop_task: Any = None
+_made: dict[str, Any] = {}
+
+
+def _noop() -> int:
+    return 0
 
 
 def _ray_noop() -> Any:
     """The bare Ray task, made remote once per process (Ray is imported only when needed)."""
-    global _noop_task
-    if _noop_task is None:
+    if "noop" not in _made:
         import ray
 
-        def noop() -> int:
-            return 0
-
-        _noop_task = ray.remote(num_cpus=1)(noop)
-    return _noop_task
+        _made["noop"] = ray.remote(num_cpus=1)(_noop)
+    return _made["noop"]
 
 
 async def ray_task_round_trip(n: int) -> list[float]:

@@ -18,7 +18,7 @@ TARGET_P50_MS = 10.0
 TARGET_P99_MS = 40.0
 
 
-async def run(env: BenchEnv, n: int = 500, warmup: int = 30) -> ScenarioResult:
+async def run(env: BenchEnv, *, n: int = 500, warmup: int = 30) -> ScenarioResult:
     watch = Stopwatch()
     result = ScenarioResult(scenario="launch", params={"n": n, "warmup": warmup})
     await env.service()

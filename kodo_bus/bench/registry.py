@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio.subprocess import Process
 
 import psutil
 from nats.aio.client import Client as NATS
@@ -97,7 +98,7 @@ async def info(nc: NATS, registry: str, within: float = 10.0) -> ServiceInfo:
 
 async def fill(
     env: BenchEnv, nc: NATS, registry: str, sims: SimNodes, *args: str
-) -> tuple[object, float]:
+) -> tuple[Process, float]:
     """Start a registry with `args`, announce every node at once; (process, seconds to complete)."""
     proc = await env.run_service(registry, "registry", "--cache-reset", *args)
     async with ViewWatch(nc, registry) as watch:
@@ -108,8 +109,9 @@ async def fill(
     return proc, done - t0
 
 
-async def run(
+async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
     env: BenchEnv,
+    *,
     nodes: int = 1000,
     flows: int = 20,
     heartbeat: float = 5.0,
@@ -193,7 +195,7 @@ async def run(
         result.notes.append(f"{beats:,} heartbeats in {elapsed:.1f} s")
 
         # 5. a filtered query
-        samples = await _queries(nc, registry, queries)
+        samples = await _queries(nc, registry, queries, f"flow{min(7, flows - 1)}")
         echo = await floors.nats_request_round_trip(nc, queries, f"kodo-bench.{env.run_id}.q")
         q_floor = floors.p50_floor("NATS req/reply", echo)
         ms = [s * 1000 for s in samples]
@@ -217,9 +219,9 @@ async def _confirm(nc: NATS, registry: str, flows: int) -> None:
         raise BenchError(f"registry {registry} holds {got.flows} flows, expected {flows}")
 
 
-async def _queries(nc: NATS, registry: str, n: int) -> list[float]:
+async def _queries(nc: NATS, registry: str, n: int, text: str) -> list[float]:
     """Seconds per `flows` request filtered by text and tag (one page of 100)."""
-    query = FlowsQuery(q="flow7", tags=["bench"], limit=100)
+    query = FlowsQuery(q=text, tags=["bench"], limit=100)
     subject = subjects.svc_flows(registry)
     for _ in range(min(n, 10)):
         await request(nc, subject, query, FlowsPage, timeout=10)

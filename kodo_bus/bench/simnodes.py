@@ -51,7 +51,7 @@ def catalog(node: str, flows: int) -> Catalog:
 
 
 class SimNodes:
-    """`count` nodes × `flows` flows on one connection."""
+    """`count` nodes times `flows` flows on one connection."""
 
     def __init__(self, nc: NATS, prefix: str, count: int, flows: int) -> None:
         self.nc = nc

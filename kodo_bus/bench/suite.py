@@ -17,20 +17,22 @@ from .env import BenchEnv, BenchError, BenchSettings
 
 
 class Sizes(BaseModel):
-    """How much work each scenario does (None: the scenario's default, or the quick size)."""
+    """How much work each scenario does (the issue's sizes by default)."""
 
-    launches: int | None = Field(default=None, ge=1)
-    executions: int | None = Field(default=None, ge=1)
-    events: int | None = Field(default=None, ge=2)
-    nodes: int | None = Field(default=None, ge=1)
-    flows: int | None = Field(default=None, ge=1)
-    heartbeat: float | None = Field(default=None, gt=0)
-    load_seconds: float | None = Field(default=None, gt=0)
-    queries: int | None = Field(default=None, ge=1)
+    launches: int = Field(default=500, ge=1)
+    warmup: int = Field(default=30, ge=0)
+    executions: int = Field(default=2000, ge=1)
+    events: int = Field(default=100_000, ge=2)
+    nodes: int = Field(default=1000, ge=1)
+    flows: int = Field(default=20, ge=1)
+    heartbeat: float = Field(default=5.0, gt=0)
+    load_seconds: float = Field(default=10.0, gt=0)
+    queries: int = Field(default=300, ge=1)
 
 
 QUICK = Sizes(
     launches=5,
+    warmup=2,
     executions=20,
     events=200,
     nodes=10,
@@ -39,45 +41,31 @@ QUICK = Sizes(
     load_seconds=1.0,
     queries=5,
 )
+"""Tiny sizes for the smoke tests and `--quick`: does every scenario work?"""
 
 
-async def run_one(env: BenchEnv, name: str, sizes: Sizes) -> ScenarioResult:
-    """One scenario by name, with the sizes given (None fields keep their defaults)."""
-    s = sizes
+async def run_one(env: BenchEnv, name: str, s: Sizes) -> ScenarioResult:
+    """One scenario by name, with the sizes given."""
+    from . import events, launch, memory, registry, throughput
+
     if name == "launch":
-        from . import launch
-
-        return await launch.run(env, **_given(n=s.launches, warmup=5 if s.launches else None))
+        return await launch.run(env, n=s.launches, warmup=s.warmup)
     if name == "throughput":
-        from . import throughput
-
-        return await throughput.run(env, **_given(n=s.executions))
+        return await throughput.run(env, n=s.executions, warmup=s.warmup)
     if name == "events":
-        from . import events
-
-        return await events.run(env, **_given(n=s.events))
+        return await events.run(env, n=s.events)
     if name == "registry":
-        from . import registry
-
         return await registry.run(
             env,
-            **_given(
-                nodes=s.nodes,
-                flows=s.flows,
-                heartbeat=s.heartbeat,
-                load_seconds=s.load_seconds,
-                queries=s.queries,
-            ),
+            nodes=s.nodes,
+            flows=s.flows,
+            heartbeat=s.heartbeat,
+            load_seconds=s.load_seconds,
+            queries=s.queries,
         )
     if name == "memory":
-        from . import memory
-
-        return await memory.run(env, **_given(nodes=s.nodes, flows=s.flows))
+        return await memory.run(env, nodes=s.nodes, flows=s.flows)
     raise BenchError(f"unknown scenario {name!r}: choose from all, {', '.join(SCENARIOS)}")
-
-
-def _given(**values: float | int | None) -> dict[str, float | int]:
-    return {k: v for k, v in values.items() if v is not None}
 
 
 async def run_suite(

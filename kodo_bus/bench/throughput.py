@@ -21,7 +21,7 @@ from .env import BenchEnv, BenchError
 TARGET_PER_S = 500.0
 
 
-async def run(env: BenchEnv, n: int = 2000, warmup: int = 50) -> ScenarioResult:
+async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResult:
     watch = Stopwatch()
     result = ScenarioResult(
         scenario="throughput",

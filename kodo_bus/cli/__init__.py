@@ -19,7 +19,7 @@ from ..errors import (
     InputsInvalid,
     KodoError,
 )
-from . import federation_cmd, run_cmd, server_cmd
+from . import bench_cmd, federation_cmd, run_cmd, server_cmd
 from .app import app, console, state
 
 __all__ = ["app", "main"]
@@ -27,6 +27,7 @@ __all__ = ["app", "main"]
 server_cmd.register(app)
 run_cmd.register(app)
 federation_cmd.register(app)
+bench_cmd.register(app)
 
 
 def exit_code_for(exc: KodoError) -> int:

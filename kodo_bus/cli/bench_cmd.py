@@ -1,0 +1,101 @@
+"""`kodo-bus bench SCENARIO`: measure kodo-bus next to its floors (like `nats bench`).
+
+Runs against an embedded nats-server on free loopback ports by default, or the bus given with
+`--nats`. The table goes to the terminal as each scenario finishes; `--json` prints one record
+(every figure, floor, ratio and target) on stdout instead, for scripts and comparisons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from ..bench import SCENARIOS
+from ..bench.common import ScenarioResult, markdown_table, table
+from ..bench.env import BenchSettings
+from ..bench.suite import QUICK, Sizes, run_suite
+from .app import console, out
+
+HELP = f"""Measure kodo-bus: {", ".join(SCENARIOS)} or all.
+
+Every figure is printed with a floor measured in the same run (a bare Ray task, a bare NATS
+request, bare nats-py publish→subscribe...). Needs about 4 minutes for `all`.
+"""
+
+
+def bench(  # noqa: PLR0917 (typer options)
+    scenario: Annotated[str, typer.Argument(help=f"all | {' | '.join(SCENARIOS)}")] = "all",
+    nats: Annotated[
+        str | None, typer.Option("--nats", help="Bus to measure (default: an embedded server).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON record.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Also print a Markdown table at the end.")
+    ] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: does it work?")] = False,
+    launches: Annotated[int | None, typer.Option(help="launch: sequential launches.")] = None,
+    executions: Annotated[
+        int | None, typer.Option(help="throughput: concurrent executions [2000].")
+    ] = None,
+    events: Annotated[int | None, typer.Option(help="events: events emitted [100000].")] = None,
+    nodes: Annotated[int | None, typer.Option(help="registry/memory: simulated nodes.")] = None,
+    flows: Annotated[int | None, typer.Option(help="registry/memory: flows per node.")] = None,
+    heartbeat: Annotated[
+        float | None, typer.Option(help="registry: seconds between heartbeats [5].")
+    ] = None,
+    load_seconds: Annotated[
+        float | None, typer.Option(help="registry: seconds of heartbeat load [10].")
+    ] = None,
+    max_running: Annotated[
+        int, typer.Option(help="Executions the benchmark node runs at once.")
+    ] = 32,
+    ray_cpus: Annotated[int, typer.Option(help="num_cpus of the local Ray.")] = 2,
+) -> None:
+    """Benchmark kodo-bus (launch latency, throughput, events, registry, memory)."""
+    names = [scenario]
+    if scenario != "all" and scenario not in SCENARIOS:
+        raise typer.BadParameter(f"choose from all, {', '.join(SCENARIOS)}", param_hint="SCENARIO")
+    base = QUICK if quick else Sizes()
+    sizes = base.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "launches": launches,
+                "executions": executions,
+                "events": events,
+                "nodes": nodes,
+                "flows": flows,
+                "heartbeat": heartbeat,
+                "load_seconds": load_seconds,
+            }.items()
+            if v is not None
+        }
+    )
+    settings = BenchSettings(nats=nats, quick=quick, max_running=max_running, ray_cpus=ray_cpus)
+
+    def show(result: ScenarioResult) -> None:
+        if not json_out:
+            out.print(table([result], title=f"kodo-bus bench {result.scenario}"))
+
+    if not json_out:
+        if not out.is_terminal:
+            out.width = max(out.width, 130)  # a pipe or file gets the table unwrapped
+        console.print(f"[dim]kodo-bus bench {scenario}: starting…[/]")
+    record = asyncio.run(run_suite(names, settings, sizes, on_result=show))
+    if json_out:
+        sys.stdout.write(record.model_dump_json(indent=2) + "\n")
+        return
+    m = record.machine
+    console.print(
+        f"[dim]{record.date} · {m.host} · {m.cpus} CPUs · {m.memory_gb} GB · Python {m.python}"
+        f" · {record.nats} · load before {m.load_before[0]:.2f} · {record.seconds:.0f} s[/]"
+    )
+    if markdown:
+        out.print(markdown_table(record), markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help=HELP)(bench)
