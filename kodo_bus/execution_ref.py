@@ -163,10 +163,13 @@ class Execution:
 
     async def result(self, timeout: float | None = None) -> Any:
         """The final value, or the typed error of how the execution ended."""
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 return await self._ending()
         except TimeoutError:
+            if not deadline.expired():
+                raise  # ExecutionTimeout: the execution itself timed out
             raise KodoTimeout(
                 f"execution {self.id} did not end within {timeout:g} s (it goes on running)"
             ) from None
