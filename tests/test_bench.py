@@ -1,0 +1,98 @@
+"""Smoke variants of every benchmark scenario: tiny sizes, checks that they work — not how fast."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from kodo_bus.bench.common import BenchRecord, ScenarioResult, percentile
+from kodo_bus.bench.env import BenchEnv, BenchSettings
+from kodo_bus.bench.suite import QUICK, run_one
+from kodo_bus.server import NatsServer
+
+from .conftest import REPO
+
+
+def _check(result: ScenarioResult, scenario: str) -> dict[str, float]:
+    """Every figure is a number (not NaN); returns them by name."""
+    assert result.scenario == scenario
+    assert result.figures
+    for f in result.figures:
+        assert not math.isnan(f.value), f"{scenario}: {f.name} is NaN"
+        if f.floor is not None:
+            assert f.floor.value > 0, f"{scenario}: floor of {f.name} is {f.floor.value}"
+    return {f.name: f.value for f in result.figures}
+
+
+def test_percentile() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0], 50) == 1.5
+    assert percentile([5.0], 99) == 5.0
+    assert math.isnan(percentile([], 50))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_execution_scenarios(nats_server: NatsServer, ray_address: str) -> None:
+    settings = BenchSettings(nats=nats_server.url, quick=True, max_running=4)
+    async with BenchEnv(settings) as env:
+        launch = _check(await run_one(env, "launch", QUICK), "launch")
+        assert launch["launch→final p50"] >= launch["launch→reply p50"] > 0
+        throughput = await run_one(env, "throughput", QUICK)
+        assert _check(throughput, "throughput")["executions/s (all final)"] > 0
+        assert not throughput.notes, throughput.notes
+        events = _check(await run_one(env, "events", QUICK), "events")
+        assert events["lost (live + replay)"] == 0
+        assert events["out of order (live + replay)"] == 0
+        assert events["live reader"] > 0 and events["late reader (replay)"] > 0
+
+
+@pytest.mark.slow
+async def test_registry_and_memory_scenarios(nats_server: NatsServer) -> None:
+    async with BenchEnv(BenchSettings(nats=nats_server.url, quick=True)) as env:
+        registry = _check(await run_one(env, "registry", QUICK), "registry")
+        flows = QUICK.nodes * QUICK.flows
+        assert registry[f"{flows:,} flows complete (burst)"] > 0
+        assert registry[f"{flows:,} flows complete (--cache-reset)"] > 0
+        assert registry["filtered flows query p50"] > 0
+        memory = _check(await run_one(env, "memory", QUICK), "memory")
+        assert memory["idle node (no Ray loaded)"] > 10  # MB: a live Python process
+        assert memory[f"registry holding {flows:,} flows"] > 10
+    # every child process the run started is gone (stopped by PID)
+    assert not env._procs
+
+
+@pytest.mark.slow
+def test_cli_json_record(nats_server: NatsServer) -> None:
+    """`kodo-bus bench memory --quick --json` prints one valid record (no Ray needed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kodo_bus", "bench", "memory", "--quick", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    record = BenchRecord.model_validate(json.loads(done.stdout))
+    assert [s.scenario for s in record.scenarios] == ["memory"]
+    assert record.nats.startswith("embedded nats-server")
+    node = record.scenarios[0].figures[0]
+    assert node.ratio_to_floor is not None and node.target_met is not None
+
+
+def test_cli_rejects_unknown_scenario() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kodo_bus", "bench", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "choose from all" in done.stderr
