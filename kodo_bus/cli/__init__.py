@@ -12,14 +12,16 @@ import sys
 from rich.markup import escape
 
 from ..errors import (
+    AmbiguousFlow,
     ConfigError,
     ExecutionCancelled,
     ExecutionLost,
     ExecutionTimeout,
+    FlowNotFound,
     InputsInvalid,
     KodoError,
 )
-from . import bench_cmd, federation_cmd, run_cmd, server_cmd
+from . import bench_cmd, dashboard_cmd, exec_cmd, federation_cmd, run_cmd, server_cmd
 from .app import app, console, state
 
 __all__ = ["app", "main"]
@@ -27,12 +29,14 @@ __all__ = ["app", "main"]
 server_cmd.register(app)
 run_cmd.register(app)
 federation_cmd.register(app)
+exec_cmd.register(app)
+dashboard_cmd.register(app)
 bench_cmd.register(app)
 
 
 def exit_code_for(exc: KodoError) -> int:
     """The documented exit code of an error (see `kodo-bus --help`)."""
-    if isinstance(exc, ConfigError | InputsInvalid):
+    if isinstance(exc, ConfigError | InputsInvalid | FlowNotFound | AmbiguousFlow):
         return 2
     if isinstance(exc, ExecutionCancelled | ExecutionTimeout | ExecutionLost):
         return 3

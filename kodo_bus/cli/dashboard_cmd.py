@@ -1,0 +1,51 @@
+"""`kodo-bus dashboard`: the federation at a glance, live, in the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from ..client import Client
+from .exec_cmd import UserOpt
+from .federation_cmd import NatsOpt
+
+
+def dashboard(
+    via: Annotated[
+        str | None,
+        typer.Option("--via", help="Registry whose view seeds the nodes [default: any]."),
+    ] = None,
+    refresh: Annotated[
+        float, typer.Option("--refresh", min=0.05, help="Seconds between redraws.")
+    ] = 0.5,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            "--monitor",
+            envvar="KODO_MONITOR_URL",
+            help="nats-server monitoring URL [default: the bus host, port 8222].",
+        ),
+    ] = None,
+    nats: NatsOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Full-screen live view of nodes, executions, event rates and warnings (q or Ctrl-C quits).
+
+    Fed by NATS pushes (heartbeats, catalogs, KV watches, status and log events), not by
+    polling a registry.
+    """
+    from ..dashboard.feeds import default_monitor
+    from ..dashboard.live import run_dashboard
+
+    async def main() -> None:
+        async with Client(nats or None, user=user) as kb:
+            target = monitor if monitor is not None else default_monitor(kb.urls[0])
+            await run_dashboard(kb, via, refresh, target or None)
+
+    asyncio.run(main())
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(dashboard)

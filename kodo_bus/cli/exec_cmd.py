@@ -1,0 +1,457 @@
+"""`kodo-bus launch | events | executions | cancel | answer | logs`: executions from a shell.
+
+Every command is a thin face over the SDK (`Client`, `Flow`, `Execution`), run with
+`asyncio.run` at the command boundary. Human output goes through rich; `--json` prints the wire
+shapes (one JSON event per line when following) so scripts see what `nats sub` shows. Prompts
+(missing inputs, answers to `tracer.ask`) only appear when stdin is a terminal and run in a
+thread so the event loop keeps receiving events meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .. import subjects
+from ..client import LOG_LEVELS, Client
+from ..errors import ConfigError, FieldProblem, InputsInvalid, KodoError, problems_from
+from ..execution_ref import Execution, status_of
+from ..models import EVENT_KINDS, TERMINAL_STATUSES, Event
+from ..schema_model import model_from_schema
+from .app import console, out
+from .federation_cmd import JsonOpt, NatsOpt, ViaOpt
+from .prompts import ask_fields, parse_pairs
+from .render import EventRenderer, event_json, log_line, status_text
+
+T = TypeVar("T")
+
+UserOpt = Annotated[
+    str | None,
+    typer.Option("--user", envvar="KODO_USER", help="Launcher identity [default: local]."),
+]
+PairsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input", "-i", help="One input as key=value (repeatable; JSON for non-text)."),
+]
+EXIT_BY_STATUS = {"finished": 0, "error": 1, "cancelled": 3, "timeout": 3, "lost": 3}
+INTERRUPTED = 130
+LAUNCH_HELP = """Launch a flow and follow its execution.
+
+Missing inputs are asked for on a terminal (with the schema's defaults and choices). While
+following: markdown is rendered, progress is a live bar, logs are coloured, stdout/stderr dimmed,
+questions of the flow are asked, the final value is pretty-printed. Ctrl-C detaches (the
+execution goes on).
+
+Exit codes: 0 finished · 1 error (the flow failed, or NATS unreachable) · 2 bad input or usage
+(unknown flow, invalid inputs) · 3 cancelled, timed out or lost.
+"""
+
+
+def _run(nats: list[str] | None, user: str | None, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect a Client, run `work`, close; Ctrl-C leaves with code 130 and no traceback."""
+
+    async def main() -> T:
+        async with Client(nats or None, user=user) as kb:
+            return await work(kb)
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print("[dim]interrupted[/]")
+        raise typer.Exit(INTERRUPTED) from None
+
+
+@contextlib.asynccontextmanager
+async def _closing(stream: AsyncIterator[Event]) -> AsyncIterator[AsyncIterator[Event]]:
+    """Close an event generator on leaving, so its subscription ends even after `break`."""
+    try:
+        yield stream
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _read_inputs(source: str | None) -> dict[str, Any]:
+    if source is None:
+        return {}
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        data = json.loads(text) if text.strip() else {}
+    except OSError as exc:
+        raise ConfigError(f"--inputs {source}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--inputs {source}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--inputs {source}: expected a JSON object")
+    return data
+
+
+def _checker(schema: dict[str, Any], name: str) -> Callable[[dict[str, Any]], list[FieldProblem]]:
+    """Validate data against a schema with pydantic, as the node would."""
+    model = model_from_schema(schema, name)
+
+    def check(data: dict[str, Any]) -> list[FieldProblem]:
+        if model is None:
+            return []
+        try:
+            model.model_validate(data)
+        except Exception as exc:
+            return problems_from(exc)
+        return []
+
+    return check
+
+
+async def _events_so_far(kb: Client, execution: str) -> int:
+    """How many events of `execution` the stream holds right now."""
+    info = await kb.js.stream_info(
+        subjects.STREAM_EVENTS, subjects_filter=subjects.events_of_execution(execution)
+    )
+    return sum((info.state.subjects or {}).values())
+
+
+async def _answer_lock(execution: Execution, lock: dict[str, Any]) -> None:
+    """Ask the human on the terminal, send the answer; re-ask while the node refuses it."""
+    schema = lock.get("schema") if isinstance(lock.get("schema"), dict) else {}
+    assert isinstance(schema, dict)
+    check = _checker(schema, "answer")
+    given: dict[str, Any] = {}
+    while True:
+        data = await asyncio.to_thread(ask_fields, schema, given, check, console)
+        try:
+            await execution.answer(data)
+            return
+        except InputsInvalid as exc:
+            for problem in exc.problems:
+                console.print(f"[red]{escape(problem.field)}: {escape(problem.message)}[/]")
+            given = {}
+        except KodoError as exc:
+            console.print(f"[red]answer not taken: {escape(str(exc))}[/]")
+            return
+
+
+async def follow(execution: Execution, as_json: bool, interactive: bool) -> int:
+    """Show every event until the terminal status; returns the documented exit code."""
+    renderer = EventRenderer(out)
+    status = "lost"
+    try:
+        async with _closing(execution.events()) as events:
+            async for event in events:
+                if as_json:
+                    print(event_json(event), flush=True)
+                else:
+                    renderer.render(event)
+                if event.kind == "lock" and interactive and isinstance(event.data, dict):
+                    await _answer_lock(execution, event.data)
+                if (s := status_of(event)) in TERMINAL_STATUSES:
+                    status = s or status
+    finally:
+        renderer.close()
+    return EXIT_BY_STATUS.get(status, 1)
+
+
+def launch(  # noqa: PLR0917 (typer options)
+    flow: Annotated[str, typer.Argument(help="Flow name, or node/flow.")],
+    pairs: PairsOpt = None,
+    inputs: Annotated[
+        str | None, typer.Option("--inputs", help="JSON file of inputs ('-': stdin).")
+    ] = None,
+    no_follow: Annotated[
+        bool, typer.Option("--no-follow", help="Print the execution id and return at once.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds before the execution is stopped.")
+    ] = None,
+    via: ViaOpt = None,
+    nats: NatsOpt = None,
+    user: UserOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+) -> None:
+    interactive = _interactive() and inputs != "-"
+
+    async def work(kb: Client) -> int:
+        target = await kb.flow(flow, via=via)
+        data = {**_read_inputs(inputs), **parse_pairs(pairs or [], target.schema)}
+        if interactive:
+            check = _checker(target.schema, target.name)
+            data = await asyncio.to_thread(ask_fields, target.schema, data, check, console)
+        execution = await target.launch(data, timeout=timeout)
+        if as_json and no_follow:
+            reply = {
+                "execution": execution.id,
+                "node": execution.node,
+                "flow": execution.flow,
+                "launcher": execution.launcher,
+            }
+            print(json.dumps(reply))
+            return 0
+        if no_follow or not as_json:
+            print(execution.id, flush=True)
+        if no_follow:
+            return 0
+        return await follow(execution, as_json, interactive)
+
+    try:
+        code = _run(nats, user, work)
+    except typer.Exit as exc:
+        if exc.exit_code == INTERRUPTED:
+            console.print("[dim]detached: the execution goes on ('kodo-bus cancel ID')[/]")
+        raise
+    raise typer.Exit(code)
+
+
+def events(  # noqa: PLR0917 (typer options)
+    execution: Annotated[str, typer.Argument(help="Execution id.")],
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep going until the execution ends.")
+    ] = False,
+    kind: Annotated[
+        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")
+    ] = None,
+    nats: NatsOpt = None,
+    user: UserOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+) -> None:
+    """Events of one execution, in order: what it said so far (`--follow`: and until it ends)."""
+    kinds = set(kind or [])
+    unknown = kinds - set(EVENT_KINDS)
+    if unknown:
+        raise ConfigError(f"--kind {', '.join(sorted(unknown))}: not an event kind")
+
+    async def work(kb: Client) -> None:
+        handle = kb.execution(execution)
+        record = await handle.record()
+        limit = None
+        if not follow_ and record.status not in TERMINAL_STATUSES:
+            limit = await _events_so_far(kb, execution)
+        renderer = EventRenderer(out)
+        seen = 0
+        try:
+            async with _closing(handle.events()) as stream:
+                async for event in stream:
+                    seen += 1
+                    if not kinds or event.kind in kinds:
+                        if as_json:
+                            print(event_json(event), flush=True)
+                        else:
+                            renderer.render(event)
+                    if limit is not None and seen >= limit:
+                        break
+        finally:
+            renderer.close()
+
+    _run(nats, user, work)
+
+
+def _age(ts: float, now: float) -> str:
+    seconds = max(0.0, now - ts)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def executions(  # noqa: PLR0917 (typer options)
+    status: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help="Only this status (repeatable).")
+    ] = None,
+    flow: Annotated[str | None, typer.Option(help="Only executions of this flow.")] = None,
+    node: Annotated[str | None, typer.Option(help="Only executions on this node.")] = None,
+    launcher: Annotated[str | None, typer.Option(help="Only executions of this user.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 50,
+    nats: NatsOpt = None,
+    user: UserOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Executions on the bus, newest first (from the KODO_EXECUTIONS bucket)."""
+
+    async def work(kb: Client) -> list[Any]:
+        return await kb.executions(
+            status=status or None, flow=flow, node=node, launcher=launcher, limit=limit
+        )
+
+    records = _run(nats, user, work)
+    if as_json:
+        items = [r.model_dump(mode="json") for r in records]
+        print(json.dumps({"total": len(items), "items": items}, indent=2))
+        return
+    now = time.time()
+    table = Table(title=f"{len(records)} executions")
+    for col in ("execution", "flow", "node", "launcher", "status", "age", "updated"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(
+            r.execution,
+            r.flow,
+            r.node,
+            r.launcher,
+            status_text(r.status),
+            _age(r.created, now),
+            _age(r.updated, now),
+        )
+    out.print(table)
+
+
+def cancel(
+    execution: Annotated[str, typer.Argument(help="Execution id.")],
+    nats: NatsOpt = None,
+    user: UserOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop an execution; it ends `cancelled` within about two seconds."""
+
+    async def work(kb: Client) -> None:
+        await kb.execution(execution).cancel()
+
+    _run(nats, user, work)
+    if as_json:
+        print(json.dumps({"ok": True, "execution": execution}))
+    else:
+        out.print(f"cancel requested for {execution}", highlight=False)
+
+
+async def _pending_lock(kb: Client, handle: Execution) -> dict[str, Any]:
+    """The question an awaiting execution asked (its last `lock` event)."""
+    limit = await _events_so_far(kb, handle.id)
+    lock: dict[str, Any] = {}
+    seen = 0
+    async with _closing(handle.events()) as stream:
+        async for event in stream:
+            seen += 1
+            if event.kind == "lock" and isinstance(event.data, dict):
+                lock = event.data
+            if seen >= limit:
+                break
+    return lock
+
+
+def answer(  # noqa: PLR0917 (typer options)
+    execution: Annotated[str, typer.Argument(help="Execution id.")],
+    value: Annotated[
+        str | None, typer.Argument(help="The answer as a JSON object ('-': stdin).")
+    ] = None,
+    pairs: PairsOpt = None,
+    nats: NatsOpt = None,
+    user: UserOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer the question an `awaiting` execution asked; without a value, prompt for it."""
+
+    async def work(kb: Client) -> None:
+        handle = kb.execution(execution)
+        record = await handle.record()
+        if record.status != "awaiting":
+            raise ConfigError(
+                f"execution {execution} is not awaiting an answer (it is {record.status})"
+            )
+        lock = await _pending_lock(kb, handle)
+        schema = lock.get("schema") if isinstance(lock.get("schema"), dict) else {}
+        assert isinstance(schema, dict)
+        data: dict[str, Any] = {}
+        if value is not None:
+            data = _read_inputs(value) if value == "-" else _parse_json_object(value)
+        data.update(parse_pairs(pairs or [], schema))
+        if value is None and not pairs:
+            if not _interactive():
+                raise ConfigError("give the answer as a JSON argument or -i key=value")
+            if lock.get("prompt"):
+                console.print(f"[bold]? {escape(str(lock['prompt']))}[/]")
+            data = await asyncio.to_thread(
+                ask_fields, schema, data, _checker(schema, "answer"), console
+            )
+        await handle.answer(data)
+
+    _run(nats, user, work)
+    if as_json:
+        print(json.dumps({"ok": True, "execution": execution}))
+    else:
+        out.print(f"answer sent to {execution}", highlight=False)
+
+
+def _parse_json_object(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"answer: not JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("answer: expected a JSON object")
+    return data
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`30s`, `5m`, `2h`, `1d` ago, an ISO date-time, or epoch seconds → epoch seconds."""
+    now = time.time() if now is None else now
+    if m := _DURATION.match(text.strip()):
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r}: use 30s, 5m, 2h, 1d, an ISO date-time or epoch seconds"
+        ) from None
+
+
+def logs(  # noqa: PLR0917 (typer options)
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep listening.")] = False,
+    level: Annotated[str, typer.Option(help="Lowest level shown.")] = "debug",
+    node: Annotated[str | None, typer.Option(help="Only logs from this node.")] = None,
+    flow: Annotated[str | None, typer.Option(help="Only logs of this flow.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Start at: 30s, 5m, 2h, 1d ago, ISO time or epoch.")
+    ] = None,
+    nats: NatsOpt = None,
+    user: UserOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+) -> None:
+    """Log events of every execution on the bus, oldest first (the central log)."""
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--level {level!r}: use one of {', '.join(LOG_LEVELS)}")
+    start = parse_since(since) if since else None
+
+    async def work(kb: Client) -> None:
+        stream = kb.logs(level=level, node=node, flow=flow, since=start, follow=follow_)
+        async with _closing(stream) as entries:
+            async for event in entries:
+                if as_json:
+                    print(event_json(event), flush=True)
+                else:
+                    out.print(log_line(event, with_source=True), highlight=False)
+
+    _run(nats, user, work)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help=LAUNCH_HELP)(launch)
+    app.command()(events)
+    app.command()(executions)
+    app.command()(cancel)
+    app.command()(answer)
+    app.command()(logs)

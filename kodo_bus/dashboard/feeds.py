@@ -1,0 +1,173 @@
+"""NATS pushes that fill the dashboard state: no request to a registry, no polling of KV.
+
+- `kodo.node.*.*`: catalogs, heartbeats and byes, straight from the nodes;
+- a KV watch of one registry's view bucket: the nodes that announced before we started;
+- a KV watch of `KODO_EXECUTIONS`: every execution's record, current values then updates;
+- `kodo.events.>` (core NATS, no JetStream consumer): counted for the rate, and `status`,
+  `progress`, `log` and `error` events decoded (the subject's last token says the kind, so the
+  other kinds are never decoded);
+- nats-server's `/varz` monitoring endpoint, fetched with stdlib `urllib` in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .. import subjects
+from ..client import Client
+from ..codec import decode, decode_msg
+from ..discovery import find_registry
+from ..errors import NoResponders, WireError
+from ..models import Bye, Catalog, Event, ExecutionRecord, Heartbeat, NodeEntry
+from .state import DashboardState
+
+log = logging.getLogger("kodo_bus.dashboard")
+DECODED_KINDS = frozenset({"status", "progress", "log", "error"})
+MONITOR_PORT = 8222
+
+
+def default_monitor(url: str) -> str:
+    """The monitoring URL nats-server uses by default for a client URL (same host, port 8222)."""
+    host = urlsplit(url).hostname or "127.0.0.1"
+    return f"http://{host}:{MONITOR_PORT}"
+
+
+def fetch_varz(monitor: str, timeout: float = 2.0) -> dict[str, Any]:
+    """GET `<monitor>/varz` (blocking: call it through `asyncio.to_thread`)."""
+    with urllib.request.urlopen(f"{monitor.rstrip('/')}/varz", timeout=timeout) as reply:
+        data: dict[str, Any] = json.loads(reply.read())
+        return data
+
+
+class Feeds:
+    """Subscriptions and watches feeding one `DashboardState`; `stop()` ends them all."""
+
+    def __init__(
+        self,
+        client: Client,
+        state: DashboardState,
+        via: str | None = None,
+        monitor: str | None = None,
+        monitor_every: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.via = via
+        self.monitor = monitor
+        self.monitor_every = monitor_every
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        nc = self.client.nc
+        s = self.state.server
+        s.url = nc.connected_url.geturl() if nc.connected_url else ", ".join(self.client.urls)
+        info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+        s.version = str(info.get("version", ""))
+        s.jetstream = bool(info.get("jetstream", False))
+        s.monitor = self.monitor or ""
+        self._subs.append(await nc.subscribe(subjects.NODE_ALL, cb=self._on_node))
+        self._subs.append(await nc.subscribe(subjects.EVENTS_ALL, cb=self._on_event))
+        self._tasks.append(asyncio.create_task(self._watch_executions()))
+        self._tasks.append(asyncio.create_task(self._watch_view()))
+        if self.monitor:
+            self._tasks.append(asyncio.create_task(self._poll_monitor()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # -- core NATS -----------------------------------------------------------------------------
+    async def _on_node(self, msg: Msg) -> None:
+        kind = msg.subject.rsplit(".", 1)[-1]
+        try:
+            if kind == "heartbeat":
+                self.state.on_heartbeat(decode_msg(msg, Heartbeat))
+            elif kind == "catalog":
+                self.state.on_catalog(decode_msg(msg, Catalog))
+            elif kind == "bye":
+                self.state.on_bye(decode_msg(msg, Bye))
+        except WireError as exc:
+            log.debug("skipped: %s", exc)
+
+    async def _on_event(self, msg: Msg) -> None:
+        self.state.on_event_seen()
+        if msg.subject.rsplit(".", 1)[-1] not in DECODED_KINDS:
+            return
+        try:
+            self.state.on_event(decode_msg(msg, Event))
+        except WireError as exc:
+            log.debug("skipped: %s", exc)
+
+    # -- KV watches ----------------------------------------------------------------------------
+    async def _watch_executions(self) -> None:
+        try:
+            kv = await self.client.js.key_value(subjects.BUCKET_EXECUTIONS)
+        except nats.js.errors.BucketNotFoundError:
+            return  # no execution ever ran; the status events will still show new ones
+        watcher = await kv.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None or entry.value is None:
+                    continue
+                try:
+                    record = decode(entry.key, entry.value, None, ExecutionRecord)
+                except WireError:
+                    continue
+                self.state.on_record(record)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _watch_view(self) -> None:
+        registry = self.via
+        if registry is None:
+            try:
+                registry = await find_registry(self.client.nc)
+            except NoResponders:
+                return  # heartbeats and catalogs still bring the nodes in
+        try:
+            kv = await self.client.js.key_value(subjects.bucket_view(registry))
+        except nats.js.errors.BucketNotFoundError:
+            return
+        watcher = await kv.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None or entry.value is None:
+                    continue
+                try:
+                    self.state.on_view_entry(decode(entry.key, entry.value, None, NodeEntry))
+                except WireError:
+                    continue
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    # -- monitoring endpoint -------------------------------------------------------------------
+    async def _poll_monitor(self) -> None:
+        assert self.monitor is not None
+        while True:
+            try:
+                varz = await asyncio.to_thread(fetch_varz, self.monitor)
+            except (OSError, ValueError):
+                self.state.server.monitor_ok = False
+            else:
+                self.state.on_varz(varz)
+            await asyncio.sleep(self.monitor_every)
