@@ -96,3 +96,34 @@ def test_cli_rejects_unknown_scenario() -> None:
     )
     assert done.returncode == 2
     assert "choose from all" in done.stderr
+
+
+def test_indexed_flows_query_matches_the_plain_filter() -> None:
+    """`View.flows` (indexed, for the registry query figure) answers exactly like `query_flows`."""
+    import time
+
+    from kodo_bus.bench.simnodes import catalog
+    from kodo_bus.models import FlowsQuery
+    from kodo_bus.view import View, flow_items, query_flows
+
+    view = View("r", local=catalog("local-node", 4))
+    for i in range(30):
+        view.put_catalog(catalog(f"sim-{i:05d}", 12), time.time())
+    view.stopped("sim-00003")
+    queries = [
+        FlowsQuery(),
+        FlowsQuery(q="FLOW1", limit=50, offset=7),
+        FlowsQuery(tags=["group3"]),
+        FlowsQuery(node="sim-00004"),
+        FlowsQuery(node="missing"),
+        FlowsQuery(q="simulated", tags=["bench", "group1"], organization="bench"),
+        FlowsQuery(q="flow number 3 of sim-00001"),
+        FlowsQuery(q="flow11", node="sim-00029"),
+        FlowsQuery(q="flow0\0"),
+        FlowsQuery(organization="other"),
+    ]
+    for _ in range(2):  # a second pass answers from the cached index
+        for query in queries:
+            plain = query_flows((i for e in view.all_entries() for i in flow_items(e)), query)
+            assert view.flows(query) == plain, query
+        view.put_catalog(catalog("sim-00002", 3), time.time())  # the index must notice
