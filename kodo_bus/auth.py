@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import bcrypt
 import yaml
@@ -144,9 +144,14 @@ def _registry(name: str) -> Permissions:
         _api("STREAM", "UPDATE", s.STREAM_EVENTS),
         _api("STREAM", "UPDATE", _kv_stream(records)),
         _api("STREAM", "NAMES"),
+        # kv.keys() creates unnamed consumers (the unfiltered create form)
+        _api("CONSUMER", "CREATE", _kv_stream(view)),
         _api("CONSUMER", "CREATE", _kv_stream(view), ">"),
+        _api("CONSUMER", "CREATE", _kv_stream(records)),
         _api("CONSUMER", "CREATE", _kv_stream(records), ">"),
         _api("DIRECT", "GET", _kv_stream(view), ">"),
+        _api("CONSUMER", "INFO", _kv_stream(view), "*"),
+        _api("CONSUMER", "INFO", _kv_stream(records), "*"),
     ]
     sub = [*node.subscribe, s.NODE_ALL, s.REGISTRY_VIEW_ALL]
     return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
@@ -250,11 +255,19 @@ class UserStore:
         self.conf_file = directory / CONF_FILE
 
     def load(self) -> list[User]:
+        return self._read()[0]
+
+    def server(self) -> dict[str, Any]:
+        """Server settings the config was rendered with (host, port, http, server_name)."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[list[User], dict[str, Any]]:
         if not self.users_file.is_file():
-            return []
+            return [], {}
         try:
             data = yaml.safe_load(self.users_file.read_text()) or {}
-            return [User.model_validate(u) for u in data.get("users", [])]
+            users = [User.model_validate(u) for u in data.get("users", [])]
+            return users, dict(data.get("server") or {})
         except (yaml.YAMLError, ValidationError, AttributeError) as exc:
             detail = (
                 "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
@@ -263,11 +276,12 @@ class UserStore:
             )
             raise ConfigError(f"{self.users_file}: {detail}") from None
 
-    def save(self, users: Iterable[User], **server: object) -> None:
+    def save(self, users: Iterable[User], **server: Any) -> None:
         """Write the users file and render the nats-server config next to it."""
         users = list(users)
+        server = {**self.server(), **{k: v for k, v in server.items() if v is not None}}
         self.directory.mkdir(parents=True, exist_ok=True)
-        body = {"users": [u.model_dump(exclude_none=True) for u in users]}
+        body = {"server": server, "users": [u.model_dump(exclude_none=True) for u in users]}
         header = "# kodo-bus users: names, roles and bcrypt hashes (never passwords)\n"
         self.users_file.write_text(header + yaml.safe_dump(body, sort_keys=False))
         self.conf_file.write_text(render_conf(users, **server))
@@ -280,7 +294,7 @@ class UserStore:
         password: str | None = None,
         nkey: str | None = None,
         rounds: int = BCRYPT_ROUNDS,
-        **server: object,
+        **server: Any,
     ) -> str | None:
         """Add (or replace) a user; the new password when one was generated, else None."""
         generated = None
@@ -289,7 +303,7 @@ class UserStore:
         try:
             user = User(
                 name=name,
-                role=role,  # type: ignore[arg-type]
+                role=role,
                 password_hash=hash_password(password, rounds) if password is not None else None,
                 nkey=nkey,
             )
@@ -300,7 +314,7 @@ class UserStore:
         self.save(users, **server)
         return generated
 
-    def remove(self, name: str, **server: object) -> bool:
+    def remove(self, name: str, **server: Any) -> bool:
         users = self.load()
         kept = [u for u in users if u.name != name]
         self.save(kept, **server)

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
+from nats.protocol.parser import AUTHORIZATION_VIOLATION
 from pydantic import BaseModel
 
 from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
@@ -104,6 +105,14 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
                 "--user/--password, --creds or the KODO_* variables"
             ) from None
         except (TimeoutError, OSError, nats.errors.Error) as exc:
+            # The server's "Authorization Violation" may reach error_cb just before the
+            # connection drops, so the raised error can be a reset: look at both.
+            refused = [e for e in (exc, *seen) if _is_auth_violation(e)]
+            if refused:
+                raise AuthError(
+                    f"NATS at {', '.join(urls)} refused the credentials ({refused[0]}) — check "
+                    "--user/--password, --creds or the KODO_* variables"
+                ) from None
             last = seen[-1] if seen else exc
         else:
             # Connected: from now on nats-py reconnects by itself, forever, over every URL.
@@ -122,6 +131,19 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
         f"cannot reach NATS at {where} — start one with 'kodo-bus server' "
         f"(gave up after {attempt + 1} attempts: {last or 'no reason given'})"
     )
+
+
+def _is_auth_violation(exc: BaseException) -> bool:
+    """Whether the server refused the credentials.
+
+    nats-py has `AuthorizationError` but raises it only after a connection was up; during the
+    handshake it reports the server's `-ERR 'Authorization Violation'` as a plain `Error`. That
+    string is the protocol's error code (nats-py's own parser constant), so it is compared here,
+    case-insensitively, in this one place.
+    """
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return True
+    return isinstance(exc, nats.errors.Error) and AUTHORIZATION_VIOLATION in str(exc).lower()
 
 
 async def _log_error(exc: Exception) -> None:

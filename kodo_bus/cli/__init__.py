@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from ..errors import (
     AmbiguousFlow,
+    AuthError,
     ConfigError,
     ExecutionCancelled,
     ExecutionLost,
@@ -21,7 +22,7 @@ from ..errors import (
     InputsInvalid,
     KodoError,
 )
-from . import bench_cmd, dashboard_cmd, exec_cmd, federation_cmd, run_cmd, server_cmd
+from . import auth_cmd, bench_cmd, dashboard_cmd, exec_cmd, federation_cmd, run_cmd, server_cmd
 from .app import app, console, state
 
 __all__ = ["app", "main"]
@@ -32,6 +33,7 @@ federation_cmd.register(app)
 exec_cmd.register(app)
 dashboard_cmd.register(app)
 bench_cmd.register(app)
+auth_cmd.register(app)
 
 
 def exit_code_for(exc: KodoError) -> int:
@@ -51,6 +53,6 @@ def main() -> None:
         if state.debug:
             console.print_exception()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        if not state.debug:
+        if not state.debug and not isinstance(exc, AuthError):  # auth failure: one line
             console.print("[dim]run with --debug for the traceback[/]", highlight=False)
         sys.exit(exit_code_for(exc))

@@ -17,10 +17,11 @@ from rich.table import Table
 
 from .. import subjects
 from ..bus import connect, request
-from ..config import DEFAULT_NATS_URL, ConnectSettings
+from ..config import DEFAULT_NATS_URL, ConnectSettings, Credentials
 from ..discovery import find_registry
 from ..models import Ack, Empty, FlowsPage, FlowsQuery, NodesPage, ServiceInfo
 from .app import out
+from .creds import with_credentials
 
 T = TypeVar("T")
 
@@ -32,9 +33,20 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 ViaOpt = Annotated[str | None, typer.Option("--via", help="Service id to ask.")]
 
 
-def _call(nats: list[str] | None, work: Callable[[NATS], Awaitable[T]]) -> T:
+def _call(
+    nats: list[str] | None,
+    work: Callable[[NATS], Awaitable[T]],
+    credentials: Credentials | None = None,
+) -> T:
     async def main() -> T:
-        nc = await connect(ConnectSettings(nats=nats or [DEFAULT_NATS_URL], retry=1))
+        settings = ConnectSettings(
+            nats=nats or [DEFAULT_NATS_URL],
+            retry=1,
+            credentials=credentials or Credentials.from_env(),
+        )
+        if settings.credentials.user:
+            settings.inbox_prefix = subjects.inbox(settings.credentials.user)
+        nc = await connect(settings)
         try:
             return await work(nc)
         finally:
@@ -55,17 +67,19 @@ def _emit(model: BaseModel, as_json: bool, table: Callable[[], Table]) -> None:
         out.print(table())
 
 
+@with_credentials
 def info(
     service: Annotated[str, typer.Argument(help="Service id.")],
     nats: NatsOpt = None,
     as_json: JsonOpt = False,
+    credentials: Credentials | None = None,
 ) -> None:
     """Who a service is: role, organization, version, counts of nodes, flows, rejected messages."""
 
     async def work(nc: NATS) -> ServiceInfo:
         return await request(nc, subjects.svc_info(service), Empty(), ServiceInfo)
 
-    reply = _call(nats, work)
+    reply = _call(nats, work, credentials)
 
     def table() -> Table:
         t = Table(title=f"service {reply.id}", show_header=False)
@@ -76,14 +90,20 @@ def info(
     _emit(reply, as_json, table)
 
 
-def nodes(via: ViaOpt = None, nats: NatsOpt = None, as_json: JsonOpt = False) -> None:
+@with_credentials
+def nodes(
+    via: ViaOpt = None,
+    nats: NatsOpt = None,
+    as_json: JsonOpt = False,
+    credentials: Credentials | None = None,
+) -> None:
     """Nodes a registry knows, online and offline."""
 
     async def work(nc: NATS) -> NodesPage:
         target = via or await discover_registry(nc)
         return await request(nc, subjects.svc_nodes(target), Empty(), NodesPage)
 
-    reply = _call(nats, work)
+    reply = _call(nats, work, credentials)
 
     def table() -> Table:
         t = Table(title=f"{reply.total} nodes")
@@ -99,6 +119,7 @@ def nodes(via: ViaOpt = None, nats: NatsOpt = None, as_json: JsonOpt = False) ->
     _emit(reply, as_json, table)
 
 
+@with_credentials
 def flows(  # noqa: PLR0917 (typer options)
     via: ViaOpt = None,
     q: Annotated[str | None, typer.Option("--q", help="Text to look for.")] = None,
@@ -108,6 +129,7 @@ def flows(  # noqa: PLR0917 (typer options)
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
     nats: NatsOpt = None,
     as_json: JsonOpt = False,
+    credentials: Credentials | None = None,
 ) -> None:
     """Flows a service offers (a registry: every flow in its view)."""
     query = FlowsQuery(q=q, tags=tag or [], limit=limit)
@@ -116,7 +138,7 @@ def flows(  # noqa: PLR0917 (typer options)
         target = via or await discover_registry(nc)
         return await request(nc, subjects.svc_flows(target), query, FlowsPage)
 
-    reply = _call(nats, work)
+    reply = _call(nats, work, credentials)
 
     def table() -> Table:
         t = Table(title=f"{reply.total} flows (showing {len(reply.items)})")
@@ -129,17 +151,19 @@ def flows(  # noqa: PLR0917 (typer options)
     _emit(reply, as_json, table)
 
 
+@with_credentials
 def disconnect(
     service: Annotated[str, typer.Argument(help="Service id.")],
     nats: NatsOpt = None,
     as_json: JsonOpt = False,
+    credentials: Credentials | None = None,
 ) -> None:
     """Make a service leave the federation; it keeps serving its own flows."""
 
     async def work(nc: NATS) -> Ack:
         return await request(nc, subjects.svc_disconnect(service), Empty(), Ack)
 
-    reply = _call(nats, work)
+    reply = _call(nats, work, credentials)
     if as_json:
         print(reply.model_dump_json(indent=2))
     else:

@@ -11,8 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from .. import logs
-from ..config import ServiceSettings
+from ..config import Credentials, ServiceSettings
 from ..flows import load_flows
+from .creds import with_credentials
 
 ROLES = ("node", "registry", "provider", "hybrid")
 
@@ -36,6 +37,7 @@ async def serve(settings: ServiceSettings, flows: list[Any]) -> None:
         await stop.wait()
 
 
+@with_credentials
 def run(  # noqa: PLR0917 (typer options)
     role: Annotated[
         str | None, typer.Option(help="node | registry | provider | hybrid [default: node].")
@@ -80,6 +82,7 @@ def run(  # noqa: PLR0917 (typer options)
     grace: Annotated[
         float | None, typer.Option(help="Seconds running executions get on SIGTERM [default: 30].")
     ] = None,
+    credentials: Credentials | None = None,
 ) -> None:
     """Run a kodo-bus service: serve flows (node), broker them (registry/provider), or both."""
     if role is not None and role not in ROLES:
@@ -101,6 +104,7 @@ def run(  # noqa: PLR0917 (typer options)
         "max_running": max_running,
         "max_queue": max_queue,
         "grace": grace,
+        "credentials": credentials,
     }
     settings = ServiceSettings.build(config, overrides=overrides)
     logs.setup(settings.log_level, settings.log_file)
