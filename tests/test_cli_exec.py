@@ -1,7 +1,8 @@
 """`kodo-bus launch | events | executions | cancel | answer | logs` as subprocesses.
 
-One nats-server, registry and node (on the session's Ray) serve the whole module; the flows the
-node runs are defined here, so Ray workers import them as `tests.test_cli_exec`.
+One nats-server, registry and node (on the session's Ray) serve this module and the dashboard and
+plain-NATS tests (the `bus` fixture); the flows the node runs are defined here, so Ray workers
+import them as `tests.test_cli_exec`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import select
 import subprocess
 import time
@@ -28,6 +30,7 @@ from .conftest import KODO_BUS, REPO, Processes, _server
 
 pytestmark = pytest.mark.ray
 NODE = "cli-node"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 REGISTRY = "cli-registry"
 
 
@@ -101,8 +104,12 @@ class Bus:
         return proc.returncode, proc.stdout, proc.stderr
 
 
+def _logs(tmp: Path) -> str:
+    return "".join(p.read_text()[-2000:] for p in tmp.glob("*.log"))
+
+
 def start_services(
-    procs: Processes, server: NatsServer, ray: str, node: str, registry: str, tmp: Path
+    procs: Processes, server: NatsServer, ray: str, *, node: str, registry: str, tmp: Path
 ) -> None:
     """A registry and a node serving this module's flows, on the shared Ray."""
     config = tmp / f"{node}.yaml"
@@ -115,7 +122,7 @@ def start_services(
     ):
         with (tmp / f"{name}.log").open("w") as log:  # a file, so a chatty service never blocks
             procs.procs.append(
-                subprocess.Popen(  # noqa: S603
+                subprocess.Popen(
                     [*common, *args],
                     env=env,
                     cwd=REPO,
@@ -133,8 +140,7 @@ def start_services(
             while True:
                 for proc in procs.procs:
                     if proc.poll() is not None:
-                        logs = "".join(p.read_text()[-2000:] for p in tmp.glob("*.log"))
-                        raise AssertionError(f"a service exited at start:\n{logs}")
+                        raise AssertionError(f"a service exited at start:\n{_logs(tmp)}")
                 try:
                     names = {f.name for f in await kb.flows(via=registry)}
                     if {"show", "ask", "wait"} <= names:
@@ -149,13 +155,13 @@ def start_services(
     asyncio.run(ready())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bus(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Iterator[Bus]:
     tmp = tmp_path_factory.mktemp("cli-exec")
     server = _server(tmp / "nats").start()
     procs = Processes()
     try:
-        start_services(procs, server, ray_address, NODE, REGISTRY, tmp)
+        start_services(procs, server, ray_address, node=NODE, registry=REGISTRY, tmp=tmp)
         yield Bus(server, procs)
     finally:
         procs.stop_all()
@@ -386,12 +392,14 @@ def _pty_session(bus: Bus, args: list[str], replies: list[tuple[str, str]]) -> t
         try:
             code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running; screen: {seen.decode(errors='replace')}") from None
+            raise AssertionError(
+                f"still running; screen: {seen.decode(errors='replace')}"
+            ) from None
     finally:
         os.close(master)
         bus.procs.stop(proc)  # type: ignore[arg-type]
     assert not replies, f"prompts not seen: {replies}; screen: {seen.decode(errors='replace')}"
-    return code, seen.decode(errors="replace")
+    return code, ANSI.sub("", seen.decode(errors="replace"))
 
 
 def test_prompts_on_a_terminal(bus: Bus) -> None:
