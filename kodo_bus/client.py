@@ -289,7 +289,9 @@ class Client:
         )
         records: list[ExecutionRecord] = []
         try:
-            pending = (await sub.consumer_info()).num_pending or 0
+            info = await sub.consumer_info()
+            # messages already pushed to the callback are no longer pending: count them too
+            pending = (info.num_pending or 0) + (info.delivered.consumer_seq or 0)
             for _ in range(pending):
                 msg = await queue.get()
                 if not msg.data:
