@@ -44,6 +44,9 @@ class NodeRow:
     last_beat: float = 0.0
     beat: float = DEFAULT_BEAT
     gone: bool = False
+    last_heartbeat: float = 0.0
+    """Receipt time of the last heartbeat itself (catalogs do not count for the interval)."""
+    intervals: int = 0
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.last_beat) if self.last_beat else float("inf")
@@ -126,11 +129,12 @@ class DashboardState:
     def on_heartbeat(self, beat: Heartbeat, now: float | None = None) -> None:
         now = time.time() if now is None else now
         row = self._node(beat.node)
-        if row.last_beat and not row.gone:
-            interval = now - row.last_beat
+        if row.last_heartbeat and not row.gone:
+            interval = now - row.last_heartbeat
             if 0.05 < interval < 600:
-                row.beat = interval if row.beat == DEFAULT_BEAT else 0.7 * row.beat + 0.3 * interval
-        row.last_beat = now
+                row.beat = interval if not row.intervals else 0.7 * row.beat + 0.3 * interval
+                row.intervals += 1
+        row.last_beat = row.last_heartbeat = now
         row.gone = False
         row.running, row.queued, row.capacity = beat.running, beat.queued, beat.capacity
         row.cpu, row.memory = beat.cpu, beat.memory

@@ -110,7 +110,15 @@ def _rows_with_more(total: int, room: int) -> tuple[int, int]:
 
 
 def _nodes_panel(state: DashboardState, now: float, room: int, wide: bool) -> Panel:
-    table = Table(box=None, expand=True, padding=(0, 1), show_edge=False, header_style="bold")
+    table = Table(
+        box=None,
+        expand=True,
+        padding=(0, 1),
+        show_edge=False,
+        header_style="bold",
+        caption_justify="left",
+        caption_style="dim",
+    )
     table.add_column("node", no_wrap=True, overflow="ellipsis", ratio=3)
     if wide:
         table.add_column("organization", no_wrap=True, overflow="ellipsis", ratio=2)
@@ -139,7 +147,7 @@ def _nodes_panel(state: DashboardState, now: float, room: int, wide: bool) -> Pa
     if more:
         rest = nodes if len(nodes) < 5000 else []
         hidden_online = sum(1 for n in rest if n.online(now)) - sum(1 for n in top if n.online(now))
-        table.add_row(Text(f"… {more:,} more ({max(0, hidden_online):,} online)", style="dim"))
+        table.caption = f"… {more:,} more ({max(0, hidden_online):,} online)"
     online, offline = state.node_counts(now)
     title = f"nodes [green]{online}[/] online · [red]{offline}[/] offline"
     return Panel(table, title=title, title_align="left", box=box.ROUNDED, padding=(0, 0))
@@ -156,7 +164,15 @@ def _progress_cell(row: ExecRow, width: int) -> RenderableType:
 
 
 def _executions_panel(state: DashboardState, now: float, room: int, wide: bool) -> Panel:
-    table = Table(box=None, expand=True, padding=(0, 1), show_edge=False, header_style="bold")
+    table = Table(
+        box=None,
+        expand=True,
+        padding=(0, 1),
+        show_edge=False,
+        header_style="bold",
+        caption_justify="left",
+        caption_style="dim",
+    )
     table.add_column("id", no_wrap=True)
     table.add_column("flow", no_wrap=True, overflow="ellipsis", ratio=2)
     table.add_column("node", no_wrap=True, overflow="ellipsis", ratio=2)
@@ -178,7 +194,7 @@ def _executions_panel(state: DashboardState, now: float, room: int, wide: bool) 
         ]
         table.add_row(*cells)
     if more:
-        table.add_row(Text(f"… {more:,} older", style="dim"))
+        table.caption = f"… {more:,} older"
     running = sum(1 for e in rows if e.status not in TERMINAL_STATUSES)
     title = f"executions newest first · [blue]{running}[/] active"
     return Panel(table, title=title, title_align="left", box=box.ROUNDED, padding=(0, 0))
