@@ -291,7 +291,8 @@ class Client:
         try:
             info = await sub.consumer_info()
             # messages already pushed to the callback are no longer pending: count them too
-            pending = (info.num_pending or 0) + (info.delivered.consumer_seq or 0)
+            delivered = info.delivered.consumer_seq if info.delivered else 0
+            pending = (info.num_pending or 0) + (delivered or 0)
             for _ in range(pending):
                 msg = await queue.get()
                 if not msg.data:

@@ -295,7 +295,7 @@ def test_following_a_cancelled_execution_exits_3(bus: Bus) -> None:
         assert proc.returncode == 3, err
         assert "cancelled" in out
     finally:
-        bus.procs.stop(proc)  # type: ignore[arg-type]
+        bus.procs.stop(proc)
 
 
 def test_executions_lists_newest_first(bus: Bus) -> None:

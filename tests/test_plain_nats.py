@@ -43,7 +43,7 @@ async def test_nats_sub_prints_one_readable_json_line_per_event(bus: Bus) -> Non
         )
         assert lines[-2]["kind"] == "final" and lines[-2]["data"] == 1
 
-        seen = []
+        seen: list[str] = []
         while len(seen) < 4:
             msg = await status_only.next_msg(timeout=10)
             event = json.loads(msg.data)
