@@ -86,7 +86,7 @@ def build(values: dict[str, Any]) -> Credentials | None:
 
 def with_credentials(command: F) -> F:
     """Add the credentials options to a typer command taking `credentials: Credentials | None`."""
-    signature = inspect.signature(command)
+    signature = inspect.signature(command, eval_str=True)
     params = [p for p in signature.parameters.values() if p.name != "credentials"]
     annotations = {k: v for k, v in command.__annotations__.items() if k != "credentials"}
     for name, (kind, option) in _OPTIONS.items():
