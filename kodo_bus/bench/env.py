@@ -79,7 +79,7 @@ class BenchEnv:
     async def __aenter__(self) -> Self:
         try:
             if not self.settings.nats:
-                config = ServerSettings(port=0, http_port=None, store=self._tmp / "nats")
+                config = ServerSettings(port=0, http_port=0, store=self._tmp / "nats")
                 server = NatsServer(config)
                 self._server = server
                 await asyncio.to_thread(server.start)
