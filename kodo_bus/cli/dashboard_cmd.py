@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from ..client import Client
-from .exec_cmd import UserOpt
+from ..config import Credentials
+from .creds import with_credentials
+from .exec_cmd import client_for
 from .federation_cmd import NatsOpt
 
 
+@with_credentials
 def dashboard(
     via: Annotated[
         str | None,
@@ -29,7 +31,7 @@ def dashboard(
         ),
     ] = None,
     nats: NatsOpt = None,
-    user: UserOpt = None,
+    credentials: Credentials | None = None,
 ) -> None:
     """Full-screen live view of nodes, executions, event rates and warnings (q or Ctrl-C quits).
 
@@ -40,7 +42,7 @@ def dashboard(
     from ..dashboard.live import run_dashboard
 
     async def main() -> None:
-        async with Client(nats or None, user=user) as kb:
+        async with client_for(nats, credentials) as kb:
             target = monitor if monitor is not None else default_monitor(kb.urls[0])
             await run_dashboard(kb, via, refresh, target or None)
 

@@ -26,21 +26,19 @@ from rich.table import Table
 
 from .. import subjects
 from ..client import LOG_LEVELS, Client
+from ..config import Credentials
 from ..errors import ConfigError, FieldProblem, InputsInvalid, KodoError, problems_from
 from ..execution_ref import Execution, status_of
 from ..models import EVENT_KINDS, TERMINAL_STATUSES, Event
 from ..schema_model import model_from_schema
 from .app import console, out
+from .creds import with_credentials
 from .federation_cmd import JsonOpt, NatsOpt, ViaOpt
 from .prompts import ask_fields, parse_pairs
 from .render import EventRenderer, event_json, log_line, status_text
 
 T = TypeVar("T")
 
-UserOpt = Annotated[
-    str | None,
-    typer.Option("--user", envvar="KODO_USER", help="Launcher identity [default: local]."),
-]
 PairsOpt = Annotated[
     list[str] | None,
     typer.Option("--input", "-i", help="One input as key=value (repeatable; JSON for non-text)."),
@@ -59,11 +57,21 @@ Exit codes: 0 finished · 1 error (the flow failed, or NATS unreachable) · 2 ba
 """
 
 
-def _run(nats: list[str] | None, user: str | None, work: Callable[[Client], Awaitable[T]]) -> T:
+def client_for(nats: list[str] | None, credentials: Credentials | None) -> Client:
+    """A Client for the shared `--nats` and credentials options (the NATS user launches)."""
+    user = credentials.user if credentials is not None else None
+    return Client(nats or None, user=user, credentials=credentials)
+
+
+def _run(
+    nats: list[str] | None,
+    credentials: Credentials | None,
+    work: Callable[[Client], Awaitable[T]],
+) -> T:
     """Connect a Client, run `work`, close; Ctrl-C leaves with code 130 and no traceback."""
 
     async def main() -> T:
-        async with Client(nats or None, user=user) as kb:
+        async with client_for(nats, credentials) as kb:
             return await work(kb)
 
     try:
@@ -167,6 +175,7 @@ async def follow(execution: Execution, as_json: bool, interactive: bool) -> int:
     return EXIT_BY_STATUS.get(status, 1)
 
 
+@with_credentials
 def launch(  # noqa: PLR0917 (typer options)
     flow: Annotated[str, typer.Argument(help="Flow name, or node/flow.")],
     pairs: PairsOpt = None,
@@ -181,7 +190,7 @@ def launch(  # noqa: PLR0917 (typer options)
     ] = None,
     via: ViaOpt = None,
     nats: NatsOpt = None,
-    user: UserOpt = None,
+    credentials: Credentials | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     interactive = _interactive() and inputs != "-"
@@ -209,7 +218,7 @@ def launch(  # noqa: PLR0917 (typer options)
         return await follow(execution, as_json, interactive)
 
     try:
-        code = _run(nats, user, work)
+        code = _run(nats, credentials, work)
     except typer.Exit as exc:
         if exc.exit_code == INTERRUPTED:
             console.print("[dim]detached: the execution goes on ('kodo-bus cancel ID')[/]")
@@ -217,6 +226,7 @@ def launch(  # noqa: PLR0917 (typer options)
     raise typer.Exit(code)
 
 
+@with_credentials
 def events(  # noqa: PLR0917 (typer options)
     execution: Annotated[str, typer.Argument(help="Execution id.")],
     follow_: Annotated[
@@ -226,7 +236,7 @@ def events(  # noqa: PLR0917 (typer options)
         list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")
     ] = None,
     nats: NatsOpt = None,
-    user: UserOpt = None,
+    credentials: Credentials | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     """Events of one execution, in order: what it said so far (`--follow`: and until it ends)."""
@@ -257,7 +267,7 @@ def events(  # noqa: PLR0917 (typer options)
         finally:
             renderer.close()
 
-    _run(nats, user, work)
+    _run(nats, credentials, work)
 
 
 def _age(ts: float, now: float) -> str:
@@ -271,6 +281,7 @@ def _age(ts: float, now: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
+@with_credentials
 def executions(  # noqa: PLR0917 (typer options)
     status: Annotated[
         list[str] | None, typer.Option("--status", "-s", help="Only this status (repeatable).")
@@ -280,7 +291,7 @@ def executions(  # noqa: PLR0917 (typer options)
     launcher: Annotated[str | None, typer.Option(help="Only executions of this user.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 50,
     nats: NatsOpt = None,
-    user: UserOpt = None,
+    credentials: Credentials | None = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Executions on the bus, newest first (from the KODO_EXECUTIONS bucket)."""
@@ -290,7 +301,7 @@ def executions(  # noqa: PLR0917 (typer options)
             status=status or None, flow=flow, node=node, launcher=launcher, limit=limit
         )
 
-    records = _run(nats, user, work)
+    records = _run(nats, credentials, work)
     if as_json:
         items = [r.model_dump(mode="json") for r in records]
         print(json.dumps({"total": len(items), "items": items}, indent=2))
@@ -312,10 +323,11 @@ def executions(  # noqa: PLR0917 (typer options)
     out.print(table)
 
 
+@with_credentials
 def cancel(
     execution: Annotated[str, typer.Argument(help="Execution id.")],
     nats: NatsOpt = None,
-    user: UserOpt = None,
+    credentials: Credentials | None = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop an execution; it ends `cancelled` within about two seconds."""
@@ -323,7 +335,7 @@ def cancel(
     async def work(kb: Client) -> None:
         await kb.execution(execution).cancel()
 
-    _run(nats, user, work)
+    _run(nats, credentials, work)
     if as_json:
         print(json.dumps({"ok": True, "execution": execution}))
     else:
@@ -345,6 +357,7 @@ async def _pending_lock(kb: Client, handle: Execution) -> dict[str, Any]:
     return lock
 
 
+@with_credentials
 def answer(  # noqa: PLR0917 (typer options)
     execution: Annotated[str, typer.Argument(help="Execution id.")],
     value: Annotated[
@@ -352,7 +365,7 @@ def answer(  # noqa: PLR0917 (typer options)
     ] = None,
     pairs: PairsOpt = None,
     nats: NatsOpt = None,
-    user: UserOpt = None,
+    credentials: Credentials | None = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer the question an `awaiting` execution asked; without a value, prompt for it."""
@@ -381,7 +394,7 @@ def answer(  # noqa: PLR0917 (typer options)
             )
         await handle.answer(data)
 
-    _run(nats, user, work)
+    _run(nats, credentials, work)
     if as_json:
         print(json.dumps({"ok": True, "execution": execution}))
     else:
@@ -419,6 +432,7 @@ def parse_since(text: str, now: float | None = None) -> float:
         ) from None
 
 
+@with_credentials
 def logs(  # noqa: PLR0917 (typer options)
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep listening.")] = False,
     level: Annotated[str, typer.Option(help="Lowest level shown.")] = "debug",
@@ -428,7 +442,7 @@ def logs(  # noqa: PLR0917 (typer options)
         str | None, typer.Option(help="Start at: 30s, 5m, 2h, 1d ago, ISO time or epoch.")
     ] = None,
     nats: NatsOpt = None,
-    user: UserOpt = None,
+    credentials: Credentials | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     """Log events of every execution on the bus, oldest first (the central log)."""
@@ -445,7 +459,7 @@ def logs(  # noqa: PLR0917 (typer options)
                 else:
                     out.print(log_line(event, with_source=True), highlight=False)
 
-    _run(nats, user, work)
+    _run(nats, credentials, work)
 
 
 def register(app: typer.Typer) -> None:
