@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rich import box
 from rich.console import Group, RenderableType
 from rich.layout import Layout
 from rich.panel import Panel
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 from ..cli.render import LEVEL_STYLES, status_text
@@ -109,30 +109,69 @@ def _rows_with_more(total: int, room: int) -> tuple[int, int]:
     return shown, total - shown
 
 
-def _nodes_panel(state: DashboardState, now: float, room: int, wide: bool) -> Panel:
-    table = Table(
-        box=None,
-        expand=True,
-        padding=(0, 1),
-        show_edge=False,
-        header_style="bold",
-        caption_justify="left",
-        caption_style="dim",
-    )
-    table.add_column("node", no_wrap=True, overflow="ellipsis", ratio=3)
+@dataclass(frozen=True)
+class _Col:
+    name: str
+    width: int = 0
+    """0: shares the width the fixed columns leave."""
+    right: bool = False
+
+
+def _widths(cols: Sequence[_Col], inner: int) -> list[int]:
+    fixed = sum(c.width for c in cols) + len(cols) + 1  # a space before each column, one after
+    flex = sum(1 for c in cols if not c.width)
+    share, extra = divmod(max(4 * flex, inner - fixed), flex) if flex else (0, 0)
+    widths = []
+    for c in cols:
+        if c.width:
+            widths.append(c.width)
+        else:
+            widths.append(share + (1 if extra > 0 else 0))
+            extra -= 1
+    return widths
+
+
+def _line(cells: Sequence[str | Text], cols: Sequence[_Col], widths: Sequence[int]) -> Text:
+    """One table row as one line of text (much cheaper for rich than a Table's cells)."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for cell, col, width in zip(cells, cols, widths, strict=True):
+        text = cell.copy() if isinstance(cell, Text) else Text(cell)
+        text.truncate(width, overflow="ellipsis")
+        text.align("right" if col.right else "left", width)
+        line.append(" ")
+        line.append_text(text)
+    return line
+
+
+def _grid(
+    cols: Sequence[_Col], rows: Sequence[Sequence[str | Text]], inner: int, more: str
+) -> Group:
+    widths = _widths(cols, inner)
+    header = _line([Text(c.name, style="bold") for c in cols], cols, widths)
+    lines = [header, *(_line(r, cols, widths) for r in rows)]
+    if more:
+        lines.append(Text(" " + more, style="dim", no_wrap=True, overflow="ellipsis"))
+    return Group(*lines)
+
+
+def _nodes_panel(state: DashboardState, now: float, room: int, inner: int, wide: bool) -> Panel:
+    cols = [_Col("node")]
     if wide:
-        table.add_column("organization", no_wrap=True, overflow="ellipsis", ratio=2)
-    table.add_column("role", no_wrap=True, overflow="ellipsis")
-    table.add_column("heartbeat", no_wrap=True)
-    table.add_column("flows", justify="right", no_wrap=True)
-    table.add_column("run/cap", justify="right", no_wrap=True)
-    table.add_column("cpu", justify="right", no_wrap=True)
-    table.add_column("mem", justify="right", no_wrap=True)
+        cols.append(_Col("organization"))
+    cols += [
+        _Col("role", 8),
+        _Col("heartbeat", 13),
+        _Col("flows", 5, right=True),
+        _Col("run/cap", 7, right=True),
+        _Col("cpu", 4, right=True),
+        _Col("mem", 5, right=True),
+    ]
     nodes = list(state.nodes.values())
     shown, more = _rows_with_more(len(nodes), room)
     top = heapq.nsmallest(shown, nodes, key=lambda n: (not n.online(now), -n.running, n.id))
+    rows = []
     for n in top:
-        cells: list[RenderableType] = [n.id]
+        cells: list[str | Text] = [n.id]
         if wide:
             cells.append(n.organization)
         cells += [
@@ -143,67 +182,65 @@ def _nodes_panel(state: DashboardState, now: float, room: int, wide: bool) -> Pa
             f"{n.cpu:.0f}%",
             _bytes(n.memory),
         ]
-        table.add_row(*cells)
-    if more:
-        rest = nodes if len(nodes) < 5000 else []
-        hidden_online = sum(1 for n in rest if n.online(now)) - sum(1 for n in top if n.online(now))
-        table.caption = f"… {more:,} more ({max(0, hidden_online):,} online)"
+        rows.append(cells)
     online, offline = state.node_counts(now)
+    hidden_online = online - sum(1 for n in top if n.online(now))
+    caption = f"… {more:,} more ({max(0, hidden_online):,} online)" if more else ""
     title = f"nodes [green]{online}[/] online · [red]{offline}[/] offline"
-    return Panel(table, title=title, title_align="left", box=box.ROUNDED, padding=(0, 0))
+    return Panel(
+        _grid(cols, rows, inner, caption),
+        title=title,
+        title_align="left",
+        box=box.ROUNDED,
+        padding=(0, 0),
+    )
 
 
-def _progress_cell(row: ExecRow, width: int) -> RenderableType:
+def _progress_cell(row: ExecRow, width: int) -> Text:
     if row.done is None:
         return Text("")
     if row.total:
-        pct = min(100.0, 100 * row.done / row.total)
-        bar = ProgressBar(total=row.total, completed=min(row.done, row.total), width=width)
-        return Group(bar) if width > 0 and pct >= 0 else Text(f"{pct:.0f}%")
+        filled = round(width * min(1.0, max(0.0, row.done / row.total)))
+        bar = Text("━" * filled, style="magenta")
+        bar.append("━" * (width - filled), style="grey30")
+        return bar
     return Text(f"{row.done:g}")
 
 
-def _executions_panel(state: DashboardState, now: float, room: int, wide: bool) -> Panel:
-    table = Table(
-        box=None,
-        expand=True,
-        padding=(0, 1),
-        show_edge=False,
-        header_style="bold",
-        caption_justify="left",
-        caption_style="dim",
-    )
-    table.add_column("id", no_wrap=True)
-    table.add_column("flow", no_wrap=True, overflow="ellipsis", ratio=2)
-    table.add_column("node", no_wrap=True, overflow="ellipsis", ratio=2)
+def _executions_panel(
+    state: DashboardState, now: float, room: int, inner: int, wide: bool
+) -> Panel:
+    bar = 12 if wide else 8
+    cols = [_Col("id", 8), _Col("flow"), _Col("node")]
     if wide:
-        table.add_column("user", no_wrap=True, overflow="ellipsis", ratio=1)
-    table.add_column("status", no_wrap=True)
-    table.add_column("age", justify="right", no_wrap=True)
-    table.add_column("progress", no_wrap=True, width=12 if wide else 8)
-    rows = list(state.executions.values())
-    shown, more = _rows_with_more(len(rows), room)
-    for e in heapq.nlargest(shown, rows, key=lambda r: r.created):
-        cells: list[RenderableType] = [e.id[:8], e.flow, e.node]
+        cols.append(_Col("user"))
+    cols += [_Col("status", 9), _Col("age", 4, right=True), _Col("progress", bar)]
+    records = list(state.executions.values())
+    shown, more = _rows_with_more(len(records), room)
+    rows = []
+    for e in heapq.nlargest(shown, records, key=lambda r: r.created):
+        cells: list[str | Text] = [e.id[:8], e.flow, e.node]
         if wide:
             cells.append(e.launcher)
-        cells += [
-            status_text(e.status),
-            _age(max(0.0, (e.updated if e.status in TERMINAL_STATUSES else now) - e.created)),
-            _progress_cell(e, 12 if wide else 8),
-        ]
-        table.add_row(*cells)
-    if more:
-        table.caption = f"… {more:,} older"
-    running = sum(1 for e in rows if e.status not in TERMINAL_STATUSES)
-    title = f"executions newest first · [blue]{running}[/] active"
-    return Panel(table, title=title, title_align="left", box=box.ROUNDED, padding=(0, 0))
+        end = e.updated if e.status in TERMINAL_STATUSES else now
+        cells += [status_text(e.status), _age(max(0.0, end - e.created)), _progress_cell(e, bar)]
+        rows.append(cells)
+    active = sum(1 for e in records if e.status not in TERMINAL_STATUSES)
+    title = f"executions newest first · [blue]{active}[/] active"
+    caption = f"… {more:,} older" if more else ""
+    return Panel(
+        _grid(cols, rows, inner, caption),
+        title=title,
+        title_align="left",
+        box=box.ROUNDED,
+        padding=(0, 0),
+    )
 
 
 def _footer(state: DashboardState, now: float, width: int, lines: int) -> Panel:
     label = "events/s "
-    values = state.events_per_second(now, max(10, width - len(label) - 16))
-    spark = Text(label, style="bold")
+    values = state.events_per_second(now, max(10, width - len(label) - 18))
+    spark = Text(" " + label, style="bold")
     spark.append(sparkline(values), style="cyan")
     spark.append(f" {values[-1]:,}/s peak {max(values):,}", style="dim")
     body: list[Text] = [spark]
@@ -212,7 +249,7 @@ def _footer(state: DashboardState, now: float, width: int, lines: int) -> Panel:
         body.append(Text("no warnings or errors", style="dim"))
     for n in reversed(notices):
         when = dt.datetime.fromtimestamp(n.ts).strftime("%H:%M:%S")
-        line = Text(f"{when} ", style="dim")
+        line = Text(f" {when} ", style="dim")
         line.append(f"{n.level.upper():<7}", style=LEVEL_STYLES.get(n.level, ""))
         line.append(f" {n.node}/{n.flow} ", style="dim")
         line.append(n.message)
@@ -240,15 +277,17 @@ def render(state: DashboardState, width: int, height: int, now: float) -> Render
         Layout(_footer(state, now, width, notice_lines), name="footer", size=footer),
     )
     if wide:
-        room = body - 3
+        room, left = body - 3, width * 11 // 20
         layout["body"].split_row(
-            Layout(_nodes_panel(state, now, room, wide), name="nodes", ratio=11),
-            Layout(_executions_panel(state, now, room, wide), name="executions", ratio=9),
+            Layout(_nodes_panel(state, now, room, left - 2, wide), name="nodes", size=left),
+            Layout(_executions_panel(state, now, room, width - left - 2, wide), name="executions"),
         )
     else:
         top = body // 2
         layout["body"].split_column(
-            Layout(_nodes_panel(state, now, top - 3, wide), name="nodes", size=top),
-            Layout(_executions_panel(state, now, body - top - 3, wide), name="executions"),
+            Layout(_nodes_panel(state, now, top - 3, width - 2, wide), name="nodes", size=top),
+            Layout(
+                _executions_panel(state, now, body - top - 3, width - 2, wide), name="executions"
+            ),
         )
     return layout
