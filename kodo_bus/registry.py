@@ -27,7 +27,16 @@ from .bus import ensure_bucket, request
 from .codec import decode_msg, encode
 from .config import ServiceSettings
 from .errors import KodoError, WireError
-from .models import Bye, Catalog, Empty, Heartbeat, NodeEntry, RegistryView, SyncRequest
+from .models import (
+    Bye,
+    Catalog,
+    Empty,
+    Heartbeat,
+    NodeEntry,
+    RegistryView,
+    ServiceInfo,
+    SyncRequest,
+)
 from .peers import Peers
 from .tasks import TaskSet
 from .view import View
@@ -268,11 +277,20 @@ class Registry:
                 self._mark(*flipped)
             for node in died:
                 log.warning("node %s is offline (silent for more than %g s)", node, ttl)
-                self.tasks.spawn(_mark_lost(self.nc, node), f"mark lost {node}")
+                self.tasks.spawn(_mark_lost(self.nc, node, ttl), f"mark lost {node}")
 
 
-async def _mark_lost(nc: NATS, node: str) -> None:
-    """End the executions of a dead node as `lost` (when the execution layer is installed)."""
+async def _mark_lost(nc: NATS, node: str, ttl: float) -> None:
+    """End the executions of a dead node as `lost` (when the execution layer is installed).
+
+    Silence alone is not death: a node whose event loop stalled (say, while Ray starts) still
+    answers a direct request, and its executions go on. Only a node that also fails that
+    request has its executions ended.
+    """
+    with contextlib.suppress(KodoError):
+        await request(nc, subjects.svc_info(node), Empty(), ServiceInfo, timeout=max(2.0, ttl))
+        log.warning("node %s is slow but answers: its executions are not marked lost", node)
+        return
     try:
         module: Any = importlib.import_module(".executions", __package__)
     except ImportError:
