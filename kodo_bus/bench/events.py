@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .. import subjects
 from ..execution_ref import Execution
 from ..executions import event_message
 from ..models import Event
@@ -58,8 +59,8 @@ async def _read(ex: Execution) -> _Tally:
     return tally
 
 
-def _sample_body(n: int) -> bytes:
-    """A markdown event body as the tracer encodes it, for a floor of the same size."""
+def _sample(n: int) -> tuple[bytes, dict[str, str]]:
+    """A markdown event (body, headers) as the tracer encodes it, for floors of the same size."""
     event = Event(
         execution="0" * 32,
         seq=n,
@@ -71,7 +72,8 @@ def _sample_body(n: int) -> bytes:
         data=f"event {n}",
         root="0" * 32,
     )
-    return event_message(event)[1]
+    _, body, headers = event_message(event)
+    return body, headers
 
 
 async def run(env: BenchEnv, *, n: int = 100_000) -> ScenarioResult:
@@ -88,9 +90,13 @@ async def run(env: BenchEnv, *, n: int = 100_000) -> ScenarioResult:
     replay = await _read(kb.execution(ex.id))
 
     nc = await env.nats()
-    body = _sample_body(n)
-    pubsub = await floors.nats_pubsub_rate(nc, n, f"kodo-bench.{env.run_id}.events", body)
+    body, headers = _sample(n)
+    subject = f"kodo-bench.{env.run_id}.events"
+    pubsub = await floors.nats_pubsub_rate(nc, n, subject, body)
     floor = Floor(name=f"nats-py pub→sub, {len(body)} B", value=pubsub, unit="/s")
+    with_headers = await floors.nats_pubsub_rate(nc, n, subject, body, headers)
+    stored = await floors.js_replay_rate(nc, subjects.events_of_execution(ex.id), replay.last_seq)
+    js_floor = Floor(name="bare ordered consumer, same msgs", value=stored, unit="/s")
 
     result.add(
         "live reader",
@@ -105,8 +111,11 @@ async def run(env: BenchEnv, *, n: int = 100_000) -> ScenarioResult:
         replay.rate(),
         "/s",
         better="higher",
-        floor=floor,
+        floor=js_floor,
         target=TARGET_REPLAY_PER_S,
+    )
+    result.add(
+        "bare pub→sub with the event headers", with_headers, "/s", better="higher", floor=floor
     )
     emitted = (n - 1) / (live.last_ts - live.first_ts) if live.last_ts > live.first_ts else 0.0
     result.add("emitted by the flow", emitted, "/s", better="higher", floor=floor)

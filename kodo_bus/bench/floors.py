@@ -13,6 +13,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import api
 
 from .common import Floor, percentile
 
@@ -77,7 +78,9 @@ async def nats_request_round_trip(nc: NATS, n: int, subject: str) -> list[float]
         await sub.unsubscribe()
 
 
-async def nats_pubsub_rate(nc: NATS, n: int, subject: str, body: bytes) -> float:
+async def nats_pubsub_rate(
+    nc: NATS, n: int, subject: str, body: bytes, headers: dict[str, str] | None = None
+) -> float:
     """Messages per second from bare `publish` to a subscriber callback, in one process."""
     got = 0
     done = asyncio.get_running_loop().create_future()
@@ -93,9 +96,36 @@ async def nats_pubsub_rate(nc: NATS, n: int, subject: str, body: bytes) -> float
     try:
         t0 = time.perf_counter()
         for _ in range(n):
-            await nc.publish(subject, body)
+            await nc.publish(subject, body, headers=headers)
         await asyncio.wait_for(done, timeout=max(60.0, n / 1000))
         return n / (time.perf_counter() - t0)
+    finally:
+        await sub.unsubscribe()
+
+
+async def js_replay_rate(nc: NATS, subject: str, n: int) -> float:
+    """Stored messages per second through a bare nats-py ordered consumer (no decoding)."""
+    got = 0
+    done = asyncio.get_running_loop().create_future()
+    t0 = 0.0
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal got, t0
+        got += 1
+        if got == 1:
+            t0 = time.perf_counter()
+        if got == n and not done.done():
+            done.set_result(time.perf_counter())
+
+    sub = await nc.jetstream().subscribe(
+        subject,
+        cb=on_msg,
+        ordered_consumer=True,
+        config=api.ConsumerConfig(flow_control=True, idle_heartbeat=2.0),
+    )
+    try:
+        end = await asyncio.wait_for(done, timeout=max(60.0, n / 1000))
+        return (n - 1) / (end - t0) if end > t0 else float("nan")
     finally:
         await sub.unsubscribe()
 
