@@ -53,8 +53,6 @@ class Job(BaseModel):
     root: str | None = None
     depth: int = 0
     max_depth: int = 32
-    inputs_model: str | None = None
-    """`module:Model` when the flow's input model is not its first parameter's annotation."""
     node_flows: list[str] = []
     """Flows of the same node, so chained flows prefer it without asking a registry."""
 
@@ -281,7 +279,7 @@ class ExecActor:
         target = import_object(job.entry)
         spec = spec_of(target)
         func = spec.func if spec is not None else target
-        model = import_object(job.inputs_model) if job.inputs_model else input_model(func)
+        model = input_model(func)  # the node validated already; this only shapes what the flow gets
         inputs: Any = model.model_validate(job.inputs) if model else dict(job.inputs)
         if inspect.iscoroutinefunction(func):
             return await func(inputs, tracer)

@@ -42,7 +42,7 @@ from .executions import (
     set_status,
     update_record,
 )
-from .flows import FlowSpec, input_model
+from .flows import FlowSpec
 from .models import Ack, Event, ExecutionRecord, LaunchReply, LaunchRequest
 
 if TYPE_CHECKING:
@@ -314,7 +314,6 @@ class Runner:
                 root=r.root,
                 depth=r.depth,
                 max_depth=self._settings.max_depth,
-                inputs_model=_model_path(ex.spec),
                 node_flows=sorted(self._flows),
             )
             ex.state = "running"
@@ -381,10 +380,3 @@ class Runner:
         ex.cancel_requested = True
         if ex.state == "running" and self._pool is not None:
             await self._pool.cancel(ex.record.execution)
-
-
-def _model_path(spec: FlowSpec) -> str | None:
-    """Import path of a flow's input model when config named one (the worker re-imports it)."""
-    if spec.inputs is None or spec.inputs is input_model(spec.func):
-        return None
-    return f"{spec.inputs.__module__}:{spec.inputs.__qualname__}"
