@@ -8,6 +8,7 @@ beat nats-py publish→subscribe. Each floor here is as bare as the library allo
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -128,6 +129,69 @@ async def js_replay_rate(nc: NATS, subject: str, n: int) -> float:
         return (n - 1) / (end - t0) if end > t0 else float("nan")
     finally:
         await sub.unsubscribe()
+
+
+_LISTENER = """
+import asyncio, sys
+import nats
+
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    async def nothing(msg):
+        pass
+    await nc.subscribe(sys.argv[2], cb=nothing)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await nc.close()
+
+asyncio.run(main())
+"""
+
+
+class BareListener:
+    """A separate Python process subscribed to `subject` with a no-op callback.
+
+    The floor of a registry's CPU share: what receiving the same messages costs a process that
+    does nothing with them (nats-py parsing and asyncio wake-ups only).
+    """
+
+    def __init__(self, url: str, subject: str) -> None:
+        self.url = url
+        self.subject = subject
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> BareListener:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _LISTENER,
+            self.url,
+            self.subject,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
 
 def p50_floor(name: str, samples: list[float]) -> Floor:
