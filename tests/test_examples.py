@@ -94,3 +94,37 @@ def test_blocking(up_url: str) -> None:
 def test_errors(up_url: str) -> None:
     out = _run_example(REPO / "examples/sdk/errors.py", up_url)
     assert out.strip() == "name: String should have at most 100 characters"
+
+
+async def test_example_flows_on_up(up_url: str) -> None:
+    """hitl, pipeline, FlowKit, throughput and calc, each launched as a user would."""
+    from kodo_bus import Client
+
+    async with Client(up_url) as kb:
+        hitl = await (await kb.flow("hitl")).launch({"title": "Plan"})
+        async for event in hitl.events(kinds=["lock"]):
+            assert event.data["prompt"] == "Approve 'Plan'?"
+            break
+        await hitl.answer({"approved": True, "comment": "go"})
+        assert await hitl.result(timeout=60) == {"title": "Plan", "approved": True, "comment": "go"}
+
+        tree = await (await kb.flow("extract")).launch({"text": "a b c"})
+        root = await tree.workflow(timeout=60)
+        chain = [root.flow, root.children[0].flow, root.children[0].children[0].flow]
+        assert chain == ["extract", "transform", "load"]
+        assert root.children[0].children[0].result == "A B C"
+
+        fk = await (await kb.flow("flowkit_complete")).launch({"data": "xyz"})
+        fk_tree = await fk.workflow(timeout=60)
+        assert fk_tree.children[0].result == {"received": "XYZ"}
+
+        burst = await (await kb.flow("throughput")).launch({"rate": 2000, "duration": 0.5})
+        assert (await burst.result(timeout=60))["events"] == 1000
+        markdown = [e async for e in burst.events(kinds=["markdown"])]
+        assert len(markdown) == 1000
+
+        calc = await (await kb.flow("calc")).launch({"tasks": 3})
+        results = await calc.result(timeout=120)
+        assert sorted(r["i"] for r in results) == [0, 1, 2]
+        with pytest.raises(Exception, match="less than or equal to 500"):
+            await (await kb.flow("calc")).launch({"tasks": 501})
