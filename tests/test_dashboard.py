@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -229,4 +231,29 @@ async def test_dashboard_updates_live_on_a_pty(bus: Bus, ray_address: str) -> No
         if joined is not None:
             joined.terminate()
             await asyncio.to_thread(joined.wait, 30)
+        term.close()
+
+
+async def test_dashboard_quits_cleanly_on_ctrl_c(bus: Bus) -> None:
+    env = {**os.environ, "KODO_NATS": bus.url, "PYTHONFAULTHANDLER": "1"}
+    term = Screen([*KODO_BUS, "dashboard", "--refresh", "0.2", "--monitor", ""], 80, 24, env)
+    try:
+        await asyncio.to_thread(term.read_until, re.compile(rb"nodes \d+ online"), 0)
+        term.proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(term.proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            term.proc.send_signal(signal.SIGABRT)
+            await asyncio.sleep(2)
+            with contextlib.suppress(OSError):
+                while select.select([term.master], [], [], 0.5)[0]:
+                    term.data += os.read(term.master, 1 << 16)
+            raise AssertionError(term.data[-5000:].decode(errors="replace")) from None
+        assert term.proc.returncode == 0
+        with contextlib.suppress(OSError):
+            while select.select([term.master], [], [], 0.5)[0]:
+                term.data += os.read(term.master, 1 << 16)
+        assert b"\x1b[?1049l" in term.data  # the alternate screen was left
+        assert b"Traceback" not in term.data
+    finally:
         term.close()

@@ -42,9 +42,15 @@ def dashboard(
     from ..dashboard.live import run_dashboard
 
     async def main() -> None:
-        async with client_for(nats, credentials) as kb:
+        kb = await client_for(nats, credentials).connect()
+        try:
             target = monitor if monitor is not None else default_monitor(kb.urls[0])
             await run_dashboard(kb, via, refresh, target or None)
+        finally:
+            # close, not drain: nothing needs flushing, and a KV watch cancelled while it was
+            # being set up would hold a drain until its timeout
+            await kb.nc.close()
+            await kb.close()
 
     asyncio.run(main())
 

@@ -87,9 +87,10 @@ class Feeds:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # bounded: nats-py can swallow a cancellation while a watch is being set up; such a
+            # task ends when the connection closes
+            await asyncio.wait(self._tasks, timeout=1.0)
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
