@@ -73,10 +73,13 @@ class BenchEnv:
         self._connections: list[NATS] = []
         self._procs: list[Process] = []
         self.url = self.settings.nats or ""
+        self._signals = False
+        self._interrupted = False
         self.nats_label = f"bus at {self.settings.nats}" if self.settings.nats else ""
 
     # -- life cycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
+        self._watch_signals()
         try:
             if not self.settings.nats:
                 config = ServerSettings(port=0, http_port=0, store=self._tmp / "nats")
@@ -94,6 +97,35 @@ class BenchEnv:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    def _watch_signals(self) -> None:
+        """SIGTERM and SIGINT cancel the run, so `close` stops every child by PID.
+
+        Called again after `ray.init`: Ray's core worker installs a SIGTERM handler that ends the
+        process at once (which would orphan the nats-server and the `kodo_bus run` children).
+        """
+        task = asyncio.current_task()
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if not self._interrupted:  # a second signal must not cancel the clean-up itself
+                self._interrupted = True
+                task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on_signal)
+        self._signals = True
+
+    def _unwatch_signals(self) -> None:
+        if self._signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+            self._signals = False
 
     async def close(self) -> None:
         """Stop everything this run started, newest first; each step runs even if one fails."""
@@ -121,6 +153,7 @@ class BenchEnv:
             server, self._server = self._server, None
             await asyncio.to_thread(server.stop)
         shutil.rmtree(self._tmp, ignore_errors=True)
+        self._unwatch_signals()
 
     # -- parts, started on first use ---------------------------------------------------------
     async def ray(self) -> None:
@@ -137,6 +170,7 @@ class BenchEnv:
             configure_logging=False,
         )
         self._ray_started = True
+        self._watch_signals()
 
     @property
     def service_id(self) -> str:

@@ -12,6 +12,7 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from ..bench import SCENARIOS
 from ..bench.common import ScenarioResult, markdown_table, table
@@ -59,21 +60,23 @@ def bench(  # noqa: PLR0917 (typer options)
     if scenario != "all" and scenario not in SCENARIOS:
         raise typer.BadParameter(f"choose from all, {', '.join(SCENARIOS)}", param_hint="SCENARIO")
     base = QUICK if quick else Sizes()
-    sizes = base.model_copy(
-        update={
-            k: v
-            for k, v in {
-                "launches": launches,
-                "executions": executions,
-                "events": events,
-                "nodes": nodes,
-                "flows": flows,
-                "heartbeat": heartbeat,
-                "load_seconds": load_seconds,
-            }.items()
-            if v is not None
-        }
-    )
+    given = {
+        "launches": launches,
+        "executions": executions,
+        "events": events,
+        "nodes": nodes,
+        "flows": flows,
+        "heartbeat": heartbeat,
+        "load_seconds": load_seconds,
+    }
+    try:
+        sizes = Sizes.model_validate(
+            {**base.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = str(problem["loc"][0]).replace("_", "-")
+        raise typer.BadParameter(problem["msg"], param_hint=f"--{name}") from None
     settings = BenchSettings(nats=nats, quick=quick, max_running=max_running, ray_cpus=ray_cpus)
 
     def show(result: ScenarioResult) -> None:
@@ -84,7 +87,11 @@ def bench(  # noqa: PLR0917 (typer options)
         if not out.is_terminal:
             out.width = max(out.width, 130)  # a pipe or file gets the table unwrapped
         console.print(f"[dim]kodo-bus bench {scenario}: starting…[/]")
-    record = asyncio.run(run_suite(names, settings, sizes, on_result=show))
+    try:
+        record = asyncio.run(run_suite(names, settings, sizes, on_result=show))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        console.print("[yellow]interrupted[/]: every process the run started was stopped")
+        raise typer.Exit(130) from None
     if json_out:
         sys.stdout.write(record.model_dump_json(indent=2) + "\n")
         return
