@@ -8,11 +8,17 @@ NATS request/reply, the two hops a launch cannot avoid.
 
 from __future__ import annotations
 
+import math
 import time
 
+from ..execution_ref import status_of
+from ..flow_ref import Flow
 from . import floors
 from .common import ScenarioResult, Stopwatch, percentile
 from .env import BenchEnv
+
+PHASES = ("pending", "starting", "running", "final")
+"""Events whose timestamps split a launch into phases (status events, and the final value)."""
 
 TARGET_P50_MS = 10.0
 TARGET_P99_MS = 40.0
@@ -37,6 +43,7 @@ async def run(env: BenchEnv, *, n: int = 500, warmup: int = 30) -> ScenarioResul
         reply.append(t1 - t0)
         total.append(t2 - t0)
 
+    await _phases(result, flow, max(10, min(n, 100)))
     ray_floor = floors.p50_floor("Ray task", await floors.ray_task_round_trip(max(n, 100)))
     nc = await env.nats()
     nats_samples = await floors.nats_request_round_trip(
@@ -52,3 +59,32 @@ async def run(env: BenchEnv, *, n: int = 500, warmup: int = 30) -> ScenarioResul
     result.add("launch→reply p99", percentile(reply_ms, 99), "ms", floor=nats_floor)
     result.seconds = watch()
     return result
+
+
+async def _phases(result: ScenarioResult, flow: Flow, n: int) -> None:
+    """Where a launch's time goes: p50 of each phase, from the events' own timestamps.
+
+    Wall-clock stamps from three processes (client, node, Ray worker) on one machine: good to a
+    fraction of a millisecond, which is what a phase costs.
+    """
+    marks: dict[str, list[float]] = {p: [] for p in (*PHASES, "reply", "read")}
+    for _ in range(n):
+        t0 = time.time()
+        ex = await flow.launch({})
+        marks["reply"].append(time.time() - t0)
+        seen: dict[str, float] = {}
+        async for event in ex.events():
+            key = status_of(event) or event.kind
+            seen.setdefault(key, event.ts - t0)
+        marks["read"].append(time.time() - t0)
+        for p in PHASES:
+            marks[p].append(seen.get(p, math.nan))
+    p50 = {k: percentile(v, 50) * 1000 for k, v in marks.items()}
+    steps = [("launch→pending", p50["pending"])]
+    before = "pending"
+    for p in PHASES[1:]:
+        steps.append((f"{before}→{p}", p50[p] - p50[before]))
+        before = p
+    steps.append(("final→SDK reader", p50["read"] - p50["final"]))
+    text = ", ".join(f"{name} {ms:.1f}" for name, ms in steps)
+    result.notes.append(f"phases, p50 ms: {text} (reply at {p50['reply']:.1f})")
