@@ -18,6 +18,7 @@ import contextvars
 import ctypes
 import inspect
 import logging
+import os
 import sys
 import threading
 from collections import deque
@@ -343,6 +344,10 @@ class ActorPool:
             return max_running or self.cpus or 1
 
     def _init_ray(self) -> None:
+        # Ray's driver otherwise installs a C-level SIGTERM handler that dumps a stack and kills
+        # the node at once: no grace period, executions cut off mid-write. Read when `ray` is
+        # first imported, hence set before the import.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         import ray
 
         if not ray.is_initialized():

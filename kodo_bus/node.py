@@ -96,11 +96,15 @@ class Node:
         self.runner = runner
 
     async def stop(self) -> None:
-        """Stop announcing, let the runner finish (bounded by `grace`), then say bye."""
+        """Stop announcing, let the runner finish (bounded by `grace`), then say bye.
+
+        Heartbeats go on while the runner finishes: a node silent for `ttl` during its grace
+        period would have its still-running executions declared lost by registries.
+        """
         await self._sync_sub.unsubscribe()
-        await self.tasks.close()
         if self.runner is not None:
             await self.runner.stop()
+        await self.tasks.close()
         if self.joined:
             await self._bye("stop", forget=False)
 
