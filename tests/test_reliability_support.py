@@ -38,7 +38,16 @@ def service(
 ) -> subprocess.Popen[str]:
     """Start `kodo-bus run` from a YAML config holding `body` (id, role, flows, ...)."""
     config = tmp / f"{body['id']}.yaml"
-    data = {"nats": list(urls), "heartbeat": BEAT, "retry": -1, "log_level": "DEBUG", **body}
+    # The screen log goes to a pipe nobody reads while the test runs: keep it small (a full
+    # pipe would block the service); the whole story is in the log file next to the config.
+    data = {
+        "nats": list(urls),
+        "heartbeat": BEAT,
+        "retry": -1,
+        "log_level": "WARNING",
+        "log_file": str(tmp / f"{body['id']}.log"),
+        **body,
+    }
     config.write_text(yaml.safe_dump(data))
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     if ray_address:
