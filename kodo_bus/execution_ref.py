@@ -83,32 +83,34 @@ class Execution:
 
     # -- state ---------------------------------------------------------------------------------
     async def record(self) -> ExecutionRecord:
-        """The current record from the executions bucket."""
+        """The current record, its status brought up to the last `status` event.
+
+        The node writes the record just after the events it stands for (so a crash in between
+        is repaired from the stream), which means a reader may see the events first. The last
+        message on the execution's status subject is therefore the truth for `status`.
+        """
         record = await self._client._record(self.id, self.launcher)
         if record is None:
             raise ExecutionNotFound(f"no execution {self.id!r} is known to the bus")
         self.launcher, self.node, self.flow = record.launcher, record.node, record.flow
-        return record
-
-    async def status(self) -> str:
-        """Current status: pending, starting, running, awaiting, or a terminal one.
-
-        The last `status` event is the truth (the record is written just after it), so it is
-        read straight from the stream, last message on the execution's status subject.
-        """
-        record = await self.record()
         if record.status in TERMINAL_STATUSES:
-            return record.status
+            return record
         subject = subjects.events(record.launcher, self.id, "status")
         try:
             msg = await self._client.js.get_last_msg(subjects.STREAM_EVENTS, subject, direct=True)
-        except nats.js.errors.NotFoundError:
-            return record.status
-        try:
             event = decode(subject, msg.data or b"", msg.headers, Event)
-        except WireError:
-            return record.status
-        return status_of(event) or record.status
+        except (nats.js.errors.NotFoundError, WireError):
+            return record
+        status = status_of(event)
+        if status is None or status == record.status:
+            return record
+        return record.model_copy(
+            update={"status": status, "last_seq": max(record.last_seq, event.seq)}
+        )
+
+    async def status(self) -> str:
+        """Current status: pending, starting, running, awaiting, or a terminal one."""
+        return (await self.record()).status
 
     # -- events --------------------------------------------------------------------------------
     async def events(
