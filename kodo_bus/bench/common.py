@@ -248,4 +248,5 @@ def markdown_table(record: BenchRecord) -> str:
                 f"| {s.scenario} | {f.name} | {fmt(f.value, f.unit)} | {floor} | {ratio} "
                 f"| {target} |"
             )
-    return "\n".join(lines)
+    notes = [f"- {s.scenario}: {note}" for s in record.scenarios for note in s.notes]
+    return "\n".join(lines + (["", *notes] if notes else []))
