@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,6 +37,9 @@ def bench(  # noqa: PLR0917 (typer options)
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Also print a Markdown table at the end.")
     ] = False,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Also write the JSON record to this file.")
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: does it work?")] = False,
     launches: Annotated[int | None, typer.Option(help="launch: sequential launches.")] = None,
     executions: Annotated[
@@ -92,6 +96,8 @@ def bench(  # noqa: PLR0917 (typer options)
     except (asyncio.CancelledError, KeyboardInterrupt):
         console.print("[yellow]interrupted[/]: every process the run started was stopped")
         raise typer.Exit(130) from None
+    if save is not None:
+        save.write_text(record.model_dump_json(indent=2) + "\n")
     if json_out:
         sys.stdout.write(record.model_dump_json(indent=2) + "\n")
         return
