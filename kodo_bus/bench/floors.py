@@ -194,6 +194,21 @@ class BareListener:
         return self.proc.pid
 
 
+async def python_start_seconds(code: str) -> float:
+    """Seconds for a fresh interpreter to run `code` and exit (imports dominate)."""
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.wait_for(proc.wait(), 60)
+    return time.perf_counter() - t0
+
+
 def p50_floor(name: str, samples: list[float]) -> Floor:
     """A latency floor in milliseconds (median of the samples)."""
     return Floor(name=name, value=percentile(samples, 50) * 1000, unit="ms")
