@@ -183,6 +183,11 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
             floor=Floor(name="python start + import kodo_bus", value=start, unit="s"),
         )
 
+        if restored.flows < total:
+            result.notes.append(
+                f"restart from cache served {restored.flows:,} of {total:,} flows at first"
+            )
+
         # 4. heartbeat load (next to a bare listener of the same messages, for the floor)
         async with floors.BareListener(env.url, subjects.NODE_ALL) as bare:
             ps, ps_bare = psutil.Process(proc.pid), psutil.Process(bare.pid)
