@@ -70,10 +70,12 @@ def content_type_of(data: bytes, headers: Mapping[str, str] | None) -> str:
 
 
 def reply_content_type(request: _Msg) -> str:
-    """A reply mirrors its request's content type; an empty request gets msgpack."""
+    """A reply mirrors its request's content type; an empty request, or one in a type we do
+    not speak (the error reply must still be encodable), gets msgpack."""
     if not request.data:
         return MSGPACK
-    return content_type_of(request.data, request.headers)
+    kind = content_type_of(request.data, request.headers)
+    return kind if kind in (JSON, MSGPACK) else MSGPACK
 
 
 def loads(subject: str, data: bytes, headers: Mapping[str, str] | None) -> Any:

@@ -35,6 +35,8 @@ log = logging.getLogger("kodo_bus.service")
 
 REJECT_LOG_EVERY = 60.0
 """Seconds between two log lines about bad messages from the same sender."""
+REJECT_LOG_CHARS = 300
+"""Longest reason logged for a bad message (reasons may quote the message itself)."""
 
 
 class Rejects:
@@ -49,7 +51,10 @@ class Rejects:
         now = time.monotonic()
         if now - self._logged.get(sender, -REJECT_LOG_EVERY) >= REJECT_LOG_EVERY:
             self._logged[sender] = now
-            log.warning("dropped a bad message from %s: %s", sender, reason)
+            text = str(reason)
+            if len(text) > REJECT_LOG_CHARS:  # a 1 MB bad message must not make a 1 MB log line
+                text = text[:REJECT_LOG_CHARS] + f"... ({len(text)} characters)"
+            log.warning("dropped a bad message from %.100s: %s", sender, text)
 
 
 class KodoService:

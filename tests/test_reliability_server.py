@@ -110,9 +110,12 @@ async def test_registry_killed_restarts_with_its_view_at_once(
         restored = (tmp_path / f"{registry}.log").read_text()
         assert f"view restored from {subjects.bucket_view(registry)}: 3 nodes" in restored
         assert info.nodes >= len(nodes)
-        key = lambda page: sorted((f.node, f.name) for f in page.items)  # noqa: E731
-        assert key(first) == key(before)
+        assert _names(first) == _names(before)
         # and the nodes, told nothing, are seen online by their heartbeats
         await eventually(listed, all_online, timeout=10)
     finally:
         await nc.close()
+
+
+def _names(page: FlowsPage) -> list[tuple[str, str]]:
+    return sorted((f.node, f.name) for f in page.items)

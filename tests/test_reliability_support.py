@@ -40,11 +40,12 @@ def service(
     config = tmp / f"{body['id']}.yaml"
     # The screen log goes to a pipe nobody reads while the test runs: keep it small (a full
     # pipe would block the service); the whole story is in the log file next to the config.
+    # CRITICAL: even a flood of warnings (the fuzz test) must not fill that pipe.
     data = {
         "nats": list(urls),
         "heartbeat": BEAT,
         "retry": -1,
-        "log_level": "WARNING",
+        "log_level": "CRITICAL",
         "log_file": str(tmp / f"{body['id']}.log"),
         **body,
     }

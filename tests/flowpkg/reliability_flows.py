@@ -57,3 +57,13 @@ async def ticker(inputs: Hold, tracer: Tracer) -> int:
 @flow(summary="Echoes its inputs")
 async def echo(inputs: dict[str, Any], tracer: Tracer) -> dict[str, Any]:
     return inputs
+
+
+class Strict(BaseModel):
+    token: str = Field(pattern="^kodo-fuzz-ok$")
+    """No generated message can be a valid launch by chance."""
+
+
+@flow(summary="Accepts one exact input only")
+async def strict(inputs: Strict, tracer: Tracer) -> str:
+    return inputs.token
