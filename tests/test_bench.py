@@ -12,7 +12,10 @@ import pytest
 from kodo_bus.bench.common import BenchRecord, ScenarioResult, percentile
 from kodo_bus.bench.env import BenchEnv, BenchSettings
 from kodo_bus.bench.suite import QUICK, run_one
+from kodo_bus.bus import connect
+from kodo_bus.config import ConnectSettings
 from kodo_bus.server import NatsServer
+from kodo_bus.subjects import bucket_view
 
 from .conftest import REPO
 
@@ -26,6 +29,17 @@ def _check(result: ScenarioResult, scenario: str) -> dict[str, float]:
         if f.floor is not None:
             assert f.floor.value > 0, f"{scenario}: floor of {f.name} is {f.floor.value}"
     return {f.name: f.value for f in result.figures}
+
+
+async def _bench_views(url: str) -> list[str]:
+    """View buckets of benchmark registries left on the bus."""
+    nc = await connect(ConnectSettings(nats=[url]))
+    try:
+        streams = await nc.jetstream().streams_info()
+    finally:
+        await nc.close()
+    prefix = "KV_" + bucket_view("bench-")
+    return [i.config.name for i in streams if (i.config.name or "").startswith(prefix)]
 
 
 def test_percentile() -> None:
@@ -49,6 +63,7 @@ async def test_execution_scenarios(nats_server: NatsServer, ray_address: str) ->
         assert events["lost (live + replay)"] == 0
         assert events["out of order (live + replay)"] == 0
         assert events["live reader"] > 0 and events["late reader (replay)"] > 0
+    assert await _bench_views(nats_server.url) == []  # a given bus is left as it was found
 
 
 @pytest.mark.slow
@@ -62,8 +77,9 @@ async def test_registry_and_memory_scenarios(nats_server: NatsServer) -> None:
         memory = _check(await run_one(env, "memory", QUICK), "memory")
         assert memory["idle node (no Ray loaded)"] > 10  # MB: a live Python process
         assert memory[f"registry holding {flows:,} flows"] > 10
-    # every child process the run started is gone (stopped by PID)
+    # every child process the run started is gone (stopped by PID), no view bucket is left
     assert not env._procs
+    assert await _bench_views(nats_server.url) == []
 
 
 @pytest.mark.slow

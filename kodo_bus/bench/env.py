@@ -72,6 +72,8 @@ class BenchEnv:
         self._clients: list[Client] = []
         self._connections: list[NATS] = []
         self._procs: list[Process] = []
+        self._buckets: set[str] = set()
+        """View buckets of the registries this run started (deleted on a bus we were given)."""
         self.url = self.settings.nats or ""
         self._signals = False
         self._interrupted = False
@@ -136,14 +138,16 @@ class BenchEnv:
             with contextlib.suppress(Exception):
                 await client.close()
         self._clients.clear()
-        for nc in self._connections:
-            with contextlib.suppress(Exception):
-                await nc.close()
-        self._connections.clear()
         if self._service is not None:
             service, self._service = self._service, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(service.stop(), 30)
+        if self.settings.nats and self._buckets and self._connections:
+            await self._forget_views(self._connections[0])
+        for nc in self._connections:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self._connections.clear()
         if self._ray_started:
             import ray
 
@@ -154,6 +158,15 @@ class BenchEnv:
             await asyncio.to_thread(server.stop)
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._unwatch_signals()
+
+    async def _forget_views(self, nc: NATS) -> None:
+        """On a bus we were given, leave no view bucket of a benchmark registry behind (clients
+        list registries by their buckets). Events and records age out with the stream."""
+        js = nc.jetstream()
+        for bucket in sorted(self._buckets):
+            with contextlib.suppress(Exception):
+                await js.delete_key_value(bucket)
+        self._buckets.clear()
 
     # -- parts, started on first use ---------------------------------------------------------
     async def ray(self) -> None:
@@ -190,6 +203,7 @@ class BenchEnv:
                 grace=5,
                 log_level="WARNING",
             )
+            self._buckets.add(subjects.bucket_view(self.service_id))
             service = KodoService(settings, load_flows([FlowDecl(module=FLOW_MODULE)]))
             await service.start()
             self._service = service
@@ -227,6 +241,8 @@ class BenchEnv:
         a node when its first catalog arrives.
         """
         nc = await self.nats()
+        if role != "node":
+            self._buckets.add(subjects.bucket_view(service_id))
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         subject = subjects.SYNC if role != "node" else subjects.node_catalog(service_id)
 
