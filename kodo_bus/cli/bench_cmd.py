@@ -41,13 +41,13 @@ def bench(  # noqa: PLR0917 (typer options)
         Path | None, typer.Option("--save", help="Also write the JSON record to this file.")
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: does it work?")] = False,
-    launches: Annotated[int | None, typer.Option(help="launch: sequential launches.")] = None,
+    launches: Annotated[int | None, typer.Option(help="launch: sequential launches [500].")] = None,
     executions: Annotated[
         int | None, typer.Option(help="throughput: concurrent executions [2000].")
     ] = None,
     events: Annotated[int | None, typer.Option(help="events: events emitted [100000].")] = None,
-    nodes: Annotated[int | None, typer.Option(help="registry/memory: simulated nodes.")] = None,
-    flows: Annotated[int | None, typer.Option(help="registry/memory: flows per node.")] = None,
+    nodes: Annotated[int | None, typer.Option(help="registry, memory: nodes [1000].")] = None,
+    flows: Annotated[int | None, typer.Option(help="registry/memory: flows per node [20].")] = None,
     heartbeat: Annotated[
         float | None, typer.Option(help="registry: seconds between heartbeats [5].")
     ] = None,
