@@ -12,7 +12,7 @@ import logging
 import random
 import secrets
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -194,6 +194,38 @@ async def respond_error(
 
 
 # -- JetStream -----------------------------------------------------------------------------------
+JETSTREAM_TRANSIENT: tuple[type[Exception], ...] = (
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+)
+"""What a JetStream call raises while a server fails over or a stream elects a new leader."""
+
+T = TypeVar("T")
+
+
+async def js_retry(call: Callable[[], Awaitable[T]], what: str, within: float = 30.0) -> T:
+    """`call()`, retried with backoff on transient JetStream errors for up to `within` seconds.
+
+    On a cluster, a killed server leaves its streams without a leader for a few seconds; a
+    write in that window would otherwise be lost (a record left `running`, say).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except JETSTREAM_TRANSIENT as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.debug("%s: %r, retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 @dataclass
 class _FreshlyNamed(api.ConsumerConfig):
     """A consumer config that takes a new random name each time nats-py creates the consumer.

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from . import subjects
-from .bus import consumer_config
+from .bus import consumer_config, js_retry
 from .codec import decode, decode_msg
 from .errors import (
     ExecutionCancelled,
@@ -130,13 +130,16 @@ class Execution:
         policy = api.DeliverPolicy.ALL if replay else api.DeliverPolicy.NEW
         # The launcher's token in the filter is what a client's permissions allow (its own).
         launcher = self.launcher or self._client.user
-        sub = await js.subscribe(
-            subjects.events(launcher, self.id, "*"),
-            stream=subjects.STREAM_EVENTS,
-            cb=on_msg,
-            ordered_consumer=True,
-            deliver_policy=policy,
-            config=consumer_config(flow_control=True, idle_heartbeat=2.0),
+        sub = await js_retry(
+            lambda: js.subscribe(
+                subjects.events(launcher, self.id, "*"),
+                stream=subjects.STREAM_EVENTS,
+                cb=on_msg,
+                ordered_consumer=True,
+                deliver_policy=policy,
+                config=consumer_config(flow_control=True, idle_heartbeat=2.0),
+            ),
+            f"read the events of {self.id}",
         )
         last = 0
         try:

@@ -11,6 +11,7 @@ encode events the same way: JSON `Event`, header `Nats-Msg-Id: <execution>:<seq>
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback as tb
@@ -23,6 +24,7 @@ from nats.js.kv import KeyValue
 from pydantic_core import to_jsonable_python
 
 from . import subjects
+from .bus import js_retry
 from .codec import JSON, MSG_ID, MSGPACK, decode, encode
 from .errors import WireError
 from .models import TERMINAL_STATUSES, Event, ExecutionRecord
@@ -100,7 +102,7 @@ async def create_record(kv: KeyValue, record: ExecutionRecord) -> int:
 async def read_record(kv: KeyValue, key: str) -> tuple[ExecutionRecord, int] | None:
     """The record under `key` (`subjects.record_key`) and its revision, or None."""
     try:
-        entry = await kv.get(key)
+        entry = await js_retry(lambda: kv.get(key), f"read {key}")
     except nats.js.errors.KeyNotFoundError:
         return None
     if not entry.value:
@@ -134,7 +136,9 @@ async def update_record(kv: KeyValue, key: str, change: Change) -> ExecutionReco
             return None
         new = new.model_copy(update={"updated": time.time()})
         try:
-            await kv.update(key, record_bytes(new), last=revision)
+            await js_retry(
+                functools.partial(kv.update, key, record_bytes(new), last=revision), f"update {key}"
+            )
         except nats.js.errors.KeyWrongLastSequenceError:
             continue
         except nats.js.errors.APIError as exc:
