@@ -6,7 +6,6 @@ light. Registries are found by NATS micro discovery (`discovery.py`), like `kodo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
@@ -17,11 +16,10 @@ from typing import Self, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from . import bus, subjects
+from . import bus, snapshot, subjects
 from .codec import decode, decode_msg
 from .config import DEFAULT_NATS_URL, ConnectSettings, Credentials
 from .discovery import find_registry
@@ -190,47 +188,25 @@ class Client:
     ) -> AsyncIterator[Event]:
         """`log` events of every execution on the bus, oldest first; `follow` keeps listening."""
         floor = LOG_LEVELS.index(level.lower()) if level.lower() in LOG_LEVELS else 0
-        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
-
-        async def on_msg(msg: Msg) -> None:
-            queue.put_nowait(msg)
-
-        if since is not None:
-            policy = {
-                "deliver_policy": api.DeliverPolicy.BY_START_TIME,
-                "opt_start_time": _rfc3339(since),
-            }
-        else:
-            policy = {"deliver_policy": api.DeliverPolicy.ALL}
-        sub = await self.js.subscribe(
+        messages = snapshot.current(
+            self.js,
+            subjects.STREAM_EVENTS,
             subjects.EVENTS_LOG_ALL,
-            cb=on_msg,
-            ordered_consumer=True,
-            config=api.ConsumerConfig(**policy),  # type: ignore[arg-type]
+            last_per_subject=False,
+            start_time=_rfc3339(since) if since is not None else None,
+            follow=follow,
         )
-        try:
-            info = await sub.consumer_info()
-            # delivered + pending, read together, is what matched when we started
-            delivered = info.delivered.consumer_seq if info.delivered else 0
-            pending = (info.num_pending or 0) + (delivered or 0)
-            seen = 0
-            while follow or seen < pending:
-                msg = await queue.get()
-                seen += 1
-                assert msg is not None
-                try:
-                    event = decode_msg(msg, Event)
-                except WireError:
-                    continue
-                data = event.data if isinstance(event.data, dict) else {}
-                lvl = str(data.get("level", "info")).lower()
-                if (LOG_LEVELS.index(lvl) if lvl in LOG_LEVELS else 1) < floor:
-                    continue
-                if node in (None, event.node) and flow in (None, event.flow):
-                    yield event
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        async for msg in messages:
+            try:
+                event = decode_msg(msg, Event)
+            except WireError:
+                continue
+            data = event.data if isinstance(event.data, dict) else {}
+            lvl = str(data.get("level", "info")).lower()
+            if (LOG_LEVELS.index(lvl) if lvl in LOG_LEVELS else 1) < floor:
+                continue
+            if node in (None, event.node) and flow in (None, event.flow):
+                yield event
 
     # -- internals shared with Flow and Execution ----------------------------------------------
     async def _request(
@@ -275,37 +251,16 @@ class Client:
         except nats.js.errors.BucketNotFoundError:
             return []
         keys = subjects.kv_subject(bucket, subjects.record_key(launcher or self.user, ">"))
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_msg(msg: Msg) -> None:
-            queue.put_nowait(msg)
-
-        sub = await self.js.subscribe(
-            keys,
-            stream=subjects.kv_stream(bucket),
-            cb=on_msg,
-            ordered_consumer=True,
-            config=bus.consumer_config(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT),
-        )
         records: list[ExecutionRecord] = []
-        try:
-            info = await sub.consumer_info()
-            # messages already pushed to the callback are no longer pending: count them too
-            delivered = info.delivered.consumer_seq if info.delivered else 0
-            pending = (info.num_pending or 0) + (delivered or 0)
-            for _ in range(pending):
-                msg = await queue.get()
-                if not msg.data:
-                    continue  # a deleted or purged key
-                try:
-                    record = decode(msg.subject, msg.data, None, ExecutionRecord)
-                except WireError:
-                    continue
-                if keep(record):
-                    records.append(record)
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        async for msg in snapshot.current(self.js, subjects.kv_stream(bucket), keys):
+            if not msg.data:
+                continue  # a deleted or purged key
+            try:
+                record = decode(msg.subject, msg.data, None, ExecutionRecord)
+            except WireError:
+                continue
+            if keep(record):
+                records.append(record)
         return records
 
 

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from . import subjects
+from . import snapshot, subjects
 from .bus import ensure_bucket, request
 from .codec import decode_msg, encode
 from .config import ServiceSettings
@@ -124,23 +124,22 @@ class Registry:
 
     # -- persistence -----------------------------------------------------------------------------
     async def _load(self) -> None:
+        """The stored view, read in one pass (one consumer, not a `get` per node)."""
         assert self.kv is not None
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return
+        bucket = subjects.bucket_view(self.settings.id)
         entries: list[NodeEntry] = []
-        for key in keys:
+        stream = subjects.kv_stream(bucket)
+        async for msg in snapshot.current(
+            self.nc.jetstream(), stream, subjects.kv_subject(bucket, ">")
+        ):
+            if not msg.data:
+                continue  # a node removed from the view
             try:
-                item = await self.kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue
-            try:
-                entries.append(decode_msg(_KvMsg(key, item.value or b""), NodeEntry))
+                entries.append(decode_msg(_KvMsg(msg.subject, msg.data), NodeEntry))
             except WireError as exc:
-                log.warning("dropping unreadable view entry %s: %s", key, exc)
+                log.warning("dropping unreadable view entry %s: %s", msg.subject, exc)
         self.view.load(entries, time.time())
-        log.info("view restored from %s: %d nodes", self.kv._name, len(entries))
+        log.info("view restored from %s: %d nodes", bucket, len(entries))
 
     def _mark(self, *nodes: str) -> None:
         self._dirty.update(nodes)
