@@ -167,7 +167,7 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
         )
         result.notes.append(
             f"--cache-reset: process ready after {started - t0:.2f} s, then nodes answer "
-            "kodo.sync within 1 s (random spread)"
+            f"{subjects.SYNC} within 1 s (random spread)"
         )
 
         # 3. restart with its cache: the view is served as soon as the process is ready
