@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from . import subjects
-from .bus import consumer_config, js_retry
+from .bus import JETSTREAM_TRANSIENT, consumer_config, js_retry
 from .codec import decode, decode_msg
 from .errors import (
     ExecutionCancelled,
@@ -121,7 +121,6 @@ class Execution:
         Ends after the terminal status event.
         """
         wanted = set(kinds) if kinds else None
-        js = self._client.js
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def on_msg(msg: Msg) -> None:
@@ -130,41 +129,78 @@ class Execution:
         policy = api.DeliverPolicy.ALL if replay else api.DeliverPolicy.NEW
         # The launcher's token in the filter is what a client's permissions allow (its own).
         launcher = self.launcher or self._client.user
-        sub = await js_retry(
+        sub = await self._subscribe(launcher, on_msg, policy, 0)
+        last = 0
+        stream_seq = 0
+        # Events received ahead of a gap (a re-sent event is stored after later ones).
+        early: dict[int, Event] = {}
+        try:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), STALL_CHECK)
+                except TimeoutError:
+                    if await _stalled(sub):
+                        # Its server died and nats-py could not re-create it (no stream leader
+                        # yet): a new consumer goes on from the last message received.
+                        log.info("events of %s: consumer lost, resubscribing", self.id)
+                        with contextlib.suppress(nats.errors.Error):
+                            await sub.unsubscribe()
+                        sub = await self._subscribe(launcher, on_msg, policy, stream_seq)
+                        continue
+                    if not early:
+                        continue
+                    first = min(early)  # the gap is not being filled: go on without it
+                    log.warning("execution %s: events %d..%d missing", self.id, last + 1, first - 1)
+                    last = first - 1
+                else:
+                    stream_seq = max(stream_seq, _stream_seq(msg))
+                    try:
+                        event = decode_msg(msg, Event)
+                    except WireError as exc:
+                        log.warning("skipping undecodable event: %s", exc)
+                        continue
+                    if event.seq <= last or event.seq in early:
+                        continue  # a re-sent event JetStream's de-duplication window missed
+                    if not last and not early:
+                        last = event.seq - 1  # the first one read (history may have expired)
+                    early[event.seq] = event
+                while last + 1 in early:
+                    event = early.pop(last + 1)
+                    last = event.seq
+                    self.launcher, self.node, self.flow = event.launcher, event.node, event.flow
+                    if wanted is None or event.kind in wanted:
+                        yield event
+                    if status_of(event) in TERMINAL_STATUSES:
+                        return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _subscribe(
+        self,
+        launcher: str,
+        on_msg: Callable[[Msg], Awaitable[None]],
+        policy: api.DeliverPolicy,
+        after: int,
+    ) -> JetStreamContext.PushSubscription:
+        """A consumer of the execution's events from the start (`policy`), or from stream seq
+        `after` + 1; retried while JetStream fails over."""
+        js = self._client.js
+        start: dict[str, Any] = {}
+        if after:
+            start = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE}
+            start["opt_start_seq"] = after + 1
+        return await js_retry(
             lambda: js.subscribe(
                 subjects.events(launcher, self.id, "*"),
                 stream=subjects.STREAM_EVENTS,
                 cb=on_msg,
                 ordered_consumer=True,
-                deliver_policy=policy,
-                config=consumer_config(flow_control=True, idle_heartbeat=2.0),
+                deliver_policy=None if after else policy,
+                config=consumer_config(flow_control=True, idle_heartbeat=2.0, **start),
             ),
             f"read the events of {self.id}",
         )
-        last = 0
-        try:
-            while True:
-                msg = await queue.get()
-                try:
-                    event = decode_msg(msg, Event)
-                except WireError as exc:
-                    log.warning("skipping undecodable event: %s", exc)
-                    continue
-                if event.seq <= last:
-                    continue  # a re-sent event JetStream's de-duplication window missed
-                if last and event.seq != last + 1:
-                    log.warning(
-                        "execution %s: events %d..%d missing", self.id, last + 1, event.seq - 1
-                    )
-                last = event.seq
-                self.launcher, self.node, self.flow = event.launcher, event.node, event.flow
-                if wanted is None or event.kind in wanted:
-                    yield event
-                if status_of(event) in TERMINAL_STATUSES:
-                    return
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
 
     async def result(self, timeout: float | None = None) -> Any:
         """The final value, or the typed error of how the execution ended."""
@@ -261,3 +297,26 @@ class Execution:
             error=error,
             children=list(kids),
         )
+
+
+STALL_CHECK = 5.0
+"""Seconds without an event after which `events()` checks that its consumer still exists."""
+
+
+async def _stalled(sub: JetStreamContext.PushSubscription) -> bool:
+    """Whether a quiet consumer is gone (or has messages it does not deliver)."""
+    try:
+        info = await sub.consumer_info()
+    except nats.js.errors.NotFoundError:
+        return True
+    except JETSTREAM_TRANSIENT:
+        return True
+    return bool(info.num_pending)
+
+
+def _stream_seq(msg: Msg) -> int:
+    """The stream sequence of a JetStream message (0 when it carries none)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (ValueError, AttributeError, nats.errors.Error):
+        return 0

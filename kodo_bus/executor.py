@@ -5,9 +5,13 @@ start, and a few long-lived async actors (each with its own NATS connection and 
 no-op executions at ~3 ms and >1,000/s here. Each actor runs many executions at once
 (`max_concurrency`); sync flows run in the actor's thread pool so they never block neighbours.
 
-Events go straight from the actor to NATS (core publishes, in seq order, on one connection, so
-the stream stores them in order; no ack per event). The execution's end waits for a flush, so
-its terminal events are on the server before the runner hears the outcome.
+Events go straight from the actor to NATS, in seq order on one connection, as pipelined
+JetStream publishes: the actor does not wait for each ack, but checks every one (after each burst)
+and re-sends, with the same `Nats-Msg-Id`, any the stream did not confirm — core publishes were
+silently dropped while a server restarted or a stream elected a new leader. A re-sent event may
+be stored after later ones; readers order by `seq` (`Execution.events`). The execution's end
+waits until every event before it is acknowledged, so its terminal events are stored before the
+runner hears the outcome.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
+import functools
 import inspect
 import logging
 import os
@@ -28,7 +33,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 from . import subjects
-from .bus import connect
+from .bus import connect, js_retry
 from .chain import ChainContext, WorkflowError, launch_next
 from .config import ConnectSettings
 from .executions import error_data, set_status, update_record
@@ -71,12 +76,13 @@ class _Stop(BaseException):
 
 
 class _Publisher:
-    """Publishes queued events in order on the actor's connection."""
+    """Publishes queued events in order on the actor's connection; every one acknowledged."""
 
-    def __init__(self, nc: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._nc = nc
+    def __init__(self, js: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._js = js
         self._loop = loop
         self._queue: deque[tuple[str, bytes, dict[str, str]] | asyncio.Future[None]] = deque()
+        self._inflight: list[tuple[tuple[str, bytes, dict[str, str]], asyncio.Future[Any]]] = []
         self._wake = asyncio.Event()
         self._thread = threading.get_ident()
         self.task = loop.create_task(self._run())
@@ -89,12 +95,11 @@ class _Publisher:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def drain(self) -> None:
-        """Return once everything queued before this call is on the server."""
+        """Return once everything queued before this call is stored (acknowledged)."""
         done: asyncio.Future[None] = self._loop.create_future()
         self._queue.append(done)
         self._wake.set()
         await done
-        await self._nc.flush()
 
     async def _run(self) -> None:
         while True:
@@ -103,13 +108,45 @@ class _Publisher:
             while self._queue:
                 item = self._queue.popleft()
                 if isinstance(item, asyncio.Future):
+                    await self._settle()
                     if not item.done():
                         item.set_result(None)
                     continue
                 try:
-                    await self._nc.publish(item[0], item[1], headers=item[2])
-                except Exception:
-                    log.exception("cannot publish event on %s", item[0])
+                    ack = await self._js.publish_async(item[0], item[1], headers=item[2])
+                except Exception as exc:  # not even sent (reconnecting): re-sent at settle
+                    ack = self._loop.create_future()
+                    ack.set_exception(exc)
+                self._inflight.append((item, ack))
+                if len(self._inflight) >= ACK_WINDOW:
+                    await self._settle()
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait for the acks of what is in flight; re-send, in order, what was not stored."""
+        inflight, self._inflight = self._inflight, []
+        for (subject, body, headers), ack in inflight:
+            try:
+                await asyncio.wait_for(ack, ACK_WAIT)
+                continue
+            except Exception as exc:
+                log.debug("event on %s not acknowledged (%r): re-sending", subject, exc)
+            try:
+                await js_retry(
+                    functools.partial(self._js.publish, subject, body, headers=headers),
+                    f"publish on {subject}",
+                    RESEND_WITHIN,
+                )
+            except Exception:
+                log.exception("cannot publish event on %s", subject)
+
+
+ACK_WINDOW = 1000
+"""Events in flight before the publisher waits for their acks."""
+ACK_WAIT = 2.0
+"""Seconds to wait for one event's ack before re-sending it."""
+RESEND_WITHIN = 60.0
+"""Seconds a re-send is retried (a server restart, a stream leader election) before giving up."""
 
 
 class _Capture:
@@ -156,7 +193,7 @@ class ExecActor:
         self._nc = await connect(self._connect)
         js = self._nc.jetstream()
         self._kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
-        self._pub = _Publisher(self._nc, loop)
+        self._pub = _Publisher(js, loop)
         if not isinstance(sys.stdout, _Capture):
             sys.stdout = _Capture("stdout", sys.stdout)
             sys.stderr = _Capture("stderr", sys.stderr)

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from . import subjects
-from .bus import ensure_execution_storage, respond, respond_error
+from .bus import ensure_execution_storage, js_retry, respond, respond_error
 from .codec import decode_msg
 from .config import ServiceSettings
 from .errors import InputsInvalid, WireError
@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from .executor import ActorPool
 
 log = logging.getLogger("kodo_bus.runner")
+
+ACCEPT_RETRY = 3.0
+"""Seconds a launch's first writes are retried while JetStream fails over (requests wait 5 s)."""
 
 
 @dataclass
@@ -203,6 +206,7 @@ class Runner:
     ) -> _Execution:
         """Record and first events of a new execution; stored before the launch is answered."""
         assert self._kv is not None
+        kv = self._kv
         execution = secrets.token_hex(16)  # 128 random bits, subject-safe
         now = time.time()
         record = ExecutionRecord(
@@ -219,7 +223,9 @@ class Runner:
         )
         timeout = request.timeout or spec.timeout
         ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout)
-        await create_record(self._kv, record)
+        # Retried briefly (a cluster electing a stream leader), within the launcher's request
+        # timeout: past that, the launch fails with an error reply the launcher can retry.
+        await js_retry(lambda: create_record(kv, record), "create a record", ACCEPT_RETRY)
         meta = {
             "flow": spec.name,
             "node": self._settings.id,
@@ -257,7 +263,10 @@ class Runner:
         subject, body, headers = event_message(event)
         if ack:
             assert self._js is not None
-            await self._js.publish(subject, body, headers=headers)
+            js = self._js
+            await js_retry(
+                lambda: js.publish(subject, body, headers=headers), "publish", ACCEPT_RETRY
+            )
         else:
             await self._nc.publish(subject, body, headers=headers)
 
