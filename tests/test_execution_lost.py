@@ -117,9 +117,15 @@ async def test_killed_node_ends_lost(
                 assert victim.poll() is None and registry.poll() is None
                 assert time.monotonic() < deadline, "node did not come up"
                 await asyncio.sleep(0.2)
-        sub = await nc.subscribe(subjects.events("local", reply.execution, "status"))
-        while b'"running"' not in (await sub.next_msg(timeout=60)).data:
-            pass
+        # from the stream, not a live subscription: `running` may be published before we look
+        status_subject = subjects.events("local", reply.execution, "status")
+        deadline = time.monotonic() + 60
+        while True:
+            last = await nc.jetstream().get_last_msg(subjects.STREAM_EVENTS, status_subject)
+            if b'"running"' in (last.data or b""):
+                break
+            assert time.monotonic() < deadline, "the execution never started running"
+            await asyncio.sleep(0.05)
         procs.stop(victim, signal.SIGKILL)
         events = await read_events(nc.jetstream(), reply.execution, timeout=60)
         check_well_formed(events)

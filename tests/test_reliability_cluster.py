@@ -130,7 +130,9 @@ async def test_cluster_server_killed_mid_run_loses_nothing(
             last = await kb.js.get_last_msg(
                 subjects.STREAM_EVENTS, subjects.events_of_execution(ex.id)
             )
-            raise AssertionError(f"reader stuck at {len(live)}; {rec}; last {last.data!r}")
+            raise AssertionError(
+                f"reader stuck at {len(live)}; {rec}; last {last.data!r}"
+            ) from None
         assert live == list(range(N))
         assert await ex.result(timeout=30) == N
         events = await all_events(ex)
