@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from pydantic_core import to_jsonable_python
 
-from . import subjects
+from . import snapshot, subjects
 from .bus import js_retry
 from .codec import JSON, MSG_ID, MSGPACK, decode, encode
 from .errors import WireError
@@ -201,10 +201,14 @@ async def mark_lost(js: JetStreamContext, node: str) -> int:
         kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
     except nats.js.errors.BucketNotFoundError:
         return 0
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return 0
+    # One pass over the current keys (nats-py's kv.keys() can end before it has seen them all).
+    bucket = subjects.BUCKET_EXECUTIONS
+    prefix = subjects.kv_subject(bucket, "")
+    keys = [
+        msg.subject[len(prefix) :]
+        async for msg in snapshot.current(js, subjects.kv_stream(bucket), prefix + ">")
+        if msg.data
+    ]
     ended = 0
     for key in keys:
         current = await read_record(kv, key)
