@@ -118,14 +118,24 @@ async def read_record(kv: KeyValue, key: str) -> tuple[ExecutionRecord, int] | N
 Change = Callable[[ExecutionRecord], ExecutionRecord | None]
 
 
-async def update_record(kv: KeyValue, key: str, change: Change) -> ExecutionRecord | None:
+Stored = tuple[ExecutionRecord, int]
+"""A record and its revision in the bucket."""
+
+
+async def update_record(
+    kv: KeyValue, key: str, change: Change, known: Stored | None = None
+) -> Stored | None:
     """Apply `change` to the record under `key` with compare-and-set, retrying on a lost race.
 
     `change` returns the new record, or None to leave it as it is. Terminal records are never
-    changed: whoever ended the execution first wins.
+    changed: whoever ended the execution first wins. A writer that holds the record's last
+    revision (`known`: the runner after creating it, the worker after its own update) skips
+    the read; a stale `known` costs one conflict and a re-read. Returns the new record and
+    revision, or None when nothing was written.
     """
     for _ in range(50):
-        current = await read_record(kv, key)
+        current = known or await read_record(kv, key)
+        known = None
         if current is None:
             return None
         record, revision = current
@@ -136,7 +146,7 @@ async def update_record(kv: KeyValue, key: str, change: Change) -> ExecutionReco
             return None
         new = new.model_copy(update={"updated": time.time()})
         try:
-            await js_retry(
+            written = await js_retry(
                 functools.partial(kv.update, key, record_bytes(new), last=revision), f"update {key}"
             )
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -145,7 +155,7 @@ async def update_record(kv: KeyValue, key: str, change: Change) -> ExecutionReco
             if exc.err_code != KEY_WRONG_LAST_SEQUENCE:
                 raise
             continue
-        return new
+        return new, int(written)
     log.warning("gave up updating the record %s after 50 conflicts", key)
     return None
 

@@ -6,8 +6,13 @@ A launch is validated here, before anything runs; a valid one gets a record, its
 launch beyond that is refused as `busy` — nothing accepted is ever dropped.
 
 Ray is started at the first launch, not at `start`, so nodes that never run anything stay light.
-The runner publishes only the events before the hand-over (acknowledged, so they are stored
-before the actor publishes the next seq) and the ending of executions whose worker died.
+The runner publishes only the events before the hand-over and the ending of executions whose
+worker died. Launches are accepted concurrently (a launch waits on JetStream round trips, not on
+the CPU), at most `ACCEPT_AT_ONCE` at a time, so one slow store does not serialise the node.
+
+Round trips per launch, because they are what a launch costs: the record's create and the first
+events' acks go out together before the reply; the record is then written twice more, by the
+worker, with the revision it was handed (no read before the compare-and-set).
 """
 
 from __future__ import annotations
@@ -44,14 +49,17 @@ from .executions import (
 )
 from .flows import FlowSpec
 from .models import Ack, Event, ExecutionRecord, LaunchReply, LaunchRequest
+from .publisher import EventPublisher
 
 if TYPE_CHECKING:
-    from .executor import ActorPool
+    from .pool import ActorPool
 
 log = logging.getLogger("kodo_bus.runner")
 
 ACCEPT_RETRY = 3.0
 """Seconds a launch's first writes are retried while JetStream fails over (requests wait 5 s)."""
+ACCEPT_AT_ONCE = 64
+"""Launches being accepted concurrently; more wait in the subscription (back-pressure)."""
 
 
 @dataclass
@@ -60,6 +68,8 @@ class _Execution:
     spec: FlowSpec
     inputs: dict[str, Any]
     timeout: float | None
+    revision: int = 0
+    """The record's revision in the bucket after the runner's last write."""
     seq: int = 0
     state: str = "pending"
     cancel_requested: bool = False
@@ -79,7 +89,12 @@ class Runner:
         self._live: dict[str, _Execution] = {}
         self._running = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._launching: set[asyncio.Task[Any]] = set()
+        self._accept_slots = asyncio.Semaphore(ACCEPT_AT_ONCE)
+        self._admitted = 0
+        """Launches past the busy check and not queued yet."""
         self._launch_sub: Subscription | None = None
+        self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
@@ -99,6 +114,7 @@ class Runner:
         self._kv = await ensure_execution_storage(
             self._js, max_age=self._settings.events_max_age, replicas=self._settings.replicas
         )
+        self._pub = EventPublisher(self._js, asyncio.get_running_loop())
         node = self._settings.id
         self._launch_sub = await self._nc.subscribe(
             subjects.launch_node(node), queue=node, cb=self._on_launch
@@ -111,6 +127,8 @@ class Runner:
             with contextlib.suppress(Exception):
                 await self._launch_sub.unsubscribe()
             self._launch_sub = None
+        if self._launching:
+            await asyncio.wait(self._launching, timeout=ACCEPT_RETRY * 2)
         while self._queue:
             await self._end_pending(self._queue.popleft(), "node stopped before it ran")
         running = [ex for ex in self._live.values() if ex.state != "done"]
@@ -130,6 +148,9 @@ class Runner:
         if self._pool is not None:
             await self._pool.stop()
             self._pool = None
+        if self._pub is not None:
+            await self._pub.stop()
+            self._pub = None
 
     def load(self) -> tuple[int, int, int]:
         """(running, queued, capacity) for heartbeats."""
@@ -137,6 +158,17 @@ class Runner:
 
     # -- launches ----------------------------------------------------------------------------
     async def _on_launch(self, msg: Msg) -> None:
+        await self._accept_slots.acquire()
+        task = asyncio.create_task(self._launch_guarded(msg), name=f"launch-{msg.subject}")
+        self._launching.add(task)
+        task.add_done_callback(self._launched)
+
+    def _launched(self, task: asyncio.Task[Any]) -> None:
+        self._launching.discard(task)
+        self._accept_slots.release()
+        self._done(task)
+
+    async def _launch_guarded(self, msg: Msg) -> None:
         try:
             await self._launch(msg)
         except asyncio.CancelledError:
@@ -178,7 +210,8 @@ class Runner:
         if self._stopping:
             await respond_error(msg, "busy", f"node {self._settings.id!r} is stopping")
             return
-        if self._running >= self._capacity and len(self._queue) >= self._settings.max_queue:
+        free = max(0, self._capacity - self._running)
+        if len(self._queue) + self._admitted >= self._settings.max_queue + free:
             await respond_error(
                 msg,
                 "busy",
@@ -187,7 +220,13 @@ class Runner:
             )
             return
         inputs = jsonable(validated)
-        ex = await self._accept(spec, launcher, request, inputs)
+        self._admitted += 1
+        try:
+            ex = await self._accept(spec, launcher, request, inputs)
+        finally:
+            self._admitted -= 1
+        self._queue.append(ex)
+        self._pump()
         await respond(
             msg,
             LaunchReply(
@@ -198,8 +237,6 @@ class Runner:
                 subject=subjects.events(launcher, ex.record.execution, "*"),
             ),
         )
-        self._queue.append(ex)
-        self._pump()
 
     async def _accept(
         self, spec: FlowSpec, launcher: str, request: LaunchRequest, inputs: dict[str, Any]
@@ -223,9 +260,6 @@ class Runner:
         )
         timeout = request.timeout or spec.timeout
         ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout)
-        # Retried briefly (a cluster electing a stream leader), within the launcher's request
-        # timeout: past that, the launch fails with an error reply the launcher can retry.
-        await js_retry(lambda: create_record(kv, record), "create a record", ACCEPT_RETRY)
         meta = {
             "flow": spec.name,
             "node": self._settings.id,
@@ -235,17 +269,30 @@ class Runner:
             "timeout": timeout,
             "depth": request.depth,
         }
-        await self._publish(ex, "meta", meta, ack=False)
-        await self._publish(ex, "inputs", inputs, ack=False)
-        await self._publish(ex, "status", {"status": "pending"}, ack=True)
+        self._publish(ex, "meta", meta)
+        self._publish(ex, "inputs", inputs)
+        self._publish(ex, "status", {"status": "pending"})
+        assert self._pub is not None
+        # Both retried briefly (a cluster electing a stream leader), within the launcher's
+        # request timeout: past that, the launch fails with an error reply it can retry.
+        created = js_retry(lambda: create_record(kv, record), "create a record", ACCEPT_RETRY)
+        try:
+            ex.revision, _ = await asyncio.gather(created, self._pub.drain())
+        except Exception as exc:
+            # Not accepted: the launcher gets an error reply; end the trail already published.
+            failure = {"type": type(exc).__name__, "message": f"not accepted: {exc}"}
+            self._publish(ex, "error", {**failure, "traceback": ""})
+            self._publish(ex, "status", {"status": "error"})
+            raise
         self._live[execution] = ex
         ex.control = await self._nc.subscribe(
             subjects.exec_cancel(launcher, execution), cb=self._on_cancel
         )
         return ex
 
-    async def _publish(self, ex: _Execution, kind: str, data: Any, *, ack: bool) -> None:
-        """An event from the node; acknowledged ones are stored (with all before) on return."""
+    def _publish(self, ex: _Execution, kind: str, data: Any) -> None:
+        """Queue an event from the node (`self._pub.drain()` waits until it is stored)."""
+        assert self._pub is not None
         ex.seq += 1
         r = ex.record
         event = Event(
@@ -260,15 +307,7 @@ class Runner:
             parent=r.parent,
             root=r.root,
         )
-        subject, body, headers = event_message(event)
-        if ack:
-            assert self._js is not None
-            js = self._js
-            await js_retry(
-                lambda: js.publish(subject, body, headers=headers), "publish", ACCEPT_RETRY
-            )
-        else:
-            await self._nc.publish(subject, body, headers=headers)
+        self._pub.put(*event_message(event))
 
     # -- running -----------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -290,7 +329,8 @@ class Runner:
             log.error("task %s failed", task.get_name(), exc_info=exc)
 
     async def _run(self, ex: _Execution) -> None:
-        from .executor import ActorPool, Job, WorkerDied
+        from .executor import Job
+        from .pool import ActorPool, WorkerDied
 
         try:
             if self._pool is None:
@@ -306,22 +346,18 @@ class Runner:
             if ex.cancel_requested:
                 await self._end_pending(ex, "cancelled before it started")
                 return
-            await self._publish(ex, "status", {"status": "starting"}, ack=True)
-            assert self._kv is not None
-            await update_record(self._kv, record_key(ex.record), set_status("starting"))
+            # Only an event: the worker writes the record next, from the revision it is handed.
+            self._publish(ex, "status", {"status": "starting"})
+            assert self._pub is not None
+            await self._pub.sent()  # on the wire before the worker's first event
             r = ex.record
             job = Job(
-                execution=r.execution,
-                flow=r.flow,
+                record=r,
+                revision=ex.revision,
                 entry=ex.spec.entry,
-                node=r.node,
-                launcher=r.launcher,
                 inputs=ex.inputs,
                 seq=ex.seq,
                 timeout=ex.timeout,
-                parent=r.parent,
-                root=r.root,
-                depth=r.depth,
                 max_depth=self._settings.max_depth,
                 node_flows=sorted(self._flows),
             )
@@ -340,7 +376,8 @@ class Runner:
             self._pump()
 
     async def _end_outside(self, ex: _Execution, status: str, type_name: str, message: str) -> None:
-        assert self._js is not None and self._kv is not None
+        assert self._js is not None and self._kv is not None and self._pub is not None
+        await self._pub.drain()  # "starting" stored, so the ending numbers after it
         error = {"type": type_name, "message": message, "traceback": ""}
         seq = await end_from_outside(self._js, ex.record, status, error)
         await update_record(
@@ -349,15 +386,15 @@ class Runner:
 
     async def _end_pending(self, ex: _Execution, message: str) -> None:
         """End an execution that never reached a worker as `cancelled`."""
-        assert self._kv is not None
-        await self._publish(
-            ex, "error", {"type": "Cancelled", "message": message, "traceback": ""}, ack=False
-        )
-        await self._publish(ex, "status", {"status": "cancelled"}, ack=True)
+        assert self._kv is not None and self._pub is not None
+        self._publish(ex, "error", {"type": "Cancelled", "message": message, "traceback": ""})
+        self._publish(ex, "status", {"status": "cancelled"})
+        await self._pub.drain()
         await update_record(
             self._kv,
             record_key(ex.record),
             set_status("cancelled", last_seq=ex.seq, error=message),
+            known=(ex.record, ex.revision),
         )
         ex.state = "done"
         ex.ended.set()

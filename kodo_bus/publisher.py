@@ -1,0 +1,132 @@
+"""Pipelined, acknowledged JetStream publishing of events, in order, on one connection.
+
+Why not one `js.publish` per event: that waits a round trip per event. Why not core publishes:
+they were silently dropped while a server restarted or a stream elected a new leader. So events
+go out back to back (`publish_async`), and every ack is checked after each burst; an event the
+stream did not confirm is re-sent with the same `Nats-Msg-Id`, which JetStream de-duplicates.
+A re-sent event may be stored after later ones; readers order by `seq` (`Execution.events`).
+
+Used by the Ray actors (every event of a running flow) and by the node's runner (the events
+before the hand-over), so both number and deliver events the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from .bus import js_retry
+
+log = logging.getLogger("kodo_bus.publisher")
+
+ACK_WINDOW = 1000
+"""Events in flight before the publisher waits for their acks."""
+ACK_WAIT = 2.0
+"""Seconds to wait for one event's ack before re-sending it."""
+RESEND_WITHIN = 60.0
+"""Seconds a re-send is retried (a server restart, a stream leader election) before giving up."""
+
+_Message = tuple[str, bytes, dict[str, str]]
+
+
+class _Mark:
+    """A position in the queue: resolved once everything before it is sent (or stored)."""
+
+    def __init__(self, future: asyncio.Future[None], stored: bool) -> None:
+        self.future = future
+        self.stored = stored
+
+
+class EventPublisher:
+    """Queue events from any thread; they are published in queue order and all acknowledged."""
+
+    def __init__(self, js: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._js = js
+        self._loop = loop
+        self._queue: deque[_Message | _Mark] = deque()
+        self._inflight: list[tuple[_Message, asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._thread = threading.get_ident()
+        self.task = loop.create_task(self._run(), name="kodo-event-publisher")
+        self.task.add_done_callback(_report)
+
+    def put(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        self._queue.append((subject, body, headers))
+        if threading.get_ident() == self._thread:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def sent(self) -> None:
+        """Return once everything queued before this call is written to the connection."""
+        await self._mark(stored=False)
+
+    async def drain(self) -> None:
+        """Return once everything queued before this call is stored (acknowledged)."""
+        await self._mark(stored=True)
+
+    async def stop(self) -> None:
+        """Store what is queued, then end the publishing task."""
+        if not self.task.done():
+            await self.drain()
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            if not self.task.cancelled():
+                raise
+
+    async def _mark(self, stored: bool) -> None:
+        mark = _Mark(self._loop.create_future(), stored)
+        self._queue.append(mark)
+        self._wake.set()
+        await mark.future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, _Mark):
+                    if item.stored:
+                        await self._settle()
+                    if not item.future.done():
+                        item.future.set_result(None)
+                    continue
+                try:
+                    ack = await self._js.publish_async(item[0], item[1], headers=item[2])
+                except Exception as exc:  # not even sent (reconnecting): re-sent at settle
+                    ack = self._loop.create_future()
+                    ack.set_exception(exc)
+                self._inflight.append((item, ack))
+                if len(self._inflight) >= ACK_WINDOW:
+                    await self._settle()
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait for the acks of what is in flight; re-send, in order, what was not stored."""
+        inflight, self._inflight = self._inflight, []
+        for (subject, body, headers), ack in inflight:
+            try:
+                await asyncio.wait_for(ack, ACK_WAIT)
+                continue
+            except Exception as exc:
+                log.debug("event on %s not acknowledged (%r): re-sending", subject, exc)
+            try:
+                await js_retry(
+                    functools.partial(self._js.publish, subject, body, headers=headers),
+                    f"publish on {subject}",
+                    RESEND_WITHIN,
+                )
+            except Exception:
+                log.exception("cannot publish event on %s", subject)
+
+
+def _report(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the event publisher stopped: %r", exc, exc_info=exc)
