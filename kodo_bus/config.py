@@ -203,10 +203,12 @@ class ServiceSettings(_Settings):
 
     @property
     def is_registry(self) -> bool:
+        """Registries, providers and hybrids keep a view and answer flows/nodes queries."""
         return self.role != "node"
 
     @property
     def is_node(self) -> bool:
+        """Nodes and hybrids serve flows (and so need Ray)."""
         return self.role in ("node", "hybrid")
 
     @property
@@ -218,9 +220,11 @@ class ServiceSettings(_Settings):
 
     @property
     def liveness_ttl(self) -> float:
+        """Silence after which a node is shown offline: `ttl`, or three heartbeats."""
         return self.ttl if self.ttl is not None else 3 * self.heartbeat
 
     def connect_settings(self) -> ConnectSettings:
+        """The NATS connection of this service, named by its id with its own reply inboxes."""
         from .subjects import inbox
 
         return ConnectSettings(

@@ -30,12 +30,16 @@ class Flow:
 
     name = property(lambda self: self._item.name, doc="Flow name, unique on its node.")
     node = property(lambda self: self._item.node, doc="Id of the node that runs it.")
-    summary = property(lambda self: self._item.summary)
-    description = property(lambda self: self._item.description)
-    tags = property(lambda self: list(self._item.tags))
-    version = property(lambda self: self._item.version)
-    author = property(lambda self: self._item.author)
-    organization = property(lambda self: self._item.organization)
+    summary = property(lambda self: self._item.summary, doc="One line for lists and search.")
+    description = property(
+        lambda self: self._item.description, doc="Longer text (the flow's docstring by default)."
+    )
+    tags = property(lambda self: list(self._item.tags), doc="Labels to filter flows by.")
+    version = property(lambda self: self._item.version, doc="The flow author's version string.")
+    author = property(lambda self: self._item.author, doc="Who wrote the flow, as declared.")
+    organization = property(
+        lambda self: self._item.organization, doc="Organization of the node, as it announces it."
+    )
     status = property(lambda self: self._item.status, doc="online or offline.")
     urls = property(lambda self: list(self._item.urls), doc="Bus of the node when not this one.")
 
@@ -46,6 +50,7 @@ class Flow:
 
     @property
     def qualified_name(self) -> str:
+        """`node/name`: the form that stays unambiguous when several nodes offer one name."""
         return f"{self.node}/{self.name}"
 
     @cached_property

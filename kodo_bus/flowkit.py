@@ -139,6 +139,7 @@ class Logger:
     async def log_with_context(
         self, level: str, message: str, context: dict[str, Any] | None = None
     ) -> None:
+        """Under kodo-bus a `log` event of the execution; standalone, a JSON line on stderr."""
         level = level.lower() if level.lower() in _LEVELS else "info"
         run = _current.get() or self.node._standalone
         if run is not None and run.tracer is not None:
@@ -148,15 +149,19 @@ class Logger:
         print(json.dumps(record, default=str), file=sys.stderr)
 
     async def info(self, message: str) -> None:
+        """FlowKit's `info`, kept so FlowKit scripts run unchanged."""
         await self.log_with_context("info", message)
 
     async def warning(self, message: str) -> None:
+        """FlowKit's `warning`, kept so FlowKit scripts run unchanged."""
         await self.log_with_context("warning", message)
 
     async def debug(self, message: str) -> None:
+        """FlowKit's `debug`, kept so FlowKit scripts run unchanged."""
         await self.log_with_context("debug", message)
 
     async def error(self, message: str, include_traceback: bool = False) -> None:
+        """FlowKit's `error`; `include_traceback` attaches the exception being handled."""
         context = {"traceback": traceback.format_exc()} if include_traceback else None
         await self.log_with_context("error", message, context)
 

@@ -44,6 +44,7 @@ class FlowSpec:
 
     @property
     def is_async(self) -> bool:
+        """Async flows run on the worker's event loop; sync ones in a thread beside it."""
         return inspect.iscoroutinefunction(self.func)
 
     def info(self) -> FlowInfo:

@@ -96,6 +96,7 @@ class NatsServer:
 
     # -- life cycle --------------------------------------------------------------------------
     def command(self) -> list[str]:
+        """The nats-server command line, built from the settings (also shown in errors)."""
         s = self.settings
         config = s.config or default_config()
         if not config.is_file():
@@ -184,23 +185,28 @@ class NatsServer:
     # -- facts -------------------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
+        """The server's process id, so callers can stop exactly this process."""
         return self._proc.pid if self._proc else None
 
     @property
     def running(self) -> bool:
+        """Whether the process is still alive (it may have exited on its own)."""
         return self._proc is not None and self._proc.poll() is None
 
     @property
     def url(self) -> str:
+        """Client URL with the port actually bound (differs from the settings for port 0)."""
         if self.port is None:
             raise ServerError("the nats-server has not started")
         return f"nats://{self.settings.host}:{self.port}"
 
     @property
     def monitor_url(self) -> str | None:
+        """Base URL of the monitoring endpoints (`/varz`...); None when monitoring is off."""
         return f"http://{self.settings.host}:{self.http_port}" if self.http_port else None
 
     def log_tail(self) -> list[str]:
+        """The server's last log lines, kept to explain a failed start."""
         return list(self._lines)
 
     # -- context managers --------------------------------------------------------------------

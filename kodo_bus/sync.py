@@ -74,30 +74,39 @@ class Execution:
 
     @property
     def id(self) -> str:
+        """The execution id: enough to re-attach from any process (`client.execution(id)`)."""
         return self._inner.id
 
     def status(self) -> str:
+        """Current status from the record (`pending` ... `finished`), without waiting."""
         return self._loop.run(self._inner.status())
 
     def record(self) -> ExecutionRecord:
+        """The whole stored record: flow, node, launcher, times, status, error."""
         return self._loop.run(self._inner.record())
 
     def events(self, kinds: Iterable[str] | None = None, replay: bool = True) -> Iterator[Event]:
+        """History then live events, in order; the iterator ends after the terminal status."""
         return self._loop.iterate(self._inner.events(kinds, replay))
 
     def result(self, timeout: float | None = None) -> Any:
+        """Block until the end: the final value, or the error the execution ended with."""
         return self._loop.run(self._inner.result(timeout))
 
     def cancel(self) -> None:
+        """Ask the node to stop it; it ends `cancelled` within about two seconds."""
         self._loop.run(self._inner.cancel())
 
     def answer(self, data: Any) -> None:
+        """Answer the question the flow asked (`tracer.ask`); the node validates it."""
         self._loop.run(self._inner.answer(data))
 
     def children(self) -> list[Execution]:
+        """Executions this one chained (`Next`), as handles of their own."""
         return [Execution(self._loop, c) for c in self._loop.run(self._inner.children())]
 
     def workflow(self, timeout: float | None = None) -> WorkflowNode:
+        """Wait for the whole chain to end; the tree of executions with their results."""
         return self._loop.run(self._inner.workflow(timeout))
 
 
@@ -115,6 +124,7 @@ class Flow:
         return getattr(self._inner, name)  # name, node, schema, summary, tags, ...
 
     def validate(self, inputs: Mapping[str, Any] | BaseModel | None = None) -> dict[str, Any]:
+        """Check inputs locally, with the node's messages, before a round trip."""
         return self._inner.validate(inputs)
 
     def launch(
@@ -124,6 +134,7 @@ class Flow:
         *,
         parent: str | None = None,
     ) -> Execution:
+        """Start an execution and return its handle at once (the node validates again)."""
         inner = self._loop.run(self._inner.launch(inputs, timeout, parent=parent))
         return Execution(self._loop, inner)
 
@@ -151,6 +162,7 @@ class Client:
             raise
 
     def close(self) -> None:
+        """Drain the connections and stop the client's background event loop."""
         try:
             self._loop.run(self._inner.close())
         finally:
@@ -166,6 +178,7 @@ class Client:
 
     @property
     def user(self) -> str:
+        """Launcher identity placed in launch subjects (`KODO_USER` or `local` by default)."""
         return self._inner.user
 
     def flows(
@@ -175,17 +188,22 @@ class Client:
         via: str | None = None,
         **filters: Any,
     ) -> list[Flow]:
+        """Flows from a registry's view (filters as in the async `Client.flows`)."""
         found = self._loop.run(self._inner.flows(q, tags, via, **filters))
         return [Flow(self._loop, f) for f in found]
 
     def flow(self, name: str, via: str | None = None) -> Flow:
+        """One flow by `name` or `node/name`; errors list the candidates."""
         return Flow(self._loop, self._loop.run(self._inner.flow(name, via)))
 
     def execution(self, execution: str) -> Execution:
+        """Re-attach to an execution by id, from any process."""
         return Execution(self._loop, self._inner.execution(execution))
 
     def executions(self, **filters: Any) -> list[ExecutionRecord]:
+        """Execution records, newest first (filters as in the async `Client.executions`)."""
         return self._loop.run(self._inner.executions(**filters))
 
     def logs(self, **filters: Any) -> Iterator[Event]:
+        """The central log: `log` events of every execution (filters as in `Client.logs`)."""
         return self._loop.iterate(self._inner.logs(**filters))
