@@ -77,7 +77,10 @@ def add_user(
 
 
 @auth_app.command("remove-user")
-def remove_user(name: Annotated[str, typer.Argument()], directory: DirOpt = DEFAULT_DIR) -> None:
+def remove_user(
+    name: Annotated[str, typer.Argument(help="User name to remove.")],
+    directory: DirOpt = DEFAULT_DIR,
+) -> None:
     """Remove a user and render the config again."""
     if not UserStore(directory).remove(name):
         raise typer.BadParameter(f"no user {name!r}", param_hint="NAME")

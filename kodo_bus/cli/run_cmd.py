@@ -84,7 +84,14 @@ def run(  # noqa: PLR0917 (typer options)
     ] = None,
     credentials: Credentials | None = None,
 ) -> None:
-    """Run a kodo-bus service: serve flows (node), broker them (registry/provider), or both."""
+    """Run a kodo-bus service: serve flows (node), broker them (registry/provider), or both.
+
+    A node serves the flows listed under `flows:` in its `--config` file (`module: my_flows`
+    for every `@flow` of a module, or `entry: my_flows:greet` for one); modules are found in
+    the config file's directory and the current one. Other keys of that file can also come
+    from `KODO_<KEY>` variables (`KODO_NATS`, `KODO_RAY_ADDRESS`...); flags override both.
+    Ctrl-C or SIGTERM stops it (running executions get `--grace` seconds to finish).
+    """
     if role is not None and role not in ROLES:
         raise typer.BadParameter(f"must be one of {', '.join(ROLES)}", param_hint="--role")
     overrides: dict[str, Any] = {
