@@ -123,6 +123,9 @@ def _node(name: str) -> Permissions:
     # Workflows: a node launches the next flows on behalf of the execution's launcher.
     pub.append(s.launch("*", "*", "*"))
     sub += [s.launch_node(name), s.SYNC, s.EXEC_CONTROL_ALL]
+    # Its runner and Ray workers hand jobs and outcomes to each other.
+    pub.append(s.work_of_node(name))
+    sub.append(s.work_of_node(name))
     return Permissions(tuple(pub), tuple(sub))
 
 

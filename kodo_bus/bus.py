@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
 from .config import ConnectSettings, Credentials
 from .errors import AuthError, ConnectError, FieldProblem, KodoTimeout, NoResponders
+from .models import Ack
 
 log = logging.getLogger("kodo_bus.bus")
 
@@ -173,6 +174,34 @@ async def request(
     except (TimeoutError, nats.errors.TimeoutError):
         raise KodoTimeout(f"no reply on {subject!r} within {timeout:g} s") from None
     return decode_reply(msg, reply_model)
+
+
+async def deliver(
+    nc: NATS,
+    subject: str,
+    message: BaseModel,
+    *,
+    ack_wait: float = 2.0,
+    within: float | None = None,
+) -> None:
+    """Request until the receiver acknowledges (at least once: the receiver de-duplicates).
+
+    For messages that must not be lost to a reconnect or a server restart between two of our
+    own processes. Retried with backoff for `within` seconds (None: until cancelled).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if within is None else loop.time() + within
+    delay = 0.05
+    while True:
+        try:
+            await request(nc, subject, message, Ack, timeout=ack_wait)
+            return
+        except (KodoTimeout, NoResponders, nats.errors.Error) as exc:
+            if deadline is not None and loop.time() + delay > deadline:
+                raise
+            log.debug("delivery on %s: %r, retrying in %.2f s", subject, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def respond(msg: Msg, reply: BaseModel) -> None:

@@ -15,8 +15,10 @@ revision the previous one returned — the runner hands over the one of its crea
 one round trip. The record trails the events by design; readers that need the live status take
 it from the events (`Execution.status`).
 
-The runner hands jobs over in batches (`submit`) and collects outcomes with a long poll
-(`outcomes`): see `pool.py` for why.
+Jobs and outcomes travel over NATS, not as Ray calls (see `pool.py` for why): each actor takes
+`JobBatch`es on its own subject and reports `OutcomeBatch`es to its runner, both acknowledged and
+re-sent until they are; an actor remembers the executions it was handed, so a re-sent batch
+never runs anything twice.
 """
 
 from __future__ import annotations
@@ -28,18 +30,22 @@ import inspect
 import logging
 import sys
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
+from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from . import subjects
-from .bus import connect
+from .bus import connect, deliver, respond
 from .chain import ChainContext, WorkflowError, launch_next
+from .codec import decode_msg
 from .config import ConnectSettings
+from .errors import WireError
 from .executions import Change, Stored, error_data, record_key, set_status, update_record
 from .flows import Next, import_object, input_model, spec_of
-from .models import ExecutionRecord
+from .models import Ack, ExecutionRecord
 from .publisher import EventPublisher
 from .tracer import AskTimeout, Emitter, Tracer, current
 
@@ -68,6 +74,22 @@ class Outcome(BaseModel):
     status: str
     last_seq: int
     error: str | None = None
+
+
+class JobBatch(BaseModel):
+    """Runner → worker (`subjects.work_jobs`): executions to start."""
+
+    jobs: list[Job]
+
+
+class OutcomeBatch(BaseModel):
+    """Worker → runner (`subjects.work_outcomes`): executions that ended, by id."""
+
+    outcomes: dict[str, Outcome]
+
+
+KNOWN_JOBS = 100_000
+"""Execution ids an actor remembers, to ignore a re-sent batch (a few MB at most)."""
 
 
 class _Stop(BaseException):
@@ -101,7 +123,15 @@ class _Capture:
 class ExecActor:
     """One long-lived worker; wrapped with `ray.remote` by `ActorPool`."""
 
-    def __init__(self, connect_settings: dict[str, Any], sys_path: list[str]) -> None:
+    def __init__(
+        self,
+        connect_settings: dict[str, Any],
+        sys_path: list[str],
+        jobs_subject: str,
+        outcomes_subject: str,
+    ) -> None:
+        self._jobs_subject = jobs_subject
+        self._outcomes_subject = outcomes_subject
         for entry in reversed(sys_path):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
@@ -112,8 +142,10 @@ class ExecActor:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
         self._running: set[asyncio.Task[None]] = set()
-        self._ended: list[tuple[str, dict[str, Any]]] = []
-        self._ended_ready = asyncio.Event()
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._ended: dict[str, Outcome] = {}
+        self._reports: set[asyncio.Task[None]] = set()
+        self._stopped = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kodo-flow")
 
     async def start(self) -> bool:
@@ -122,18 +154,33 @@ class ExecActor:
         js = self._nc.jetstream()
         self._kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
         self._pub = EventPublisher(js, loop)
+        await self._nc.subscribe(self._jobs_subject, cb=self._on_jobs)
         if not isinstance(sys.stdout, _Capture):
             sys.stdout = _Capture("stdout", sys.stdout)
             sys.stderr = _Capture("stderr", sys.stderr)
         return True
 
+    async def serve(self) -> None:
+        """Returns when the actor stops; the runner's outstanding call raises if it dies."""
+        await self._stopped.wait()
+
     async def stop(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
+        if self._running:
+            await asyncio.wait(self._running, timeout=5)
+        self._report()
+        if self._reports:
+            _, late = await asyncio.wait(self._reports, timeout=5)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         if self._pub is not None:
             await self._pub.stop()
         if self._nc is not None:
             await self._nc.drain()
+        self._stopped.set()
 
     async def cancel(self, execution: str) -> bool:
         """Cancel a running execution; one not started yet is cancelled when it arrives."""
@@ -144,31 +191,49 @@ class ExecActor:
         task.cancel()
         return True
 
-    async def submit(self, jobs: list[dict[str, Any]]) -> None:
-        """Start executions; each one's outcome comes back through `outcomes`."""
+    async def _on_jobs(self, msg: Msg) -> None:
+        try:
+            batch = decode_msg(msg, JobBatch)
+        except WireError as exc:
+            log.error("dropping a job batch: %s", exc)
+            return
+        await respond(msg, Ack())
         loop = asyncio.get_running_loop()
-        for data in jobs:
-            task = loop.create_task(self._run_reporting(data))
+        for job in batch.jobs:
+            execution = job.record.execution
+            if execution in self._known:
+                continue  # a re-sent batch whose first copy arrived
+            self._known[execution] = None
+            if len(self._known) > KNOWN_JOBS:
+                self._known.popitem(last=False)
+            task = loop.create_task(self._run_reporting(job))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def outcomes(self) -> list[tuple[str, dict[str, Any]]]:
-        """The outcomes of the executions ended since the last call; waits for at least one."""
-        while not self._ended:
-            self._ended_ready.clear()
-            await self._ended_ready.wait()
-        ended, self._ended = self._ended, []
-        return ended
-
-    async def _run_reporting(self, data: dict[str, Any]) -> None:
-        execution = str(data.get("record", {}).get("execution", "?"))
+    async def _run_reporting(self, job: Job) -> None:
         try:
-            outcome = await self.run(Job.model_validate(data))
+            outcome = await self.run(job)
         except Exception as exc:  # a bug here must not leave the runner waiting forever
-            log.exception("execution %s failed in the worker", execution)
+            log.exception("execution %s failed in the worker", job.record.execution)
             outcome = Outcome(status="error", last_seq=0, error=f"worker failure: {exc!r}")
-        self._ended.append((execution, outcome.model_dump()))
-        self._ended_ready.set()
+        if not self._ended:
+            asyncio.get_running_loop().call_soon(self._report)
+        self._ended[job.record.execution] = outcome
+
+    def _report(self) -> None:
+        """Send what ended since the last report, as one batch."""
+        ended, self._ended = self._ended, {}
+        if not ended:
+            return
+        delivery = deliver(self._nc, self._outcomes_subject, OutcomeBatch(outcomes=ended))
+        task = asyncio.get_running_loop().create_task(delivery)
+        self._reports.add(task)
+        task.add_done_callback(self._reported)
+
+    def _reported(self, task: asyncio.Task[None]) -> None:
+        self._reports.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("cannot report outcomes to the runner: %r", exc, exc_info=exc)
 
     async def run(self, job: Job) -> Outcome:
         """Run one execution to its end: events, record, the flow itself."""

@@ -1,32 +1,42 @@
-"""Driver side of the Ray actors: starts Ray when first needed, hands jobs over in batches.
+"""Driver side of the Ray actors: starts Ray when first needed, hands jobs over through NATS.
 
-Why batches: a Ray actor call costs about 1.5 ms of CPU (driver and actor together) on a
-2-core machine — more than everything else an execution costs. So jobs ready at the same moment
-go to an actor in one `submit` call, and each actor returns the outcomes of whatever ended in
-one long-polling `outcomes` call that is always outstanding. One job alone still travels at
-once (the flush is the next turn of the event loop), so a single launch is not delayed.
+Why not a Ray call per execution: on a 2-core machine a Ray actor call costs about 1.5 ms of
+CPU (driver and actor together) — more than everything else a no-op execution costs, and it
+capped throughput near 200 executions/s. So Ray only hosts the actors; jobs go to an actor as
+`JobBatch`es on its own subject and outcomes come back as `OutcomeBatch`es, both acknowledged
+and re-sent until they are (`bus.deliver`). Jobs ready in the same turn of the event loop
+travel in one message; a single launch is not delayed.
 
-The outstanding `outcomes` call doubles as the actor's death notice: when the actor dies it
-raises, every execution the actor held ends `WorkerDied`, and a replacement actor is started.
+One Ray call per actor stays outstanding (`serve`): it raises when the actor dies, and then
+every execution the actor held ends `WorkerDied` and a replacement actor is started.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import secrets
 import sys
 from typing import Any
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from . import subjects
+from .bus import deliver, respond
+from .codec import decode_msg
 from .config import ConnectSettings
-from .executor import ExecActor, Job, Outcome
+from .errors import WireError
+from .executor import ExecActor, Job, JobBatch, Outcome, OutcomeBatch
+from .models import Ack
 
 log = logging.getLogger("kodo_bus.pool")
 
-ACTOR_CONCURRENCY = 16
-"""Ray calls an actor serves at once: submit, the outcomes poll, cancel, stop (not executions:
-those run as tasks in the actor's event loop, as many as the runner hands over)."""
+ACTOR_CONCURRENCY = 8
+"""Ray calls an actor serves at once: start, serve, cancel, stop (executions are not Ray calls:
+they run as tasks in the actor's event loop, as many as the runner hands over)."""
 
 
 class WorkerDied(Exception):
@@ -36,26 +46,40 @@ class WorkerDied(Exception):
 class _Worker:
     """One actor, the executions it holds and the jobs about to be sent to it."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, subject: str) -> None:
         self.handle = handle
+        self.subject = subject
         self.waiting: dict[str, asyncio.Future[Outcome]] = {}
-        self.outbox: list[dict[str, Any]] = []
-        self.poller: asyncio.Task[None] | None = None
+        self.outbox: list[Job] = []
+        self.watch: asyncio.Task[None] | None = None
+        self.alive = True
 
 
 class ActorPool:
-    """Keeps `size` actors and spreads executions over them (the least busy first)."""
+    """Keeps `size` actors of one node and spreads executions over them (least busy first)."""
 
     def __init__(
-        self, connect_settings: ConnectSettings, ray_address: str | None, size: int | None
+        self,
+        nc: NATS,
+        node: str,
+        connect_settings: ConnectSettings,
+        ray_address: str | None,
+        size: int | None,
     ) -> None:
+        self._nc = nc
+        self._node = node
+        self._pool = secrets.token_hex(4)
+        """Tells this process's actors from other replicas' of the same node id."""
         self._connect = connect_settings
         self._ray_address = ray_address
         self._size = size
         self._workers: list[_Worker] = []
         self._where: dict[str, _Worker] = {}
+        self._numbered = 0
         self._started = False
         self._lock = asyncio.Lock()
+        self._outcomes: Subscription | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self.cpus: int | None = None
 
     async def start(self, max_running: int | None) -> int:
@@ -63,6 +87,9 @@ class ActorPool:
         async with self._lock:
             if not self._started:
                 await asyncio.to_thread(self._init_ray)
+                self._outcomes = await self._nc.subscribe(
+                    subjects.work_outcomes(self._node, self._pool), cb=self._on_outcomes
+                )
                 running = max_running or self.cpus or 1
                 size = self._size or max(1, min(running, 4))
                 self._workers = list(
@@ -88,14 +115,19 @@ class ActorPool:
     async def _new_worker(self) -> _Worker:
         import ray
 
+        self._numbered += 1
+        subject = subjects.work_jobs(self._node, self._pool, self._numbered)
         cls = ray.remote(ExecActor)
         handle = cls.options(num_cpus=0, max_concurrency=ACTOR_CONCURRENCY, max_restarts=0).remote(
-            self._connect.model_dump(mode="json"), list(sys.path)
+            self._connect.model_dump(mode="json"),
+            list(sys.path),
+            subject,
+            subjects.work_outcomes(self._node, self._pool),
         )
         await handle.start.remote()  # type: ignore[attr-defined]
-        worker = _Worker(handle)
-        worker.poller = asyncio.create_task(self._poll(worker), name="kodo-actor-outcomes")
-        worker.poller.add_done_callback(_report)
+        worker = _Worker(handle, subject)
+        worker.watch = asyncio.create_task(self._watch(worker), name="kodo-actor-watch")
+        worker.watch.add_done_callback(_report)
         return worker
 
     async def run(self, job: Job) -> Outcome:
@@ -105,7 +137,7 @@ class ActorPool:
         outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         worker.waiting[execution] = outcome
         self._where[execution] = worker
-        worker.outbox.append(job.model_dump(mode="json"))
+        worker.outbox.append(job)
         if len(worker.outbox) == 1:
             asyncio.get_running_loop().call_soon(self._flush, worker)
         try:
@@ -116,28 +148,42 @@ class ActorPool:
 
     def _flush(self, worker: _Worker) -> None:
         jobs, worker.outbox = worker.outbox, []
-        if jobs:
-            # Nothing to wait for: outcomes come back through `_poll`, death too.
-            worker.handle.submit.remote(jobs)
+        if jobs and worker.alive:
+            task = asyncio.create_task(deliver(self._nc, worker.subject, JobBatch(jobs=jobs)))
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
 
-    async def _poll(self, worker: _Worker) -> None:
-        """Collect the actor's outcomes until it dies or the pool stops."""
-        while True:
-            try:
-                ended = await worker.handle.outcomes.remote()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # RayActorError, mostly: the actor is gone
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                for future in worker.waiting.values():
-                    if not future.done():
-                        future.set_exception(WorkerDied(reason))
-                await self._replace(worker)
-                return
-            for execution, data in ended:
-                waiting = worker.waiting.get(execution)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(Outcome.model_validate(data))
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        _report(task)
+
+    async def _on_outcomes(self, msg: Msg) -> None:
+        try:
+            batch = decode_msg(msg, OutcomeBatch)
+        except WireError as exc:
+            log.error("dropping an outcome batch: %s", exc)
+            return
+        await respond(msg, Ack())
+        for execution, outcome in batch.outcomes.items():
+            worker = self._where.get(execution)
+            waiting = worker.waiting.get(execution) if worker is not None else None
+            if waiting is not None and not waiting.done():
+                waiting.set_result(outcome)
+
+    async def _watch(self, worker: _Worker) -> None:
+        """Wait on the actor's `serve` call: it returns at stop and raises if the actor dies."""
+        try:
+            await worker.handle.serve.remote()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # RayActorError, mostly: the actor is gone
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        worker.alive = False
+        for future in worker.waiting.values():
+            if not future.done():
+                future.set_exception(WorkerDied(reason))
+        await self._replace(worker)
 
     async def cancel(self, execution: str) -> None:
         worker = self._where.get(execution)
@@ -147,7 +193,7 @@ class ActorPool:
     async def _replace(self, dead: _Worker) -> None:
         async with self._lock:
             if dead not in self._workers:
-                return  # stopping, or replaced already
+                return  # stopping
             self._workers.remove(dead)
             try:
                 self._workers.append(await self._new_worker())
@@ -161,14 +207,24 @@ class ActorPool:
             workers, self._workers = self._workers, []
             self._started = False
         for worker in workers:
-            with contextlib.suppress(Exception):
+            worker.alive = False
+            try:
                 await asyncio.wait_for(worker.handle.stop.remote(), 5)
-            if worker.poller is not None:
-                worker.poller.cancel()
-                await asyncio.wait({worker.poller})
+            except Exception as exc:
+                log.debug("a Ray actor did not stop cleanly: %r", exc)
+            if worker.watch is not None:
+                worker.watch.cancel()
+                await asyncio.wait({worker.watch})
             ray.kill(worker.handle)
+        for task in self._sending:
+            task.cancel()
+        if self._sending:
+            await asyncio.wait(self._sending)
+        if self._outcomes is not None:
+            await self._outcomes.unsubscribe()
+            self._outcomes = None
 
 
 def _report(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("collecting a Ray actor's outcomes failed: %r", exc, exc_info=exc)
+        log.error("a Ray actor task failed: %r", exc, exc_info=exc)

@@ -335,6 +335,8 @@ class Runner:
         try:
             if self._pool is None:
                 self._pool = ActorPool(
+                    self._nc,
+                    self._settings.id,
                     self._settings.connect_settings(),
                     self._settings.ray_address,
                     self._settings.actors,
@@ -347,9 +349,9 @@ class Runner:
                 await self._end_pending(ex, "cancelled before it started")
                 return
             # Only an event: the worker writes the record next, from the revision it is handed.
+            # Not awaited: it is on the wire long before the worker's first event has crossed
+            # Ray (and readers order by seq if not).
             self._publish(ex, "status", {"status": "starting"})
-            assert self._pub is not None
-            await self._pub.sent()  # on the wire before the worker's first event
             r = ex.record
             job = Job(
                 record=r,
@@ -372,8 +374,8 @@ class Runner:
             ex.state = "done"
             ex.ended.set()
             self._running -= 1
-            await self._forget(ex)
             self._pump()
+            await self._forget(ex)
 
     async def _end_outside(self, ex: _Execution, status: str, type_name: str, message: str) -> None:
         assert self._js is not None and self._kv is not None and self._pub is not None

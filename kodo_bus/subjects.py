@@ -55,6 +55,14 @@ EVENTS_OF_USER = "kodo.events.{user}.>"
 EVENTS_STATUS_ALL = "kodo.events.*.*.status"
 EVENTS_LOG_ALL = "kodo.events.*.*.log"
 
+# -- a node and its Ray workers
+WORK_JOBS = "kodo.work.{node}.{pool}.{worker}.jobs"
+"""A node's runner hands jobs to one of its Ray workers (the worker de-duplicates re-sends)."""
+WORK_OUTCOMES = "kodo.work.{node}.{pool}.outcomes"
+"""A node's Ray workers report ended executions to their runner (request/reply)."""
+WORK_OF_NODE = "kodo.work.{node}.>"
+"""All of one node's internal work traffic (its permissions)."""
+
 # -- JetStream -----------------------------------------------------------------------------------
 STREAM_EVENTS = "KODO_EVENTS"
 """Captures `kodo.events.>` so late readers replay an execution in order."""
@@ -204,7 +212,22 @@ ALL_PATTERNS: tuple[str, ...] = (
     EVENTS_OF_USER,
     EVENTS_STATUS_ALL,
     EVENTS_LOG_ALL,
+    WORK_JOBS,
+    WORK_OUTCOMES,
+    WORK_OF_NODE,
 )
 """Every subject pattern above; the documentation test walks this tuple."""
 
 ALL_JETSTREAM: tuple[str, ...] = (STREAM_EVENTS, BUCKET_VIEW, BUCKET_EXECUTIONS)
+
+
+def work_jobs(node: str, pool: str, worker: int) -> str:
+    return WORK_JOBS.format(node=node, pool=pool, worker=worker)
+
+
+def work_outcomes(node: str, pool: str) -> str:
+    return WORK_OUTCOMES.format(node=node, pool=pool)
+
+
+def work_of_node(node: str) -> str:
+    return WORK_OF_NODE.format(node=node)
