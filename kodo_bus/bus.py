@@ -196,6 +196,8 @@ async def deliver(
         try:
             await request(nc, subject, message, Ack, timeout=ack_wait)
             return
+        except nats.errors.MaxPayloadError:
+            raise  # no retry makes it fit
         except (KodoTimeout, NoResponders, nats.errors.Error) as exc:
             if deadline is not None and loop.time() + delay > deadline:
                 raise

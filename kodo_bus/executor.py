@@ -165,6 +165,8 @@ class ExecActor:
         await self._stopped.wait()
 
     async def stop(self) -> None:
+        if self._stopped.is_set():
+            return
         for task in list(self._tasks.values()):
             task.cancel()
         if self._running:

@@ -20,6 +20,7 @@ import secrets
 import sys
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -41,6 +42,10 @@ they run as tasks in the actor's event loop, as many as the runner hands over)."
 
 class WorkerDied(Exception):
     """The Ray actor running an execution died (the flow called os._exit, OOM, crash...)."""
+
+
+class JobTooLarge(Exception):
+    """A job's inputs are too large to hand to a Ray worker in one NATS message."""
 
 
 class _Worker:
@@ -149,9 +154,25 @@ class ActorPool:
     def _flush(self, worker: _Worker) -> None:
         jobs, worker.outbox = worker.outbox, []
         if jobs and worker.alive:
-            task = asyncio.create_task(deliver(self._nc, worker.subject, JobBatch(jobs=jobs)))
+            task = asyncio.create_task(self._send(worker, jobs))
             self._sending.add(task)
             task.add_done_callback(self._sent)
+
+    async def _send(self, worker: _Worker, jobs: list[Job]) -> None:
+        """Deliver `jobs`, halving a batch too large for one message; a job alone too large
+        ends as an error (its launch request fit, so this takes inputs near `max_payload`)."""
+        try:
+            await deliver(self._nc, worker.subject, JobBatch(jobs=jobs))
+        except nats.errors.MaxPayloadError:
+            if len(jobs) > 1:
+                half = len(jobs) // 2
+                await asyncio.gather(
+                    self._send(worker, jobs[:half]), self._send(worker, jobs[half:])
+                )
+                return
+            waiting = worker.waiting.get(jobs[0].record.execution)
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(JobTooLarge("the job does not fit in one NATS message"))
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)

@@ -330,7 +330,7 @@ class Runner:
 
     async def _run(self, ex: _Execution) -> None:
         from .executor import Job
-        from .pool import ActorPool, WorkerDied
+        from .pool import ActorPool, JobTooLarge, WorkerDied
 
         try:
             if self._pool is None:
@@ -370,6 +370,8 @@ class Runner:
                 await self._pool.run(job)
             except WorkerDied as exc:
                 await self._end_outside(ex, "error", "WorkerDied", f"the Ray worker died: {exc}")
+            except JobTooLarge as exc:
+                await self._end_outside(ex, "error", "JobTooLarge", str(exc))
         finally:
             ex.state = "done"
             ex.ended.set()
