@@ -94,6 +94,7 @@ def test_readme_tutorial_blocks_are_complete() -> None:
     compile(files["launch_greet.py"], "launch_greet.py", "exec")
     assert _command(_block("node"))[len(KODO_BUS)] == "run"
     assert _command(_block("launch"))[len(KODO_BUS)] == "launch"
+    assert _block("watch").count("kodo-bus ") >= 3
 
 
 @pytest.fixture
@@ -163,6 +164,14 @@ def test_tutorial_runs_as_written(tutorial_bus: tuple[dict[str, str], Path]) -> 
     sdk = _run(_command(_block("sdk")), env, cwd)
     assert sdk.returncode == 0, sdk.stdout + sdk.stderr
     assert _normalized(sdk.stdout) == _normalized(_block("sdk-output"))
+
+    # step 5, the shell lines as written (`kodo-bus` being this interpreter's)
+    script = f'set -euo pipefail\nkodo-bus() {{ "{sys.executable}" -m kodo_bus "$@"; }}\n'
+    watched = _run(["bash", "-c", script + _block("watch")], env, cwd)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "Hello, Bo!" in watched.stdout  # events --follow, markdown rendered
+    assert '"kind":"markdown"' in watched.stdout and "Hello, **Bo**!" in watched.stdout
+    assert "greeting Bo 1 times" in watched.stdout  # logs
 
     # the prose promise about invalid inputs: that message, that exit code
     promise = re.search(
