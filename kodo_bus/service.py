@@ -21,7 +21,7 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from . import subjects
 from .bus import connect, respond, respond_error
-from .codec import decode_msg
+from .codec import decode_msg, reply_content_type
 from .config import ServiceSettings
 from .errors import WireError
 from .flows import FlowSpec
@@ -155,7 +155,9 @@ class KodoService:
             await respond_error(msg, "invalid_request", exc.reason)
             return
         if self.registry is not None:
-            await respond(msg, self.registry.view.flows(query))
+            if msg.reply:  # the page from the items' cached bodies, as `respond` would encode it
+                body, headers = self.registry.view.flows_encoded(query, reply_content_type(msg))
+                await msg._client.publish(msg.reply, body, headers=headers)
         elif self.node is not None:
             await respond(msg, self.node.flows_page(query))
 

@@ -10,8 +10,12 @@ that registry republishes.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import chain
 
+import msgpack
+
+from .codec import CONTENT_TYPE, JSON, MSGPACK, encode
 from .models import (
     Catalog,
     FlowInfo,
@@ -22,6 +26,7 @@ from .models import (
     NodeEntry,
     NodeItem,
     NodesPage,
+    NodeStatus,
     RegistryView,
 )
 
@@ -41,66 +46,121 @@ def flow_items(entry: NodeEntry) -> list[FlowItem]:
     ]
 
 
-class _Index:
-    """Every flow of a view made quick to query (a registry answers many queries over 20,000+
-    flows; a Python loop over all of them costs tens of milliseconds, a few `str.find` do not).
+class _Values:
+    """The text index: every distinct searchable value of the view, and where it occurs.
 
-    Each flow's searchable text (name, summary, description, tags; lower case, fields joined by
-    NUL) is laid end to end in one `blob`, flows joined by SOH; `starts[i]` is where flow `i`
-    begins. Rebuilt whenever an entry's catalog object changes (a new catalog, a node that came
-    or left); statuses are read from the entries at query time, so they never make it stale.
+    A flow's searchable values are its name, summary, description and tags, in lower case. Flows
+    share many (replicas of a node, a description reused across nodes), so each distinct value is
+    kept once: in `values`, and laid end to end (SOH between two) in `blob`, which a query scans
+    with a few `str.find` — C speed, not a Python loop over 20,000+ flows. `refs[k]` maps each
+    node holding value `k` to a bit mask of its flows that do (bit `i`: the catalog's flow `i`).
+
+    Maintained node by node (`add`, `discard`) as catalogs change, never rebuilt for a query; new
+    values join `blob` at the next search. Values no flow holds any more stay as unused slots
+    (still in `blob`, matching nothing) until they are the majority: then the view re-indexes.
     """
 
-    def __init__(self, entries: list[NodeEntry]) -> None:
-        self.catalogs = [e.catalog for e in entries]
-        self.flows: list[FlowInfo] = []
-        self.owner: list[int] = []
-        self.ranges: dict[str, tuple[int, int]] = {}
-        texts: list[str] = []
-        for k, cat in enumerate(self.catalogs):
-            lo = len(self.flows)
-            for f in cat.flows:
-                self.flows.append(f)
-                self.owner.append(k)
-                texts.append("\0".join([f.name, f.summary, f.description, *f.tags]).lower())
-            self.ranges[cat.node] = (lo, len(self.flows))
-        self.tags = [frozenset(f.tags) for f in self.flows]
+    COMPACT_MIN = 4096
+    """Unused slots tolerated whatever the size of the index."""
+
+    def __init__(self) -> None:
+        self.slot: dict[str, int] = {}
+        self.values: list[str] = []
+        self.refs: list[dict[str, int]] = []
+        self.unused = 0
+        """Slots whose `refs` are empty."""
+        self.blob = ""
         self.starts: list[int] = []
-        at = 0
-        for text in texts:
-            self.starts.append(at)
-            at += len(text) + 1
-        self.blob = "\1".join(texts)
+        """Where each of the first `len(starts)` values begins in `blob`."""
 
-    def fresh(self, entries: list[NodeEntry]) -> bool:
-        # list equality tries identity first, so unchanged catalogs compare at C speed
-        return self.catalogs == [e.catalog for e in entries]
+    def add(self, node: str, flows: Sequence[FlowInfo]) -> tuple[int, ...]:
+        """Index the flows of `node` (not indexed yet); returns the slots of its values."""
+        masks: dict[str, int] = {}
+        get = masks.get
+        for pos, f in enumerate(flows):
+            bit = 1 << pos
+            for field in (f.name, f.summary, f.description, *f.tags):
+                if field:  # a query never searches the empty string
+                    value = field.lower()
+                    masks[value] = get(value, 0) | bit
+        slots: list[int] = []
+        for value, mask in masks.items():
+            k = self.slot.get(value)
+            if k is None:
+                k = self.slot[value] = len(self.values)
+                self.values.append(value)
+                self.refs.append({node: mask})
+            else:
+                refs = self.refs[k]
+                if not refs:
+                    self.unused -= 1
+                refs[node] = mask
+            slots.append(k)
+        return tuple(slots)
 
-    def search(self, text: str, lo: int, hi: int) -> Iterable[int]:
-        """Flows in [lo, hi) whose text contains `text`."""
-        if lo >= hi:
-            return []
-        if "\0" in text or "\1" in text:  # could match across fields: check field by field
-            return [i for i in range(lo, hi) if _plain_match(self.flows[i], text)]
+    def discard(self, node: str, slots: Iterable[int]) -> None:
+        """Forget the flows of `node` (`slots`: what `add` returned)."""
+        for k in slots:
+            refs = self.refs[k]
+            if refs.pop(node, None) is not None and not refs:
+                self.unused += 1
+
+    def needs_compacting(self) -> bool:
+        return self.unused > self.COMPACT_MIN and self.unused * 2 > len(self.values)
+
+    def search(self, text: str) -> list[int]:
+        """Slots of the values that contain `text` (non-empty, lower case) and some flow holds."""
+        self._extend()
+        refs = self.refs
+        if "\1" in text:  # could match across two values: test value by value
+            return [k for k, value in enumerate(self.values) if text in value and refs[k]]
+        blob, starts = self.blob, self.starts
+        last = len(starts) - 1
         found: list[int] = []
-        end = self.starts[hi] - 1 if hi < len(self.starts) else len(self.blob)
-        pos = self.blob.find(text, self.starts[lo], end)
+        pos = blob.find(text)
         while pos != -1:
-            i = bisect_right(self.starts, pos) - 1
-            found.append(i)
-            if i + 1 >= hi:
+            k = bisect_right(starts, pos) - 1
+            if refs[k]:
+                found.append(k)
+            if k >= last:
                 break
-            pos = self.blob.find(text, self.starts[i + 1], end)
+            pos = blob.find(text, starts[k + 1])
         return found
 
+    def matches(self, text: str) -> dict[str, int]:
+        """Node id → bit mask of its flows with a value containing `text`; read-only."""
+        slots = self.search(text)
+        if len(slots) == 1:  # the common case: the answer is in the index as it is
+            return self.refs[slots[0]]
+        merged: dict[str, int] = {}
+        get = merged.get
+        for k in slots:
+            for node, mask in self.refs[k].items():
+                merged[node] = get(node, 0) | mask
+        return merged
 
-def _plain_match(f: FlowInfo, text: str) -> bool:
-    return (
-        text in f.name.lower()
-        or text in f.summary.lower()
-        or text in f.description.lower()
-        or any(text in tag.lower() for tag in f.tags)
-    )
+    def _extend(self) -> None:
+        """Append the values added since the last search to `blob`."""
+        done = len(self.starts)
+        if done == len(self.values):
+            return
+        new = self.values[done:]
+        at = len(self.blob) + 1 if done else 0
+        for value in new:
+            self.starts.append(at)
+            at += len(value) + 1
+        joined = "\1".join(new)
+        self.blob = f"{self.blob}\1{joined}" if done else joined
+
+
+def _bits(mask: int) -> list[int]:
+    """Positions of the set bits of `mask`, lowest first."""
+    out: list[int] = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
 
 
 def query_flows(items: Iterable[FlowItem], query: FlowsQuery) -> FlowsPage:
@@ -142,6 +202,99 @@ def node_item(entry: NodeEntry) -> NodeItem:
     )
 
 
+class _Node:
+    """One catalog's flows as a query needs them; built once per catalog object.
+
+    `slots` are the node's values in the text index; `tag_masks` a bit mask of the flows carrying
+    each tag (`every`: all flows). `bodies` caches each flow's item serialised as it goes on the
+    wire, per (content type, node status): a page is these bytes joined, not 100 models built
+    and dumped. A changed catalog (or a node that came back) is a new object with a new `_Node`,
+    and the status is part of the key, so a cached body is never stale.
+    """
+
+    __slots__ = ("bodies", "catalog", "every", "slots", "tag_masks")
+
+    def __init__(self, catalog: Catalog, slots: tuple[int, ...]) -> None:
+        self.catalog = catalog
+        self.slots = slots
+        self.every = (1 << len(catalog.flows)) - 1
+        self.tag_masks: dict[str, int] = {}
+        for pos, f in enumerate(catalog.flows):
+            for tag in f.tags:
+                self.tag_masks[tag] = self.tag_masks.get(tag, 0) | 1 << pos
+        self.bodies: dict[tuple[str, str], list[bytes | None]] = {}
+
+    def tagged(self, wanted: Sequence[str]) -> int:
+        """Mask of the flows carrying every tag in `wanted`."""
+        mask = self.every
+        for tag in wanted:
+            mask &= self.tag_masks.get(tag, 0)
+        return mask
+
+    def matching(self, text: str, index: _Values) -> int:
+        """Mask of the flows with a value containing `text`."""
+        node, values, refs = self.catalog.node, index.values, index.refs
+        mask = 0
+        for k in self.slots:
+            if text in values[k]:
+                mask |= refs[k][node]
+        return mask
+
+    def item(self, pos: int, status: NodeStatus) -> FlowItem:
+        cat = self.catalog
+        # every field comes from validated models: construct without validating again
+        return FlowItem.model_construct(
+            **dict(cat.flows[pos]),
+            node=cat.node,
+            organization=cat.organization,
+            status=status,
+            urls=cat.urls,
+        )
+
+    def body(self, pos: int, status: NodeStatus, content_type: str) -> bytes:
+        """The flow's item as `encode` serialises it inside a page."""
+        cache = self.bodies.get((content_type, status))
+        if cache is None:
+            cache = self.bodies[content_type, status] = [None] * len(self.catalog.flows)
+        body = cache[pos]
+        if body is None:
+            body = cache[pos] = encode(self.item(pos, status), content_type)[0]
+        return body
+
+
+_Hit = tuple[_Node, int, NodeStatus]
+"""A flow in a query's page: its node, its position in the catalog, its node's status."""
+
+
+def encode_page(
+    total: int, offset: int, limit: int, items: list[bytes], content_type: str
+) -> tuple[bytes, dict[str, str]]:
+    """A `FlowsPage` holding `items` (each already serialised), byte for byte as `encode` would
+    write it; returns the body and headers, like `encode`."""
+    head = FlowsPage(total=total, offset=offset, limit=limit)
+    if content_type == JSON:
+        dumped = head.model_dump_json(exclude_none=True).encode()
+        before, key, after = dumped.rpartition(b'"items":')
+        if not key or not after.startswith(b"[]"):
+            raise ValueError("unexpected FlowsPage JSON")  # pragma: no cover (fixed by models.py)
+        body = b"".join((before, b'"items":[', b",".join(items), after[1:]))
+    elif content_type == MSGPACK:
+        packer = msgpack.Packer()
+        fields = head.model_dump(mode="json", exclude_none=True)
+        parts = [packer.pack_map_header(len(fields))]
+        for name, value in fields.items():
+            parts.append(packer.pack(name))
+            if name == "items":
+                parts.append(packer.pack_array_header(len(items)))
+                parts.extend(items)
+            else:
+                parts.append(packer.pack(value))
+        body = b"".join(parts)
+    else:
+        raise ValueError(f"unsupported content type {content_type!r}")
+    return body, {CONTENT_TYPE: content_type}
+
+
 class View:
     """Nodes known to one registry, keyed by node id."""
 
@@ -152,18 +305,38 @@ class View:
         self.entries: dict[str, NodeEntry] = {}
         self.source_seen: dict[str, float] = {}
         """Last time each registry we take in from republished its view."""
-        self._index: _Index | None = None
+        self._values = _Values()
+        self._nodes: dict[str, _Node] = {}
+        """The indexed catalog of every node (the hybrid's own included), by node id."""
+        self._dirty: set[str] = set()
+        """Nodes whose catalog object changed since the index last caught up. Every change of
+        `entries` goes through the methods below, which note it here."""
+        self._tags: dict[str, dict[str, int]] = {}
+        """The tag index: tag → node → bit mask of its flows carrying the tag."""
+        self._flows = 0
+        """Flows indexed."""
+        self._rank: dict[str, int] | None = None
+        """Position of each node in view order (None: to recompute, the order changed)."""
+        self._local: NodeEntry | None = None
 
     # -- changes (each returns whether the persisted state changed) ------------------------------
     def put_catalog(self, catalog: Catalog, now: float) -> bool:
         old = self.entries.get(catalog.node)
+        same = old is not None and old.via == "" and old.catalog == catalog
+        if same:
+            assert old is not None
+            catalog = old.catalog  # the same object keeps the node's index and cached bodies
+        else:
+            self._dirty.add(catalog.node)
+        if old is None:
+            self._rank = None
         self.entries[catalog.node] = NodeEntry(
             catalog=catalog,
             status="online",
             last_seen=now,
             heartbeat=old.heartbeat if old and not old.via else None,
         )
-        return old is None or old.via != "" or old.catalog != catalog or old.status != "online"
+        return not same or old is None or old.status != "online"
 
     def needs_catalog(self, hb: Heartbeat) -> bool:
         """Whether a heartbeat shows we lack the node's current catalog (missed or changed)."""
@@ -189,7 +362,11 @@ class View:
         return True
 
     def remove(self, node: str) -> bool:
-        return self.entries.pop(node, None) is not None
+        if self.entries.pop(node, None) is None:
+            return False
+        self._dirty.add(node)
+        self._rank = None
+        return True
 
     def take_in(self, view: RegistryView, urls: list[str], now: float) -> set[str]:
         """Replace what `view.registry` gave us before; returns node ids to persist or delete.
@@ -199,7 +376,9 @@ class View:
         """
         source = view.registry
         self.source_seen[source] = now
-        changed = {n for n, e in self.entries.items() if e.via == source}
+        self._rank = None  # its nodes move to the end
+        before = {n: e.catalog for n, e in self.entries.items() if e.via == source}
+        changed = set(before)
         for n in changed:
             del self.entries[n]
         for entry in view.nodes:
@@ -212,6 +391,11 @@ class View:
             catalog = entry.catalog
             if not catalog.urls:
                 catalog = catalog.model_copy(update={"urls": list(view.urls or urls)})
+            previous = before.pop(node, None)
+            if previous is not None and previous == catalog:
+                catalog = previous  # unchanged: its index and cached bodies stay valid
+            else:
+                self._dirty.add(node)
             self.entries[node] = NodeEntry(
                 catalog=catalog,
                 status=entry.status,
@@ -220,6 +404,7 @@ class View:
                 via=source,
             )
             changed.add(node)
+        self._dirty.update(before)  # gone from that registry's view
         return changed
 
     def load(self, entries: Iterable[NodeEntry], now: float) -> None:
@@ -236,6 +421,8 @@ class View:
             if entry.via:
                 self.source_seen.setdefault(entry.via, now)
             self.entries[entry.catalog.node] = entry
+            self._dirty.add(entry.catalog.node)
+            self._rank = None
 
     def expire(self, now: float, ttl: float) -> tuple[list[str], list[str]]:
         """Mark silent nodes offline: (direct nodes that just died, every node that flipped)."""
@@ -262,43 +449,182 @@ class View:
 
     def flows(self, query: FlowsQuery) -> FlowsPage:
         """Same result as `query_flows` over every flow item, without building an item for each
-        of the (tens of thousands of) flows: filter prepared rows, build items for the page only.
+        of the (tens of thousands of) flows: search the index, build items for the page only.
         """
+        total, hits = self._query(query)
+        items = [node.item(pos, status) for node, pos, status in hits]
+        return FlowsPage(total=total, offset=query.offset, limit=query.limit, items=items)
+
+    def flows_encoded(self, query: FlowsQuery, content_type: str) -> tuple[bytes, dict[str, str]]:
+        """`encode(self.flows(query), content_type)`, from the cached bodies of the items."""
+        total, hits = self._query(query)
+        items = [node.body(pos, status, content_type) for node, pos, status in hits]
+        return encode_page(total, query.offset, query.limit, items, content_type)
+
+    def _query(self, query: FlowsQuery) -> tuple[int, list[_Hit]]:
+        """(number of matching flows, the page of them) in view order: the hybrid's own node
+        first, then entries in insertion order, each node's flows in catalog order.
+
+        Which flows of a node match is a bit mask (text from the text index, tags from the tag
+        index), so counting them is `int.bit_count` and only the nodes before the end of the
+        page are walked in order.
+        """
+        self._catch_up()
         text = query.q.lower() if query.q else None
-        wanted = set(query.tags)
-        entries = self.all_entries()
-        index = self._index
-        if index is None or not index.fresh(entries):
-            index = self._index = _Index(entries)
-        if query.node is None:
-            spans = [(0, len(index.flows))]
-        else:
-            spans = [index.ranges[query.node]] if query.node in index.ranges else []
-        hits: list[tuple[NodeEntry, FlowInfo]] = []
-        for lo, hi in spans:
-            for i in index.search(text, lo, hi) if text is not None else range(lo, hi):
-                entry = entries[index.owner[i]]
-                if (
-                    query.organization is not None
-                    and entry.catalog.organization != query.organization
-                ):
-                    continue
-                if wanted and not wanted <= index.tags[i]:
-                    continue
-                hits.append((entry, index.flows[i]))
-        page = hits[query.offset : query.offset + query.limit]
-        items = [
-            # every field comes from validated models: construct without validating again
-            FlowItem.model_construct(
-                **dict(info),
-                node=entry.catalog.node,
-                organization=entry.catalog.organization,
-                status=entry.status,
-                urls=entry.catalog.urls,
-            )
-            for entry, info in page
-        ]
-        return FlowsPage(total=len(hits), offset=query.offset, limit=query.limit, items=items)
+        wanted = list(dict.fromkeys(query.tags))
+        if query.node is not None or query.organization is not None:
+            return self._query_filtered(query, text, wanted)
+        masks: dict[str, int] | None = None  # node → its matching flows; None: every flow
+        if text is not None:
+            masks = self._values.matches(text)  # read-only: the index's own dict, maybe
+        for tag in wanted:
+            tagged = self._tags.get(tag, {})
+            if masks is None:
+                masks = tagged
+            else:
+                get = tagged.get
+                masks = {n: both for n, m in masks.items() if (both := m & get(n, 0))}
+        total = self._flows if masks is None else sum(map(int.bit_count, masks.values()))
+        if query.offset >= total:
+            return total, []
+        return total, self._page(masks, query.offset, query.offset + query.limit)
+
+    def _page(self, masks: dict[str, int] | None, lo: int, hi: int) -> list[_Hit]:
+        """The matching flows number `lo` to `hi` (excluded) in view order."""
+        seen = 0
+        hits: list[_Hit] = []
+        get = masks.get if masks is not None else None
+        for entry in self._candidates(None, masks):
+            catalog = entry.catalog
+            node = self._indexed(catalog)
+            mask = node.every if get is None else get(catalog.node, 0)
+            if not mask:
+                continue
+            n = mask.bit_count()
+            if seen + n > lo:
+                page = _bits(mask)[max(0, lo - seen) : hi - seen]
+                hits.extend((node, pos, entry.status) for pos in page)
+            seen += n
+            if seen >= hi:
+                break
+        return hits
+
+    def _query_filtered(
+        self, query: FlowsQuery, text: str | None, wanted: list[str]
+    ) -> tuple[int, list[_Hit]]:
+        """`_query` for one node, or one organization: look at every candidate node."""
+        found = None
+        if text is not None and query.node is None:
+            found = self._values.matches(text)
+        lo, hi = query.offset, query.offset + query.limit
+        total = 0
+        hits: list[_Hit] = []
+        for entry in self._candidates(query.node, found):
+            catalog = entry.catalog
+            if query.organization is not None and catalog.organization != query.organization:
+                continue
+            node = self._indexed(catalog)
+            if found is not None:
+                mask = found.get(catalog.node, 0)
+            elif text is not None:
+                mask = node.matching(text, self._values)
+            else:
+                mask = node.every
+            for tag in wanted:
+                mask &= node.tag_masks.get(tag, 0)
+            if not mask:
+                continue
+            n = mask.bit_count()
+            if total < hi and total + n > lo:
+                page = _bits(mask)[max(0, lo - total) : hi - total]
+                hits.extend((node, pos, entry.status) for pos in page)
+            total += n
+        return total, hits
+
+    def _indexed(self, catalog: Catalog) -> _Node:
+        """The index's node for `catalog`, indexed now if `entries` changed without a method of
+        this class (not done in this code base; it would cost a wrong count, never a crash)."""
+        node = self._nodes.get(catalog.node)
+        if node is None or node.catalog is not catalog:
+            self._dirty.add(catalog.node)
+            self._catch_up()
+            node = self._nodes[catalog.node]
+        return node
+
+    def _candidates(self, node: str | None, found: dict[str, int] | None) -> Iterable[NodeEntry]:
+        """Entries to look at, in view order: `node`'s only, or those in `found` when they are
+        few (sorted by view order rather than looking at every entry), or all of them."""
+        local = self._local_entry()
+        if node is not None:
+            if local is not None and local.catalog.node == node:
+                return [local]
+            entry = self.entries.get(node)
+            return [entry] if entry is not None else []
+        if found is not None and len(found) * 4 < len(self.entries):
+            if self._rank is None:
+                self._rank = {n: i for i, n in enumerate(self.entries)}
+                if local is not None:
+                    self._rank[local.catalog.node] = -1
+            rank = self._rank
+            picked: list[NodeEntry] = []
+            for n in sorted((n for n in found if n in rank), key=rank.__getitem__):
+                entry = local if rank[n] == -1 else self.entries.get(n)
+                if entry is not None:
+                    picked.append(entry)
+            return picked
+        if local is not None:
+            return chain([local], self.entries.values())
+        return self.entries.values()
+
+    def _local_entry(self) -> NodeEntry | None:
+        """The hybrid's own node as an entry (the same object while `local` stays the same)."""
+        if self.local is None:
+            return None
+        if self._local is None or self._local.catalog is not self.local:
+            self._local = NodeEntry.model_construct(catalog=self.local, status="online")
+            self._rank = None
+        return self._local
+
+    def _catch_up(self) -> None:
+        """Bring the indexes up to date with the catalogs that changed since the last query
+        (the only work a change costs: none on the announcement path)."""
+        local = self.local
+        if local is not None:
+            known = self._nodes.get(local.node)
+            if known is None or known.catalog is not local:
+                self._dirty.add(local.node)
+        if not self._dirty:
+            return
+        values = self._values
+        for node_id in self._dirty:
+            old = self._nodes.pop(node_id, None)
+            if old is not None:
+                values.discard(node_id, old.slots)
+                self._flows -= len(old.catalog.flows)
+                for tag in old.tag_masks:
+                    tagged = self._tags[tag]
+                    del tagged[node_id]
+                    if not tagged:
+                        del self._tags[tag]
+            if local is not None and node_id == local.node:
+                catalog: Catalog | None = local
+            else:
+                entry = self.entries.get(node_id)
+                catalog = entry.catalog if entry is not None else None
+            if catalog is not None:
+                node = self._nodes[node_id] = _Node(catalog, values.add(node_id, catalog.flows))
+                self._flows += len(catalog.flows)
+                for tag, mask in node.tag_masks.items():
+                    self._tags.setdefault(tag, {})[node_id] = mask
+        self._dirty.clear()
+        if values.needs_compacting():
+            self._reindex()
+
+    def _reindex(self) -> None:
+        """A fresh text index of the same nodes (drops the values no flow holds any more)."""
+        self._values = values = _Values()
+        for node_id, node in self._nodes.items():
+            node.slots = values.add(node_id, node.catalog.flows)
 
     def nodes(self) -> NodesPage:
         items = [node_item(e) for e in self.all_entries()]

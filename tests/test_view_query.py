@@ -1,0 +1,141 @@
+"""`View.flows` (the registry's indexed flows query) against the plain reference filter.
+
+The registry answers flows queries from a text index maintained node by node and from item
+bodies cached per catalog; whatever happens to the view (catalogs changing, nodes leaving, views
+taken in from other registries, an index compacted), every answer must equal `query_flows` over
+every flow item, and the encoded reply must be what `encode` makes of that page.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from kodo_bus import view as view_module
+from kodo_bus.bench.simnodes import catalog
+from kodo_bus.codec import JSON, MSGPACK, decode, encode
+from kodo_bus.models import (
+    Catalog,
+    FlowInfo,
+    FlowsPage,
+    FlowsQuery,
+    NodeEntry,
+    RegistryView,
+)
+from kodo_bus.view import View, flow_items, query_flows
+
+WORDS = ["alpha", "Beta", "gamma", "ΣIGMA", "delta", "x", "flow", "Ab", "é"]
+TAGS = ["bench", "gpu", "Cpu", "group1", "group2", ""]
+
+
+def random_catalog(rng: random.Random, node: str, revision: int) -> Catalog:
+    flows = []
+    for j in range(rng.randint(0, 8)):
+        words = rng.sample(WORDS, rng.randint(0, 3))
+        flows.append(
+            FlowInfo(
+                name=f"{rng.choice(WORDS).lower()}{j}",
+                summary=" ".join(words),
+                description=rng.choice(["", "shared description", f"about {node}", "a\0b"]),
+                tags=rng.sample(TAGS, rng.randint(0, 3)),
+                timeout=rng.choice([None, 1.5]),
+                input_schema=rng.choice([{}, {"type": "object"}]),
+            )
+        )
+    return Catalog(
+        node=node,
+        organization=rng.choice(["", "acme", "other"]),
+        revision=revision,
+        flows=flows,
+        urls=rng.choice([[], ["nats://elsewhere:4222"]]),
+    )
+
+
+def random_query(rng: random.Random, nodes: list[str]) -> FlowsQuery:
+    return FlowsQuery(
+        q=rng.choice(
+            [None, "", "a", "ALPHA", "flow", "shared", "\u03c3", "about n", "a\0b", "\1", "zz"]
+        ),
+        tags=rng.sample(TAGS, rng.choice([0, 0, 1, 2])),
+        organization=rng.choice([None, None, "acme", ""]),
+        node=rng.choice([None, None, None, *nodes[:3], "missing"]),
+        offset=rng.choice([0, 0, 1, 5, 40]),
+        limit=rng.choice([1, 3, 100]),
+    )
+
+
+def check(view: View, query: FlowsQuery) -> None:
+    items = (item for entry in view.all_entries() for item in flow_items(entry))
+    expected = query_flows(items, query)
+    page = view.flows(query)
+    assert page == expected, query
+    for content_type in (MSGPACK, JSON):
+        body, headers = view.flows_encoded(query, content_type)
+        assert (body, headers) == encode(page, content_type), (query, content_type)
+        assert decode("flows", body, headers, FlowsPage) == expected
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_indexed_query_matches_the_plain_filter_through_changes(seed: int) -> None:
+    rng = random.Random(seed)
+    local = random_catalog(rng, "local", 1) if seed % 2 else None
+    view = View("me", local=local)
+    nodes = [f"n{i}" for i in range(12)]
+    for revision in range(1, 61):
+        action = rng.random()
+        node = rng.choice(nodes)
+        if action < 0.45:
+            view.put_catalog(random_catalog(rng, node, revision), time.time())
+        elif action < 0.55 and node in view.entries:
+            view.put_catalog(view.entries[node].catalog.model_copy(), time.time())  # same again
+        elif action < 0.65:
+            view.remove(node)
+        elif action < 0.75:
+            view.stopped(node)
+        elif action < 0.9:
+            entries = [
+                NodeEntry(catalog=random_catalog(rng, f"p{i}", revision), status="offline")
+                for i in range(rng.randint(0, 4))
+            ]
+            view.take_in(RegistryView(registry="peer", nodes=entries), ["nats://p"], time.time())
+        else:
+            view.load([NodeEntry(catalog=random_catalog(rng, node, revision))], time.time())
+        for _ in range(4):
+            check(view, random_query(rng, nodes))
+
+
+def test_the_index_compacts_and_still_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(view_module._Values, "COMPACT_MIN", 5)
+    view = View("me")
+    for revision in range(1, 30):  # every catalog brings new values, the old ones fall out
+        view.put_catalog(
+            catalog(f"node-{revision % 3}", 4).model_copy(
+                update={
+                    "revision": revision,
+                    "flows": [
+                        FlowInfo(name=f"f{revision}-{j}", summary=f"s{revision}") for j in range(4)
+                    ],
+                }
+            ),
+            time.time(),
+        )
+        check(view, FlowsQuery(q="f"))
+        check(view, FlowsQuery(q=f"s{revision}"))
+    assert len(view._values.values) < 29 * 5  # compacted at least once
+
+
+def test_an_unchanged_catalog_keeps_its_cached_bodies() -> None:
+    view = View("me")
+    view.put_catalog(catalog("n", 3), time.time())
+    query = FlowsQuery(q="flow1")
+    first = view.flows_encoded(query, MSGPACK)
+    node = view._nodes["n"]
+    view.put_catalog(catalog("n", 3).model_copy(update={"started": node.catalog.started}), 1.0)
+    assert view.flows_encoded(query, MSGPACK) == first
+    assert view._nodes["n"] is node  # the same catalog again: index and bodies kept
+    view.stopped("n")
+    offline = view.flows(query)
+    assert {item.status for item in offline.items} == {"offline"}
+    check(view, query)
