@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from . import bus, snapshot, subjects
-from .codec import decode, decode_msg
+from .codec import JSON, decode, decode_msg
 from .config import DEFAULT_NATS_URL, ConnectSettings, Credentials
 from .discovery import find_registry
 from .errors import AmbiguousFlow, FlowNotFound, KodoError, WireError
@@ -30,6 +30,15 @@ from .models import Event, ExecutionRecord, FlowItem, FlowsPage, FlowsQuery
 
 M = TypeVar("M", bound=BaseModel)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+async def flows_page(nc: NATS, registry: str, query: FlowsQuery, timeout: float) -> FlowsPage:
+    """One page of a registry's flows: the request `Client.flows` makes (and the benchmark's
+    query figure measures). Asked in JSON, so the reply (in the request's content type) is read
+    and validated in one pass by pydantic-core, a third faster than msgpack then validation."""
+    return await bus.request(
+        nc, subjects.svc_flows(registry), query, FlowsPage, timeout=timeout, content_type=JSON
+    )
 
 
 def _urls(url: str | Sequence[str] | None) -> list[str]:
@@ -127,7 +136,7 @@ class Client:
         registry = via or await find_registry(self.nc)
         items: list[FlowItem] = []
         while True:
-            page = await self._request(subjects.svc_flows(registry), query, FlowsPage)
+            page = await flows_page(self.nc, registry, query, self.timeout)
             items.extend(page.items)
             if len(items) >= page.total or not page.items:
                 return [Flow(self, item) for item in items]

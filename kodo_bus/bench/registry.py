@@ -25,8 +25,9 @@ from nats.aio.msg import Msg
 
 from .. import subjects
 from ..bus import request
+from ..client import flows_page
 from ..errors import NoResponders
-from ..models import Empty, FlowsPage, FlowsQuery, ServiceInfo
+from ..models import Empty, FlowsQuery, ServiceInfo
 from ..node import SYNC_SPREAD
 from . import floors
 from .common import Floor, ScenarioResult, Stopwatch, percentile
@@ -240,15 +241,15 @@ async def _confirm(nc: NATS, registry: str, flows: int) -> None:
 
 
 async def _queries(nc: NATS, registry: str, n: int, text: str) -> list[float]:
-    """Seconds per `flows` request filtered by text and tag (one page of 100)."""
+    """Seconds per `flows` request filtered by text and tag (one page of 100), made and read by
+    the SDK's own call (`Client.flows` makes this request for each page)."""
     query = FlowsQuery(q=text, tags=["bench"], limit=100)
-    subject = subjects.svc_flows(registry)
     for _ in range(min(n, 10)):
-        await request(nc, subject, query, FlowsPage, timeout=10)
+        await flows_page(nc, registry, query, timeout=10)
     samples: list[float] = []
     for _ in range(n):
         t0 = time.perf_counter()
-        page = await request(nc, subject, query, FlowsPage, timeout=10)
+        page = await flows_page(nc, registry, query, timeout=10)
         samples.append(time.perf_counter() - t0)
     if not page.items:
         raise BenchError("the filtered flows query found nothing")
