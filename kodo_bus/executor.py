@@ -77,9 +77,10 @@ class Outcome(BaseModel):
 
 
 class JobBatch(BaseModel):
-    """Runner → worker (`subjects.work_jobs`): executions to start."""
+    """Runner → worker (`subjects.work_jobs`): executions to start, then ones to cancel."""
 
-    jobs: list[Job]
+    jobs: list[Job] = []
+    cancel: list[str] = []
 
 
 class OutcomeBatch(BaseModel):
@@ -184,14 +185,13 @@ class ExecActor:
             await self._nc.drain()
         self._stopped.set()
 
-    async def cancel(self, execution: str) -> bool:
+    def _cancel(self, execution: str) -> None:
         """Cancel a running execution; one not started yet is cancelled when it arrives."""
         task = self._tasks.get(execution)
         if task is None:
             self._cancelled.add(execution)
-            return False
-        task.cancel()
-        return True
+        else:
+            task.cancel()
 
     async def _on_jobs(self, msg: Msg) -> None:
         try:
@@ -211,6 +211,8 @@ class ExecActor:
             task = loop.create_task(self._run_reporting(job))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+        for execution in batch.cancel:
+            self._cancel(execution)
 
     async def _run_reporting(self, job: Job) -> None:
         try:

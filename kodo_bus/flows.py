@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -198,6 +199,9 @@ def _from_decl(decl: FlowDecl) -> list[FlowSpec]:
 
 def load_flows(decls: Iterable[FlowDecl]) -> list[FlowSpec]:
     """Resolve the `flows:` of a config into specs; duplicate names are a ConfigError."""
+    # Ray reads this once, when first imported — which a flow module may do at its top. Without
+    # it Ray's driver installs a C-level SIGTERM handler that kills the node at once: no grace.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     specs: list[FlowSpec] = []
     seen: set[str] = set()
     for decl in decls:

@@ -35,9 +35,9 @@ from .models import Ack
 
 log = logging.getLogger("kodo_bus.pool")
 
-ACTOR_CONCURRENCY = 8
-"""Ray calls an actor serves at once: start, serve, cancel, stop (executions are not Ray calls:
-they run as tasks in the actor's event loop, as many as the runner hands over)."""
+ACTOR_CONCURRENCY = 4
+"""Ray calls an actor serves at once: start, serve, stop (executions and cancels are not Ray
+calls: they arrive over NATS and run as tasks in the actor's event loop)."""
 
 
 class WorkerDied(Exception):
@@ -56,6 +56,8 @@ class _Worker:
         self.subject = subject
         self.waiting: dict[str, asyncio.Future[Outcome]] = {}
         self.outbox: list[Job] = []
+        self.cancels: list[str] = []
+        self.flushing = False
         self.watch: asyncio.Task[None] | None = None
         self.alive = True
 
@@ -86,15 +88,18 @@ class ActorPool:
         self._outcomes: Subscription | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.cpus: int | None = None
+        self._own_ray = False
+        """This pool started a local Ray (so it shuts it down: its agents outlive the node)."""
 
     async def start(self, max_running: int | None) -> int:
         """Start Ray (if needed) and the actors; the number of executions to run at once."""
         async with self._lock:
             if not self._started:
                 await asyncio.to_thread(self._init_ray)
-                self._outcomes = await self._nc.subscribe(
-                    subjects.work_outcomes(self._node, self._pool), cb=self._on_outcomes
-                )
+                if self._outcomes is None:
+                    self._outcomes = await self._nc.subscribe(
+                        subjects.work_outcomes(self._node, self._pool), cb=self._on_outcomes
+                    )
                 running = max_running or self.cpus or 1
                 size = self._size or max(1, min(running, 4))
                 self._workers = list(
@@ -115,6 +120,7 @@ class ActorPool:
                 ray.init(address=self._ray_address, include_dashboard=False)
             else:
                 ray.init(include_dashboard=False)
+                self._own_ray = True
         self.cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
 
     async def _new_worker(self) -> _Worker:
@@ -135,40 +141,50 @@ class ActorPool:
         worker.watch.add_done_callback(_report)
         return worker
 
-    async def run(self, job: Job) -> Outcome:
-        """Run one job on the least busy actor; its outcome (`WorkerDied` if the actor died)."""
+    async def run(self, job: Job, *, cancel: bool = False) -> Outcome:
+        """Run one job on the least busy actor; its outcome (`WorkerDied` if the actor died).
+
+        `cancel`: it was cancelled while being handed over; the actor cancels it on arrival.
+        """
         worker = min(self._workers, key=lambda w: len(w.waiting))
         execution = job.record.execution
         outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         worker.waiting[execution] = outcome
         self._where[execution] = worker
         worker.outbox.append(job)
-        if len(worker.outbox) == 1:
-            asyncio.get_running_loop().call_soon(self._flush, worker)
+        if cancel:
+            worker.cancels.append(execution)
+        self._flush_soon(worker)
         try:
             return await outcome
         finally:
             worker.waiting.pop(execution, None)
             self._where.pop(execution, None)
 
+    def _flush_soon(self, worker: _Worker) -> None:
+        if not worker.flushing:
+            worker.flushing = True
+            asyncio.get_running_loop().call_soon(self._flush, worker)
+
     def _flush(self, worker: _Worker) -> None:
+        worker.flushing = False
         jobs, worker.outbox = worker.outbox, []
-        if jobs and worker.alive:
-            task = asyncio.create_task(self._send(worker, jobs))
+        cancels, worker.cancels = worker.cancels, []
+        if (jobs or cancels) and worker.alive:
+            task = asyncio.create_task(self._send(worker, jobs, cancels))
             self._sending.add(task)
             task.add_done_callback(self._sent)
 
-    async def _send(self, worker: _Worker, jobs: list[Job]) -> None:
-        """Deliver `jobs`, halving a batch too large for one message; a job alone too large
-        ends as an error (its launch request fit, so this takes inputs near `max_payload`)."""
+    async def _send(self, worker: _Worker, jobs: list[Job], cancels: list[str]) -> None:
+        """Deliver `jobs` (then `cancels`), halving a batch too large for one message; a job
+        alone too large ends as an error (its launch request fit: inputs near `max_payload`)."""
         try:
-            await deliver(self._nc, worker.subject, JobBatch(jobs=jobs))
+            await deliver(self._nc, worker.subject, JobBatch(jobs=jobs, cancel=cancels))
         except nats.errors.MaxPayloadError:
             if len(jobs) > 1:
                 half = len(jobs) // 2
-                await asyncio.gather(
-                    self._send(worker, jobs[:half]), self._send(worker, jobs[half:])
-                )
+                await self._send(worker, jobs[:half], [])
+                await self._send(worker, jobs[half:], cancels)
                 return
             waiting = worker.waiting.get(jobs[0].record.execution)
             if waiting is not None and not waiting.done():
@@ -206,10 +222,12 @@ class ActorPool:
                 future.set_exception(WorkerDied(reason))
         await self._replace(worker)
 
-    async def cancel(self, execution: str) -> None:
+    def cancel(self, execution: str) -> None:
+        """Ask the actor holding `execution` to cancel it (after the job, if both are queued)."""
         worker = self._where.get(execution)
         if worker is not None:
-            await worker.handle.cancel.remote(execution)
+            worker.cancels.append(execution)
+            self._flush_soon(worker)
 
     async def _replace(self, dead: _Worker) -> None:
         async with self._lock:
@@ -244,6 +262,9 @@ class ActorPool:
         if self._outcomes is not None:
             await self._outcomes.unsubscribe()
             self._outcomes = None
+        if self._own_ray:
+            self._own_ray = False
+            await asyncio.to_thread(ray.shutdown)
 
 
 def _report(task: asyncio.Task[None]) -> None:

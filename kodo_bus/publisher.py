@@ -61,6 +61,17 @@ class EventPublisher:
         else:
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    async def send_now(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        """Write one event to the connection at once, ahead of the queue; its ack is checked
+        (and it is re-sent) with the others. Only for an event whose predecessors are stored."""
+        try:
+            ack = await self._js.publish_async(subject, body, headers=headers)
+        except Exception as exc:  # not even sent (reconnecting): re-sent at settle
+            ack = self._loop.create_future()
+            ack.set_exception(exc)
+        self._inflight.append(((subject, body, headers), ack))
+        self._wake.set()
+
     async def sent(self) -> None:
         """Return once everything queued before this call is written to the connection."""
         await self._mark(stored=False)

@@ -293,6 +293,13 @@ class Runner:
     def _publish(self, ex: _Execution, kind: str, data: Any) -> None:
         """Queue an event from the node (`self._pub.drain()` waits until it is stored)."""
         assert self._pub is not None
+        self._pub.put(*self._event(ex, kind, data))
+
+    async def _publish_now(self, ex: _Execution, kind: str, data: Any) -> None:
+        assert self._pub is not None
+        await self._pub.send_now(*self._event(ex, kind, data))
+
+    def _event(self, ex: _Execution, kind: str, data: Any) -> tuple[str, bytes, dict[str, str]]:
         ex.seq += 1
         r = ex.record
         event = Event(
@@ -307,7 +314,7 @@ class Runner:
             parent=r.parent,
             root=r.root,
         )
-        self._pub.put(*event_message(event))
+        return event_message(event)
 
     # -- running -----------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -341,7 +348,14 @@ class Runner:
                     self._settings.ray_address,
                     self._settings.actors,
                 )
-            capacity = await self._pool.start(self._settings.max_running)
+            try:
+                capacity = await self._pool.start(self._settings.max_running)
+            except Exception as exc:  # Ray did not start (or its actors did not): retry later
+                log.exception("cannot start the Ray actors")
+                self._pool = None
+                message = f"the node could not start Ray: {exc}"
+                await self._end_outside(ex, "error", "RayUnavailable", message)
+                return
             if capacity != self._capacity:
                 self._capacity = capacity
                 self._pump()
@@ -349,9 +363,9 @@ class Runner:
                 await self._end_pending(ex, "cancelled before it started")
                 return
             # Only an event: the worker writes the record next, from the revision it is handed.
-            # Not awaited: it is on the wire long before the worker's first event has crossed
-            # Ray (and readers order by seq if not).
-            self._publish(ex, "status", {"status": "starting"})
+            # Written at once, ahead of other executions' queued events (this one's are stored),
+            # so it is on the wire before the job that makes the worker publish the next seq.
+            await self._publish_now(ex, "status", {"status": "starting"})
             r = ex.record
             job = Job(
                 record=r,
@@ -364,10 +378,8 @@ class Runner:
                 node_flows=sorted(self._flows),
             )
             ex.state = "running"
-            if ex.cancel_requested:
-                self._spawn(self._pool.cancel(r.execution), f"cancel-{r.execution}")
             try:
-                await self._pool.run(job)
+                await self._pool.run(job, cancel=ex.cancel_requested)
             except WorkerDied as exc:
                 await self._end_outside(ex, "error", "WorkerDied", f"the Ray worker died: {exc}")
             except JobTooLarge as exc:
@@ -429,4 +441,4 @@ class Runner:
     async def _cancel_running(self, ex: _Execution) -> None:
         ex.cancel_requested = True
         if ex.state == "running" and self._pool is not None:
-            await self._pool.cancel(ex.record.execution)
+            self._pool.cancel(ex.record.execution)
