@@ -109,12 +109,14 @@ class Client:
 
     @property
     def nc(self) -> NATS:
+        """For NATS work the SDK does not wrap (your own subjects); only while connected."""
         if self._nc is None:
             raise KodoError("the client is not connected: use 'async with Client() as kb:'")
         return self._nc
 
     @property
     def js(self) -> JetStreamContext:
+        """For JetStream work the SDK does not wrap (your own streams); only while connected."""
         if self._js is None:
             raise KodoError("the client is not connected: use 'async with Client() as kb:'")
         return self._js

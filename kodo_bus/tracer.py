@@ -110,16 +110,20 @@ class Tracer:
 
     @property
     def execution(self) -> str:
+        """This run's id: for your own logs and records, or `Client.execution(id)` elsewhere."""
         return self._em.execution
 
     # -- output ------------------------------------------------------------------------------
     async def markdown(self, body: str) -> None:
+        """For output meant for people: `kodo-bus launch` renders it as markdown."""
         self._em.emit("markdown", str(body))
 
     async def text(self, body: str) -> None:
+        """For output that must be shown exactly as written (command output, fixed-width tables)."""
         self._em.emit("text", str(body))
 
     async def html(self, body: str) -> None:
+        """For output meant for an HTML front end; the CLI prints it as plain text."""
         self._em.emit("html", str(body))
 
     async def result(self, data: Any) -> None:
@@ -127,48 +131,62 @@ class Tracer:
         self._em.emit("result", data)
 
     async def action(self, data: Any) -> None:
+        """For structured data a front end acts on (a link, a button, a next step), not a result."""
         self._em.emit("action", data)
 
     async def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """For long steps: a bar in `kodo-bus launch` and the dashboard; `total` None if unknown."""
         self._em.emit("progress", {"done": done, "total": total, "message": message})
 
     async def log(
         self, level: str, message: str, *, exc_info: bool = False, **context: Any
     ) -> None:
+        """When the level is only known at run time; otherwise use debug, info, warning or error."""
         self.log_sync(level, message, exc_info=exc_info, **context)
 
     async def debug(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """For details that help diagnose a run; read them with `kodo-bus logs --level debug`."""
         self.log_sync("debug", message, exc_info=exc_info, **context)
 
     async def info(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """For milestones whoever follows the execution or reads `kodo-bus logs` should see."""
         self.log_sync("info", message, exc_info=exc_info, **context)
 
     async def warning(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """For something odd that did not stop the flow; the dashboard lists it."""
         self.log_sync("warning", message, exc_info=exc_info, **context)
 
     async def error(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """For a failure the flow recovered from (raise to fail the run); the dashboard lists it."""
         self.log_sync("error", message, exc_info=exc_info, **context)
 
     # -- sync twins --------------------------------------------------------------------------
     def markdown_sync(self, body: str) -> None:
+        """`markdown` for sync flows (run in a thread); never waits on the network."""
         self._em.emit("markdown", str(body))
 
     def text_sync(self, body: str) -> None:
+        """`text` for sync flows (run in a thread); never waits on the network."""
         self._em.emit("text", str(body))
 
     def html_sync(self, body: str) -> None:
+        """`html` for sync flows (run in a thread); never waits on the network."""
         self._em.emit("html", str(body))
 
     def result_sync(self, data: Any) -> None:
+        """`result` for sync flows (run in a thread); never waits on the network."""
         self._em.emit("result", data)
 
     def action_sync(self, data: Any) -> None:
+        """`action` for sync flows (run in a thread); never waits on the network."""
         self._em.emit("action", data)
 
     def progress_sync(self, done: float, total: float | None = None, message: str = "") -> None:
+        """`progress` for sync flows (run in a thread); never waits on the network."""
         self._em.emit("progress", {"done": done, "total": total, "message": message})
 
     def log_sync(self, level: str, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """`log` for sync flows (run in a thread); never waits on the network."""
         data: dict[str, Any] = {"level": level, "message": str(message), "context": context}
         if exc_info:
             import sys
@@ -179,15 +197,19 @@ class Tracer:
         self._em.emit("log", data)
 
     def debug_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """`debug` for sync flows (run in a thread); never waits on the network."""
         self.log_sync("debug", message, exc_info=exc_info, **context)
 
     def info_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """`info` for sync flows (run in a thread); never waits on the network."""
         self.log_sync("info", message, exc_info=exc_info, **context)
 
     def warning_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """`warning` for sync flows (run in a thread); never waits on the network."""
         self.log_sync("warning", message, exc_info=exc_info, **context)
 
     def error_sync(self, message: str, *, exc_info: bool = False, **context: Any) -> None:
+        """`error` for sync flows (run in a thread); never waits on the network."""
         self.log_sync("error", message, exc_info=exc_info, **context)
 
     # -- human in the loop -------------------------------------------------------------------
