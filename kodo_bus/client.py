@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from . import bus, snapshot, subjects
 from .codec import JSON, decode, decode_msg
-from .config import DEFAULT_NATS_URL, ConnectSettings, Credentials
+from .config import ConnectSettings, Credentials, nats_urls
 from .discovery import find_registry
 from .errors import AmbiguousFlow, FlowNotFound, KodoError, WireError
 from .execution_ref import Execution
@@ -41,20 +41,14 @@ async def flows_page(nc: NATS, registry: str, query: FlowsQuery, timeout: float)
     )
 
 
-def _urls(url: str | Sequence[str] | None) -> list[str]:
-    if url is None:
-        url = os.environ.get("KODO_NATS_URL") or DEFAULT_NATS_URL
-    if isinstance(url, str):
-        return [u.strip() for u in url.split(",") if u.strip()]
-    return list(url)
-
-
 class Client:
     """Connection to a kodo-bus federation: find flows, launch them, follow executions.
 
-    `async with Client() as kb:` — the URL comes from the argument, `KODO_NATS_URL`, or
-    nats://127.0.0.1:4222. `user` is the launcher identity placed in launch subjects (with
-    authentication it must be your NATS user name); it defaults to `KODO_USER` or `local`.
+    `async with Client() as kb:` — the URL comes from the argument (one, a list, or several
+    comma-separated), `KODO_NATS` (same form; the deprecated `KODO_NATS_URL` is read only when
+    `KODO_NATS` is unset), or nats://127.0.0.1:4222. `user` is the launcher identity placed in
+    launch subjects (with authentication it must be your NATS user name); it defaults to
+    `KODO_USER` or `local`.
     """
 
     def __init__(
@@ -66,7 +60,7 @@ class Client:
         retry: int = 2,
         timeout: float = 5.0,
     ) -> None:
-        self.urls = _urls(url)
+        self.urls = nats_urls(url)
         self.user = subjects.check_token(
             user or os.environ.get("KODO_USER") or subjects.DEFAULT_USER, "user"
         )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,6 +22,44 @@ from .models import Role
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 ENV_PREFIX = "KODO_"
+NATS_ENV = "KODO_NATS"
+"""Where every process finds the bus: one URL or a comma-separated list (the settings' `nats`)."""
+NATS_ENV_DEPRECATED = "KODO_NATS_URL"
+"""The SDK's old name of `KODO_NATS`, still read (with a DeprecationWarning) when that is unset."""
+
+
+def split_urls(values: str | Iterable[str]) -> list[str]:
+    """URLs from one string or several, each possibly a comma-separated list."""
+    parts = [values] if isinstance(values, str) else list(values)
+    return [url.strip() for part in parts for url in part.split(",") if url.strip()]
+
+
+def nats_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The raw `KODO_NATS` value, else the deprecated `KODO_NATS_URL`'s (which warns); None when
+    neither is set (an empty value counts as unset)."""
+    env = os.environ if env is None else env
+    if raw := env.get(NATS_ENV, "").strip():
+        return raw
+    if raw := env.get(NATS_ENV_DEPRECATED, "").strip():
+        warnings.warn(
+            f"{NATS_ENV_DEPRECATED} is deprecated: set {NATS_ENV} (the same comma-separated URLs)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return raw
+    return None
+
+
+def nats_urls(
+    given: str | Iterable[str] | None = None, env: Mapping[str, str] | None = None
+) -> list[str]:
+    """The bus to connect to: `given` (an argument, `--nats` flags), else `KODO_NATS` (or the
+    deprecated `KODO_NATS_URL`), else nats://127.0.0.1:4222. Any of them may list several URLs,
+    comma-separated."""
+    if given is not None and (urls := split_urls(given)):
+        return urls
+    raw = nats_env(env)
+    return split_urls(raw) if raw is not None else [DEFAULT_NATS_URL]
 
 
 class _Settings(BaseModel):
@@ -68,7 +107,8 @@ class _Settings(BaseModel):
     def _env_values(cls, env: Mapping[str, str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
-            raw = env.get(ENV_PREFIX + name.upper())
+            # `nats` also takes the deprecated KODO_NATS_URL, like every other process
+            raw = nats_env(env) if name == "nats" else env.get(ENV_PREFIX + name.upper())
             if raw is None or name in cls._env_ignored():
                 continue
             origin = getattr(field.annotation, "__origin__", None)

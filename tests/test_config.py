@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 
-from kodo_bus.config import ServiceSettings
+from kodo_bus.config import DEFAULT_NATS_URL, ConnectSettings, ServiceSettings, nats_urls
 from kodo_bus.errors import ConfigError
 
 
@@ -64,3 +65,25 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     file.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         ServiceSettings.build(file, env={})
+
+
+def test_kodo_nats_is_the_one_variable_and_kodo_nats_url_a_deprecated_alias() -> None:
+    both = {"KODO_NATS": "nats://a:1, nats://b:2", "KODO_NATS_URL": "nats://old:3"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # KODO_NATS set: the alias is not even looked at
+        assert nats_urls(env=both) == ["nats://a:1", "nats://b:2"]
+        assert ServiceSettings.build(env=both).nats == ["nats://a:1", "nats://b:2"]
+        assert nats_urls(env={}) == [DEFAULT_NATS_URL]
+        assert nats_urls("nats://x:1,nats://y:2", env=both) == ["nats://x:1", "nats://y:2"]
+        assert nats_urls(["nats://x:1", "nats://y:2,nats://z:3"], env=both) == [
+            "nats://x:1",
+            "nats://y:2",
+            "nats://z:3",
+        ]
+    old = {"KODO_NATS": "", "KODO_NATS_URL": "nats://old:3,nats://old:4"}
+    with pytest.warns(DeprecationWarning, match="KODO_NATS_URL is deprecated: set KODO_NATS"):
+        assert nats_urls(env=old) == ["nats://old:3", "nats://old:4"]
+    with pytest.warns(DeprecationWarning):
+        assert ServiceSettings.build(env=old).nats == ["nats://old:3", "nats://old:4"]
+    with pytest.warns(DeprecationWarning):
+        assert ConnectSettings.from_env(old).nats == ["nats://old:3", "nats://old:4"]

@@ -104,13 +104,13 @@ def tutorial_bus(
     """What the tutorial assumes: `kodo-bus up` running (a bus and a registry), the README's
     files written in a fresh directory, and the README's own node command serving them.
 
-    The commands keep their default URL; KODO_NATS (CLI) and KODO_NATS_URL (SDK) point them at
+    The commands keep their default URL; KODO_NATS (the CLI and the SDK alike) points them at
     this test's server, and KODO_RAY_ADDRESS at the session's Ray.
     """
     for name, text in _files().items():
         (tmp_path / name).write_text(text)
     url = fresh_server.url
-    env = {"KODO_NATS": url, "KODO_NATS_URL": url, "KODO_RAY_ADDRESS": ray_address}
+    env = {"KODO_NATS": url, "KODO_RAY_ADDRESS": ray_address}
     procs = Processes()
     try:
         procs.start("run", "--role", "registry", "--id", "up-registry", cwd=tmp_path, env=env)

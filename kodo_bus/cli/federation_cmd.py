@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .. import subjects
 from ..bus import connect, request
-from ..config import DEFAULT_NATS_URL, ConnectSettings, Credentials
+from ..config import ConnectSettings, Credentials, nats_urls
 from ..discovery import find_registry
 from ..models import Ack, Empty, FlowsPage, FlowsQuery, NodesPage, ServiceInfo
 from .app import out
@@ -25,10 +25,11 @@ from .creds import with_credentials
 
 T = TypeVar("T")
 
-NatsOpt = Annotated[
-    list[str] | None,
-    typer.Option("--nats", envvar="KODO_NATS", help="NATS URL (repeatable)."),
-]
+NATS_HELP = (
+    "NATS URL (repeatable, or comma-separated) [default: $KODO_NATS, else nats://127.0.0.1:4222]."
+)
+"""Every command's `--nats`: flags, else KODO_NATS (read by `config.nats_urls`, as the SDK does)."""
+NatsOpt = Annotated[list[str] | None, typer.Option("--nats", help=NATS_HELP)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ViaOpt = Annotated[str | None, typer.Option("--via", help="Service id to ask.")]
 
@@ -40,7 +41,7 @@ def _call(
 ) -> T:
     async def main() -> T:
         settings = ConnectSettings(
-            nats=nats or [DEFAULT_NATS_URL],
+            nats=nats_urls(nats),
             retry=1,
             credentials=credentials or Credentials.from_env(),
         )

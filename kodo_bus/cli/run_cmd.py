@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import logs
-from ..config import Credentials, ServiceSettings
+from ..config import Credentials, ServiceSettings, split_urls
 from ..flows import load_flows
 from .creds import with_credentials
 
@@ -46,7 +46,14 @@ def run(  # noqa: PLR0917 (typer options)
     id: Annotated[
         str | None, typer.Option("--id", help="Service id, stable across restarts.")
     ] = None,
-    nats: Annotated[list[str] | None, typer.Option("--nats", help="NATS URL (repeatable).")] = None,
+    nats: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nats",
+            help="NATS URL (repeatable, or comma-separated) [default: $KODO_NATS, else the "
+            "config's `nats`, else nats://127.0.0.1:4222].",
+        ),
+    ] = None,
     organization: Annotated[str | None, typer.Option(help="Organization name.")] = None,
     connect: Annotated[
         list[str] | None,
@@ -97,7 +104,7 @@ def run(  # noqa: PLR0917 (typer options)
     overrides: dict[str, Any] = {
         "role": role,
         "id": id,
-        "nats": nats or None,
+        "nats": split_urls(nats) if nats else None,
         "organization": organization,
         "connect": connect or None,
         "feed": feed,
