@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import chain
+from itertools import chain, repeat
 
 import msgpack
 
@@ -481,9 +481,10 @@ class View:
             tagged = self._tags.get(tag, {})
             if masks is None:
                 masks = tagged
-            else:
-                get = tagged.get
-                masks = {n: both for n, m in masks.items() if (both := m & get(n, 0))}
+            else:  # masks & tagged, node by node, iterated in C (nodes left with 0 stay)
+                keys = masks.keys()
+                both = map(int.__and__, masks.values(), map(tagged.get, keys, repeat(0)))
+                masks = dict(zip(keys, both, strict=True))
         total = self._flows if masks is None else sum(map(int.bit_count, masks.values()))
         if query.offset >= total:
             return total, []
@@ -494,16 +495,24 @@ class View:
         seen = 0
         hits: list[_Hit] = []
         get = masks.get if masks is not None else None
+        nodes_get = self._nodes.get
         for entry in self._candidates(None, masks):
             catalog = entry.catalog
-            node = self._indexed(catalog)
-            mask = node.every if get is None else get(catalog.node, 0)
+            mask = -1 if get is None else get(catalog.node, 0)
             if not mask:
                 continue
+            node = nodes_get(catalog.node)
+            if node is None or node.catalog is not catalog:
+                node = self._indexed(catalog)
+            if mask == -1:
+                mask = node.every
             n = mask.bit_count()
             if seen + n > lo:
-                page = _bits(mask)[max(0, lo - seen) : hi - seen]
-                hits.extend((node, pos, entry.status) for pos in page)
+                if n == 1:
+                    hits.append((node, mask.bit_length() - 1, entry.status))
+                else:
+                    page = _bits(mask)[max(0, lo - seen) : hi - seen]
+                    hits.extend((node, pos, entry.status) for pos in page)
             seen += n
             if seen >= hi:
                 break
