@@ -280,10 +280,15 @@ class ServiceSettings(_Settings):
         return frozenset({"flows", "credentials"})
 
 
+DEFAULT_SERVER_HOST = "127.0.0.1"
+
+
 class ServerSettings(_Settings):
     """The embedded nats-server (`kodo-bus server`, `kodo-bus up`, test fixtures)."""
 
-    host: str = "127.0.0.1"
+    host: str | None = None
+    """Client listen address. None: the config file's own `host` (or `listen`, `net`), else
+    127.0.0.1 — loopback, because the default config has no authentication."""
     port: int = Field(default=4222, ge=-1, le=65535)
     """Client port; 0 or -1 picks a free one."""
     http_port: int | None = Field(default=8222, ge=-1, le=65535)

@@ -3,7 +3,10 @@
 One class serves `kodo-bus server`, `kodo-bus up`, benchmarks and test fixtures. Readiness is read
 from the server's own log ("Server is ready") on its stderr pipe, which a daemon thread keeps
 draining for the server's whole life (a full pipe would stall the server). Ports may be 0 / -1 to
-let the server pick free ones; the real ports are read back from the same log lines.
+let the server pick free ones; the real ports (and addresses) are read back from the same log lines.
+
+The client address: `ServerSettings.host` when given (passed as `-a`, it overrides the config
+file), else the config file's own top-level `host` (nats-server reads it; no `-a`), else 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from .config import ServerSettings
+from .config import DEFAULT_SERVER_HOST, ServerSettings
 from .errors import ServerError
 
 log = logging.getLogger("kodo_bus.server")
@@ -33,6 +36,8 @@ _CLIENT_RE = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _HTTP_RE = re.compile(r"Starting http monitor on (\S+):(\d+)")
 _VERSION_RE = re.compile(r"Version:\s+(\S+)")
 PACKAGED_CONFIG = Path(__file__).with_name("nats-server.conf")
+_HOST_KEY_RE = re.compile(r"""^\s*(host|net|listen)\s*(?:[:=]\s*|\s+)(["']?)([^"'\s,;]*)\2""", re.I)
+_INCLUDE_RE = re.compile(r"""^\s*include\s+(["']?)([^"'\s;]+)\1""")
 
 
 def find_binary(explicit: Path | None = None) -> Path:
@@ -63,9 +68,66 @@ def default_config() -> Path:
     return local if local.is_file() else PACKAGED_CONFIG
 
 
+def _scan(line: str) -> tuple[str, int]:
+    """A config line without its comment, and how much it opens ({ [) or closes (} ])."""
+    quote, depth = "", 0
+    for i, ch in enumerate(line):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif (ch == "#" or line.startswith("//", i)) and (i == 0 or line[i - 1].isspace()):
+            return line[:i], depth
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+    return line, depth
+
+
+def config_host(config: Path, _nested: int = 0) -> str | None:
+    """The client address a nats-server config file sets at its top level (`host`, `net`, or the
+    host part of `listen`; top-level `include`s followed); None when it sets none. Keys inside
+    blocks (`cluster`, `leafnodes`, `websocket`...) are other listeners and do not count."""
+    try:
+        text = config.read_text()
+    except OSError:
+        return None
+    found: str | None = None
+    depth = 0
+    for raw in text.splitlines():
+        line, change = _scan(raw)
+        if depth == 0 and (m := _HOST_KEY_RE.match(line)):
+            value = m.group(3)
+            if m.group(1).lower() == "listen":
+                value = value.rpartition(":")[0] if ":" in value else ""
+            found = value.strip("[]") or found  # the last one wins, as in nats-server
+        elif depth == 0 and _nested < 5 and (m := _INCLUDE_RE.match(line)):
+            found = config_host(config.parent / m.group(2), _nested + 1) or found
+        depth += change
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def port_is_free(host: str, port: int) -> bool:
     """Whether a TCP listener could bind `host:port` now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -90,18 +152,36 @@ class NatsServer:
         self._is_ready = False
         self._lines: deque[str] = deque(maxlen=200)
         self._reader: threading.Thread | None = None
+        self.host: str | None = None
+        """The client address: from the settings or the config, then as the server logged it."""
+        self.http_host: str | None = None
         self.port: int | None = None
         self.http_port: int | None = None
         self.version: str = ""
 
     # -- life cycle --------------------------------------------------------------------------
-    def command(self) -> list[str]:
-        """The nats-server command line, built from the settings (also shown in errors)."""
-        s = self.settings
-        config = s.config or default_config()
+    def _config(self) -> Path:
+        config = self.settings.config or default_config()
         if not config.is_file():
             raise ServerError(f"nats-server config file {config} does not exist")
-        cmd = [str(find_binary(s.binary)), "-c", str(config), "-a", s.host]
+        return config
+
+    def listen_host(self) -> str:
+        """The client address the server will use: the settings' host, else the config file's
+        own, else 127.0.0.1."""
+        return self.settings.host or config_host(self._config()) or DEFAULT_SERVER_HOST
+
+    def command(self) -> list[str]:
+        """The nats-server command line, built from the settings (also shown in errors).
+
+        `-a` (which overrides the config's `host`) is passed only for a host given in the
+        settings, or when the config names none (then 127.0.0.1: never all interfaces by default).
+        """
+        s = self.settings
+        config = self._config()
+        cmd = [str(find_binary(s.binary)), "-c", str(config)]
+        if s.host or config_host(config) is None:
+            cmd += ["-a", s.host or DEFAULT_SERVER_HOST]
         cmd += ["-p", str(-1 if s.port in (0, -1) else s.port)]
         if s.http_port is not None:
             cmd += ["-m", str(-1 if s.http_port in (0, -1) else s.http_port)]
@@ -115,10 +195,12 @@ class NatsServer:
         if self._proc is not None:
             raise ServerError("this nats-server is already started")
         s = self.settings
+        host = self.host = self.listen_host()
+        self.http_host = None
         for port, what in ((s.port, "client"), (s.http_port, "monitoring")):
-            if port is not None and port > 0 and not port_is_free(s.host, port):
+            if port is not None and port > 0 and not port_is_free(host, port):
                 raise ServerError(
-                    f"{what} port {s.host}:{port} is already in use — stop what listens there "
+                    f"{what} port {host}:{port} is already in use — stop what listens there "
                     f"or choose another with --port" + ("" if what == "client" else "/--http-port")
                 )
         cmd = self.command()
@@ -198,12 +280,16 @@ class NatsServer:
         """Client URL with the port actually bound (differs from the settings for port 0)."""
         if self.port is None:
             raise ServerError("the nats-server has not started")
-        return f"nats://{self.settings.host}:{self.port}"
+        host = self.host or self.settings.host or DEFAULT_SERVER_HOST
+        return f"nats://{_url_host(host)}:{self.port}"
 
     @property
     def monitor_url(self) -> str | None:
         """Base URL of the monitoring endpoints (`/varz`...); None when monitoring is off."""
-        return f"http://{self.settings.host}:{self.http_port}" if self.http_port else None
+        if not self.http_port:
+            return None
+        host = self.http_host or self.host or self.settings.host or DEFAULT_SERVER_HOST
+        return f"http://{_url_host(host)}:{self.http_port}"
 
     def log_tail(self) -> list[str]:
         """The server's last log lines, kept to explain a failed start."""
@@ -244,9 +330,9 @@ class NatsServer:
 
     def _parse(self, line: str) -> None:
         if m := _CLIENT_RE.search(line):
-            self.port = int(m.group(2))
+            self.host, self.port = m.group(1).strip("[]"), int(m.group(2))
         elif m := _HTTP_RE.search(line):
-            self.http_port = int(m.group(2))
+            self.http_host, self.http_port = m.group(1).strip("[]"), int(m.group(2))
         elif m := _VERSION_RE.search(line):
             self.version = m.group(1)
         elif _READY in line:

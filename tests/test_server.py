@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from kodo_bus.config import ServerSettings
 from kodo_bus.errors import ServerError
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes
+from .conftest import KODO_BUS, REPO, Processes
 
 
 def _read_until(proc: object, pattern: str, timeout: float = 20) -> re.Match[str]:
@@ -127,3 +129,97 @@ def test_server_reports_why_it_died_at_start(tmp_path: Path) -> None:
     server = NatsServer(ServerSettings(port=0, http_port=None, store=tmp_path, config=bad))
     with pytest.raises(ServerError, match="exited at start"):
         server.start()
+
+
+# -- the client address: --host, the config's own host, 127.0.0.1 ----------------------------------
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+async def _serves(url: str, **auth: str) -> None:
+    nc = await nats.connect(url, **auth)
+    try:
+        sub = await nc.subscribe("kodo.test.host")
+        await nc.publish("kodo.test.host", b"here")
+        assert (await sub.next_msg(timeout=5)).data == b"here"
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
+async def test_cli_server_listens_on_host(procs: Processes, tmp_path: Path, host: str) -> None:
+    other = "127.0.0.2" if host == "127.0.0.1" else "127.0.0.1"
+    args = ["--host", host, "--port", "0", "--http-port", "0", "--store", str(tmp_path / "s")]
+    proc = procs.start("server", *args, cwd=REPO)  # ./nats-server.conf says host: 127.0.0.1
+    url = _read_until(proc, r"ready at (nats://\S+)").group(1)
+    port = int(url.rsplit(":", 1)[1])
+    assert url == f"nats://{host}:{port}"
+    await _serves(url)
+    assert _refused(other, port)
+    assert procs.stop(proc) == 0
+
+
+async def test_cli_server_takes_the_host_of_its_config(procs: Processes, tmp_path: Path) -> None:
+    """deploy/secure/README.md: `kodo-bus server --config` runs the secure profile as written,
+    on the config's own host (the loopback 127.0.0.2 here), users and all."""
+    profile = tmp_path / "secure"
+    init = await asyncio.to_thread(
+        subprocess.run,
+        [*KODO_BUS, "auth", "init", "--dir", str(profile), "--host", "127.0.0.2", "--http", ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    password = init.stdout.strip()  # stdout holds the admin password alone
+    conf = profile / "nats-server.conf"
+    args = [
+        "--config",
+        str(conf),
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--store",
+        str(tmp_path / "s"),
+    ]
+    proc = procs.start("server", *args, cwd=REPO)
+    url = _read_until(proc, r"ready at (nats://\S+)").group(1)
+    port = int(url.rsplit(":", 1)[1])
+    assert url == f"nats://127.0.0.2:{port}"
+    await _serves(url, user="admin", password=password)
+    assert _refused("127.0.0.1", port)
+    assert procs.stop(proc) == 0
+
+
+@pytest.mark.parametrize(
+    ("config_text", "host", "expected", "dash_a"),
+    [
+        ("host: 127.0.0.2\n", None, "127.0.0.2", False),  # the config's own host
+        ("listen: 127.0.0.2:4222\n", None, "127.0.0.2", False),
+        ("host: 127.0.0.2\n", "127.0.0.1", "127.0.0.1", True),  # given: overrides the config
+        ("leafnodes {\n  host: 127.0.0.2\n}\n", None, "127.0.0.1", True),  # not the clients'
+        ("port: 4222\n", "127.0.0.2", "127.0.0.2", True),
+        ("port: 4222\n", None, "127.0.0.1", True),  # no host anywhere: loopback, never all
+    ],
+)
+def test_server_host_from_settings_else_config_else_loopback(
+    tmp_path: Path, config_text: str, host: str | None, expected: str, dash_a: bool
+) -> None:
+    conf = tmp_path / "my.conf"
+    conf.write_text(f"# host: 10.1.2.3 is a comment\n{config_text}jetstream {{}}\n")
+    settings = ServerSettings(host=host, port=0, http_port=None, store=tmp_path, config=conf)
+    server = NatsServer(settings)
+    assert ("-a" in server.command()) == dash_a
+    with server:
+        port = server.port or 0
+        assert server.url == f"nats://{expected}:{port}"
+        socket.create_connection((expected, port), timeout=2).close()
+        assert _refused("127.0.0.2" if expected == "127.0.0.1" else "127.0.0.1", port)

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ..config import ServerSettings
-from ..server import NatsServer, find_binary
+from ..server import NatsServer, find_binary, is_loopback
 from ..version import __version__
 from .app import console, out
 
@@ -47,6 +47,12 @@ def _serve_until_signal(
         )
         if server.monitor_url:
             console.print(f"monitoring at {server.monitor_url}", highlight=False)
+        if server.host and not is_loopback(server.host):
+            console.print(
+                f"[yellow]note:[/] listening on {server.host}: other machines can connect — "
+                "give them users and TLS (deploy/secure/README.md)",
+                highlight=False,
+            )
         console.print(f"store: {server.settings.store}   (Ctrl-C to stop)", highlight=False)
         cleanup = on_ready() if on_ready else None
         try:
@@ -66,8 +72,17 @@ def _serve_until_signal(
             signal.signal(sig, handler)
 
 
-def server(
+HOST_HELP = (
+    "Client address [default: the --config file's own `host`, else 127.0.0.1]. Given, it "
+    "overrides the config's. Loopback (127.0.0.1) is the default because the default config has "
+    "no authentication: any other address lets other machines in, so use it only with a config "
+    "that has users and TLS (deploy/secure/README.md)."
+)
+
+
+def server(  # noqa: PLR0917 (typer options)
     port: Annotated[int, typer.Option("--port", "-p", help="Client port (0: a free one).")] = 4222,
+    host: Annotated[str | None, typer.Option("--host", help=HOST_HELP)] = None,
     http_port: Annotated[
         int, typer.Option("--http-port", help="Monitoring port (0: a free one).")
     ] = 8222,
@@ -85,8 +100,12 @@ def server(
         bool, typer.Option("--verbose", "-v", help="Echo the server's log.")
     ] = False,
 ) -> None:
-    """Run a real nats-server (JetStream on) in the foreground until Ctrl-C or SIGTERM."""
-    settings = ServerSettings(port=port, http_port=http_port, store=store, config=config)
+    """Run a real nats-server (JetStream on) in the foreground until Ctrl-C or SIGTERM.
+
+    Listens on 127.0.0.1 unless `--host` or the `--config` file says otherwise; `--port`,
+    `--http-port` and `--store` always override the config file.
+    """
+    settings = ServerSettings(host=host, port=port, http_port=http_port, store=store, config=config)
     echo = (lambda line: console.print(line, highlight=False, markup=False)) if verbose else None
     raise typer.Exit(_serve_until_signal(NatsServer(settings, echo=echo)))
 
