@@ -18,9 +18,23 @@ import time
 import pytest
 from rich.console import Console
 
+from kodo_bus import subjects
+from kodo_bus.bus import ensure_bucket
 from kodo_bus.client import Client
+from kodo_bus.codec import encode
 from kodo_bus.dashboard import DashboardState, render
-from kodo_bus.models import Bye, Catalog, Event, ExecutionRecord, FlowInfo, Heartbeat
+from kodo_bus.dashboard.feeds import Feeds
+from kodo_bus.dashboard.view import UNKNOWN
+from kodo_bus.models import (
+    Bye,
+    Catalog,
+    Event,
+    ExecutionRecord,
+    FlowInfo,
+    Heartbeat,
+    NodeEntry,
+)
+from kodo_bus.server import NatsServer
 
 from .conftest import KODO_BUS, REPO
 from .test_cli_exec import NODE, Bus, bus
@@ -28,6 +42,8 @@ from .test_cli_exec import NODE, Bus, bus
 __all__ = ["bus"]
 NOW = 1_800_000_000.0
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+NO_FIGURES = " +".join([UNKNOWN] * 3)
+"""run/cap, cpu and mem of a node whose heartbeat was never seen."""
 
 
 def realistic() -> DashboardState:
@@ -88,10 +104,17 @@ def event(execution: str, kind: str, data: object, ts: float) -> Event:
     )
 
 
-def screen(state: DashboardState, width: int, height: int) -> str:
+def screen(state: DashboardState, width: int, height: int, now: float = NOW) -> str:
     console = Console(width=width, height=height, record=True, color_system=None)
-    console.print(render(state, width, height, NOW))
+    console.print(render(state, width, height, now))
     return console.export_text()
+
+
+def row_of(text: str, name: str) -> str:
+    """The one screen line of a node or an execution (by its first cell, at 80 columns)."""
+    lines = [line for line in text.splitlines() if line.startswith(f"│ {name} ")]
+    assert len(lines) == 1, f"{name!r} on {len(lines)} lines:\n{text}"
+    return lines[0]
 
 
 @pytest.mark.parametrize(("width", "height"), [(80, 24), (160, 48)])
@@ -147,6 +170,92 @@ def test_state_learns_beats_and_ends() -> None:
         rec = {**record, "execution": f"x{i}", "status": "finished", "updated": NOW}
         s.on_record(ExecutionRecord.model_validate({**rec, "created": NOW + i}))
     assert len(s.executions) == 10 and "x29" in s.executions
+
+
+def test_nodes_from_the_registry_view_show_its_status_until_their_first_beat() -> None:
+    """At start the registry's stored view brings nodes in: its `last_seen` is when the entry was
+    written (heartbeats are not), so a live node is shown online on the registry's word, with
+    unknown figures, not "offline 64s 0/0 0B" until its first heartbeat."""
+    s = DashboardState()
+    flows = [FlowInfo(name="f")]
+    s.on_view_entry(NodeEntry(catalog=Catalog(node="alive", flows=flows), last_seen=NOW - 64))
+    stopped = NodeEntry(catalog=Catalog(node="stopped"), status="offline", last_seen=NOW - 64)
+    s.on_view_entry(stopped)
+    text = screen(s, 80, 24)
+    alive = row_of(text, "alive")
+    assert re.search(rf"online +1 +{NO_FIGURES}", alive), alive
+    assert "offline" not in alive and "0/0" not in alive and "0B" not in alive
+    assert "offline 64s" in row_of(text, "stopped")
+    assert "1 online · 1 offline" in text.splitlines()[1]
+
+    beat = Heartbeat(node="alive", running=1, capacity=4, cpu=7, memory=2**27)
+    s.on_heartbeat(beat, NOW - 0.5)
+    s.on_view_entry(NodeEntry(catalog=Catalog(node="alive", flows=flows), last_seen=NOW - 64))
+    alive = row_of(screen(s, 80, 24), "alive")  # heard: its own beats count, not the view
+    assert re.search(r"online 0\.5s +1 +1/4 +7% +128M", alive), alive
+
+    s.on_view_entry(NodeEntry(catalog=Catalog(node="far"), status="online", last_seen=NOW - 600))
+    s.on_view_entry(NodeEntry(catalog=Catalog(node="far"), status="offline", last_seen=NOW - 30))
+    assert "offline 30s" in row_of(screen(s, 80, 24), "far")  # the registry's word changed
+    s.on_catalog(Catalog(node="far"), NOW - 1)  # the node itself speaks: our clock now
+    assert "online 1.0s" in row_of(screen(s, 80, 24), "far")
+
+
+def test_execution_age_is_time_since_created_even_when_finished() -> None:
+    s = DashboardState()
+    record = {"flow": "quick", "node": "n", "launcher": "u", "status": "finished"}
+    s.on_record(
+        ExecutionRecord.model_validate(
+            {**record, "execution": "a" * 32, "created": NOW - 11, "updated": NOW - 10.98}
+        )
+    )
+    # seen first in its last status event (the dashboard started late), then in its record
+    s.on_event(event("b" * 32, "status", {"status": "finished"}, NOW - 3))
+    s.on_record(
+        ExecutionRecord.model_validate(
+            {**record, "execution": "b" * 32, "created": NOW - 125, "updated": NOW - 3}
+        )
+    )
+    text = screen(s, 80, 24)
+    assert re.search(r"finished +11s", row_of(text, "a" * 8)), text
+    assert re.search(r"finished +2m", row_of(text, "b" * 8)), text
+
+
+async def test_feeds_show_stored_nodes_and_executions_as_stored(fresh_server: NatsServer) -> None:
+    """The real feeds: a registry's view bucket and the executions bucket, as a registry and a
+    node wrote them, watched over NATS; no node beats, so what shows is what was stored."""
+    started = time.time()
+    async with Client(fresh_server.url) as kb:
+        view = await ensure_bucket(kb.js, subjects.bucket_view("feed-registry"))
+        node = NodeEntry(catalog=Catalog(node="stored-node"), last_seen=started - 64)
+        await view.put("node.stored-node", encode(node)[0])
+        records = await ensure_bucket(kb.js, subjects.BUCKET_EXECUTIONS)
+        record = ExecutionRecord(
+            execution="c" * 32,
+            flow="quick",
+            node="stored-node",
+            launcher="u",
+            status="finished",
+            created=started - 11,
+            updated=started - 10.98,
+        )
+        await records.put(subjects.record_key("u", record.execution), encode(record)[0])
+
+        state = DashboardState()
+        feeds = Feeds(kb, state, via="feed-registry")
+        await feeds.start()
+        try:
+            deadline = time.monotonic() + 15
+            while "stored-node" not in state.nodes or record.execution not in state.executions:
+                assert time.monotonic() < deadline, "the feeds did not bring the stored entries"
+                await asyncio.sleep(0.05)
+        finally:
+            await feeds.stop()
+    now = time.time()
+    text = screen(state, 80, 24, now)
+    assert re.search(rf"online +0 +{NO_FIGURES}", row_of(text, "stored-node")), text
+    age = round(now - record.created)
+    assert re.search(rf"finished +{age}s", row_of(text, "c" * 8)), text
 
 
 class Screen:

@@ -3,6 +3,11 @@
 Heartbeat ages use the dashboard's own clock at receipt, so a node with a skewed clock still
 ages correctly. Each node's beat interval is learnt from its heartbeats, so colours and the
 offline rule follow whatever `--heartbeat` the node runs with.
+
+A node known only from a registry's stored view (the dashboard just started, or the node lives
+on another bus) shows the registry's status until the node is heard directly: the view's
+`last_seen` is when the registry last wrote the entry, not its last heartbeat (heartbeats are
+never written), so judging its age would call every live node offline at start.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ..models import (
     ExecutionRecord,
     Heartbeat,
     NodeEntry,
+    NodeStatus,
 )
 
 DEFAULT_BEAT = 5.0
@@ -47,12 +53,26 @@ class NodeRow:
     last_heartbeat: float = 0.0
     """Receipt time of the last heartbeat itself (catalogs do not count for the interval)."""
     intervals: int = 0
+    registry_status: NodeStatus | None = None
+    """The registry view's status, while the node has not been heard directly (then None)."""
+    health: bool = False
+    """Whether running/queued/capacity/cpu/memory come from a heartbeat (else unknown)."""
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.last_beat) if self.last_beat else float("inf")
 
     def online(self, now: float) -> bool:
-        return not self.gone and self.age(now) <= MISSED_BEATS * self.beat
+        if self.gone:
+            return False
+        if self.registry_status is not None:
+            return self.registry_status == "online"
+        return self.age(now) <= MISSED_BEATS * self.beat
+
+    def set_health(self, beat: Heartbeat) -> None:
+        """Take the figures of a heartbeat (received, or stored with a registry's entry)."""
+        self.running, self.queued, self.capacity = beat.running, beat.queued, beat.capacity
+        self.cpu, self.memory = beat.cpu, beat.memory
+        self.health = True
 
 
 @dataclass
@@ -124,7 +144,8 @@ class DashboardState:
             len(catalog.flows),
         )
         row.gone = False
-        row.last_beat = row.last_beat or (now or time.time())
+        row.registry_status = None  # heard directly: from now on, our own clock judges it
+        row.last_beat = max(row.last_beat, time.time() if now is None else now)
 
     def on_heartbeat(self, beat: Heartbeat, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -136,8 +157,8 @@ class DashboardState:
                 row.intervals += 1
         row.last_beat = row.last_heartbeat = now
         row.gone = False
-        row.running, row.queued, row.capacity = beat.running, beat.queued, beat.capacity
-        row.cpu, row.memory = beat.cpu, beat.memory
+        row.registry_status = None
+        row.set_health(beat)
 
     def on_bye(self, bye: Bye) -> None:
         if bye.forget:
@@ -146,17 +167,19 @@ class DashboardState:
             self.nodes[bye.node].gone = True
 
     def on_view_entry(self, entry: NodeEntry) -> None:
-        """A node as a registry's KV view stores it (the start point before pushes arrive)."""
+        """A node as a registry's KV view stores it (the start point before pushes arrive).
+
+        Until the node is heard directly, its status is the registry's and its last-seen the
+        entry's; health figures only come from a heartbeat stored with the entry."""
         row = self._node(entry.catalog.node)
         row.organization, row.role = entry.catalog.organization, entry.catalog.role
         row.flows = len(entry.catalog.flows)
-        if entry.heartbeat is not None and not row.last_beat:
-            hb = entry.heartbeat
-            row.running, row.queued, row.capacity = hb.running, hb.queued, hb.capacity
-            row.cpu, row.memory = hb.cpu, hb.memory
-        if entry.last_seen > row.last_beat:
-            row.last_beat = entry.last_seen
-            row.gone = entry.status == "offline"
+        if row.last_beat and row.registry_status is None:
+            return  # heard directly: fresher than any stored entry
+        row.registry_status = entry.status
+        row.last_beat = entry.last_seen
+        if entry.heartbeat is not None:
+            row.set_health(entry.heartbeat)
 
     def node_counts(self, now: float) -> tuple[int, int]:
         online = sum(1 for n in self.nodes.values() if n.online(now))
@@ -176,8 +199,10 @@ class DashboardState:
                 record.updated,
             )
             self._prune()
-        elif record.updated < row.updated:
-            return
+        else:
+            row.created = record.created  # a row first seen in an event took that event's time
+            if record.updated < row.updated:
+                return
         row.status, row.updated = record.status, record.updated
 
     def _prune(self) -> None:

@@ -25,6 +25,8 @@ from .state import MISSED_BEATS, DashboardState, ExecRow, NodeRow
 WIDE = 140
 """From this width nodes and executions sit side by side."""
 SPARKS = " ▁▂▃▄▅▆▇█"
+UNKNOWN = "\N{EN DASH}"
+"""A figure no heartbeat gave yet (not a zero)."""
 
 
 def _age(seconds: float) -> str:
@@ -93,8 +95,10 @@ def _header(state: DashboardState, now: float, width: int) -> Text:
 
 def _heartbeat_cell(row: NodeRow, now: float) -> Text:
     age = row.age(now)
+    if row.registry_status == "online" and not row.gone:
+        return Text("online", style="green")  # the registry's word; no beat heard to age yet
     if not row.online(now):
-        return Text(f"offline {_age(age)}", style="red")
+        return Text(f"offline {_age(age)}" if row.last_beat else "offline", style="red")
     style = (
         "green" if age <= 1.5 * row.beat else "yellow" if age <= MISSED_BEATS * row.beat else "red"
     )
@@ -174,14 +178,11 @@ def _nodes_panel(state: DashboardState, now: float, room: int, inner: int, wide:
         cells: list[str | Text] = [n.id]
         if wide:
             cells.append(n.organization)
-        cells += [
-            n.role,
-            _heartbeat_cell(n, now),
-            str(n.flows),
-            f"{n.running}/{n.capacity}",
-            f"{n.cpu:.0f}%",
-            _bytes(n.memory),
-        ]
+        cells += [n.role, _heartbeat_cell(n, now), str(n.flows)]
+        if n.health:
+            cells += [f"{n.running}/{n.capacity}", f"{n.cpu:.0f}%", _bytes(n.memory)]
+        else:  # no heartbeat yet: unknown, not zero
+            cells += [UNKNOWN, UNKNOWN, UNKNOWN]
         rows.append(cells)
     online, offline = state.node_counts(now)
     hidden_online = online - sum(1 for n in top if n.online(now))
@@ -222,8 +223,8 @@ def _executions_panel(
         cells: list[str | Text] = [e.id[:8], e.flow, e.node]
         if wide:
             cells.append(e.launcher)
-        end = e.updated if e.status in TERMINAL_STATUSES else now
-        cells += [status_text(e.status), _age(max(0.0, end - e.created)), _progress_cell(e, bar)]
+        # age: since it was created, finished or not (a quick run is not "0.0s old")
+        cells += [status_text(e.status), _age(max(0.0, now - e.created)), _progress_cell(e, bar)]
         rows.append(cells)
     active = sum(1 for e in records if e.status not in TERMINAL_STATUSES)
     title = f"executions newest first · [blue]{active}[/] active"
