@@ -207,9 +207,9 @@ class _Node:
 
     `slots` are the node's values in the text index; `tag_masks` a bit mask of the flows carrying
     each tag (`every`: all flows). `bodies` caches each flow's item serialised as it goes on the
-    wire, per (content type, node status): a page is these bytes joined, not 100 models built
-    and dumped. A changed catalog (or a node that came back) is a new object with a new `_Node`,
-    and the status is part of the key, so a cached body is never stale.
+    wire, per content type, for one node status: a page is these bytes joined, not 100 models
+    built and dumped. A changed catalog (or a node that came back) is a new object with a new
+    `_Node`, and a cache is kept with the status it was made for, so a body is never stale.
     """
 
     __slots__ = ("bodies", "catalog", "every", "slots", "tag_masks")
@@ -222,7 +222,7 @@ class _Node:
         for pos, f in enumerate(catalog.flows):
             for tag in f.tags:
                 self.tag_masks[tag] = self.tag_masks.get(tag, 0) | 1 << pos
-        self.bodies: dict[tuple[str, str], list[bytes | None]] = {}
+        self.bodies: dict[str, tuple[NodeStatus, list[bytes | None]]] = {}
 
     def tagged(self, wanted: Sequence[str]) -> int:
         """Mask of the flows carrying every tag in `wanted`."""
@@ -252,10 +252,12 @@ class _Node:
         )
 
     def body(self, pos: int, status: NodeStatus, content_type: str) -> bytes:
-        """The flow's item as `encode` serialises it inside a page."""
-        cache = self.bodies.get((content_type, status))
-        if cache is None:
-            cache = self.bodies[content_type, status] = [None] * len(self.catalog.flows)
+        """The flow's item as `encode` serialises it inside a page (cached for the node's
+        current status only: a status flip starts afresh rather than keeping both)."""
+        cached = self.bodies.get(content_type)
+        if cached is None or cached[0] != status:
+            cached = self.bodies[content_type] = (status, [None] * len(self.catalog.flows))
+        cache = cached[1]
         body = cache[pos]
         if body is None:
             body = cache[pos] = encode(self.item(pos, status), content_type)[0]

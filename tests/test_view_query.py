@@ -21,6 +21,7 @@ from kodo_bus.models import (
     FlowInfo,
     FlowsPage,
     FlowsQuery,
+    Heartbeat,
     NodeEntry,
     RegistryView,
 )
@@ -138,4 +139,7 @@ def test_an_unchanged_catalog_keeps_its_cached_bodies() -> None:
     view.stopped("n")
     offline = view.flows(query)
     assert {item.status for item in offline.items} == {"offline"}
+    check(view, query)
+    view.beat(Heartbeat(node="n", revision=node.catalog.revision), 2.0)  # back online
+    assert view.flows_encoded(query, MSGPACK) == first
     check(view, query)
