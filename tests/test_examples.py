@@ -69,7 +69,7 @@ def _run_example(path: Path, url: str, *args: str) -> str:
         timeout=120,
         check=False,
         cwd=REPO,
-        env={**os.environ, "KODO_NATS_URL": url},
+        env={**os.environ, "KODO_NATS": url},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -66,8 +66,9 @@ async def test_late_reader_follows_live(make_node: NodeFactory) -> None:
 
 
 async def test_reader_after_server_restart(
-    make_node: NodeFactory, fresh_server: NatsServer
+    fresh_server: NatsServer, make_node: NodeFactory
 ) -> None:
+    # fresh_server first: set up first, torn down last (after the node closed its connection)
     node = await make_node(url=fresh_server.url, max_running=2)
     reply = await node.launch("many", {"n": 500})
     before = await read_events(node.js, reply.execution)
