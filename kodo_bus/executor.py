@@ -404,7 +404,7 @@ class _RecordWriter:
             log.error("cannot write the record %s: %r", self._key, exc, exc_info=exc)
 
 
-RUNNING_WRITE_AFTER = 0.1
+RUNNING_WRITE_AFTER = 0.5
 """Seconds an execution runs before its record says `running` (most no-op ones are done)."""
 
 

@@ -122,12 +122,15 @@ class EventPublisher:
     async def _settle(self) -> None:
         """Wait for the acks of what is in flight; re-send, in order, what was not stored."""
         inflight, self._inflight = self._inflight, []
+        waiting = [ack for _, ack in inflight if not ack.done()]
+        if waiting:  # one wait for the lot: a wait_for per ack cost more than the publish
+            await asyncio.wait(waiting, timeout=ACK_WAIT)
         for (subject, body, headers), ack in inflight:
-            try:
-                await asyncio.wait_for(ack, ACK_WAIT)
+            if ack.done() and not ack.cancelled() and ack.exception() is None:
                 continue
-            except Exception as exc:
-                log.debug("event on %s not acknowledged (%r): re-sending", subject, exc)
+            if not ack.done():
+                ack.cancel()
+            log.debug("event on %s not acknowledged: re-sending", subject)
             try:
                 await js_retry(
                     functools.partial(self._js.publish, subject, body, headers=headers),
