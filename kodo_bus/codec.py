@@ -8,12 +8,13 @@ both, and sniff the body when a foreign publisher left the header out. Every fai
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 import msgpack
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import (
     Busy,
@@ -103,6 +104,25 @@ def decode(subject: str, data: bytes, headers: Mapping[str, str] | None, model: 
     except ValidationError as exc:
         detail = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
         raise WireError(subject, f"not a valid {model.__name__}: {detail}") from None
+
+
+def decode_many(
+    subject: str, data: bytes, headers: Mapping[str, str] | None, model: type[M]
+) -> list[M]:
+    """A message holding one `model`, or a JSON array of them (a burst of events, published as
+    one message: see `publisher.BATCH_KINDS`)."""
+    if data[:1] != b"[":
+        return [decode(subject, data, headers, model)]
+    try:
+        return _list_adapter(model).validate_json(data)
+    except ValidationError as exc:
+        detail = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
+        raise WireError(subject, f"not a valid list of {model.__name__}: {detail}") from None
+
+
+@functools.cache
+def _list_adapter(model: type[M]) -> TypeAdapter[list[M]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
 def decode_msg(msg: _Msg, model: type[M]) -> M:

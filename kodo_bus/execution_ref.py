@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from nats.js import JetStreamContext, api
 
 from . import subjects
 from .bus import JETSTREAM_TRANSIENT, consumer_config, js_retry
-from .codec import decode, decode_msg
+from .codec import decode, decode_many
 from .errors import (
     ExecutionCancelled,
     ExecutionError,
@@ -130,14 +130,15 @@ class Execution:
         # The launcher's token in the filter is what a client's permissions allow (its own).
         launcher = self.launcher or self._client.user
         sub = await self._subscribe(launcher, on_msg, policy, 0)
-        last = 0
         stream_seq = 0
-        # Events received ahead of a gap (a re-sent event is stored after later ones).
-        early: dict[int, Event] = {}
+        order = _InOrder()
         try:
             while True:
                 try:
-                    msg = await asyncio.wait_for(queue.get(), STALL_CHECK)
+                    if queue.empty():  # a wait_for per message cost more than the message
+                        msg = await asyncio.wait_for(queue.get(), STALL_CHECK)
+                    else:
+                        msg = queue.get_nowait()
                 except TimeoutError:
                     if await _stalled(sub):
                         # Its server died and nats-py could not re-create it (no stream leader
@@ -147,26 +148,15 @@ class Execution:
                             await sub.unsubscribe()
                         sub = await self._subscribe(launcher, on_msg, policy, stream_seq)
                         continue
-                    if not early:
-                        continue
-                    first = min(early)  # the gap is not being filled: go on without it
-                    log.warning("execution %s: events %d..%d missing", self.id, last + 1, first - 1)
-                    last = first - 1
+                    order.skip_gap(self.id)
                 else:
                     stream_seq = max(stream_seq, _stream_seq(msg))
                     try:
-                        event = decode_msg(msg, Event)
+                        order.add(decode_many(msg.subject, msg.data, msg.headers, Event))
                     except WireError as exc:
                         log.warning("skipping undecodable event: %s", exc)
                         continue
-                    if event.seq <= last or event.seq in early:
-                        continue  # a re-sent event JetStream's de-duplication window missed
-                    if not last and not early:
-                        last = event.seq - 1  # the first one read (history may have expired)
-                    early[event.seq] = event
-                while last + 1 in early:
-                    event = early.pop(last + 1)
-                    last = event.seq
+                for event in order.ready():
                     self.launcher, self.node, self.flow = event.launcher, event.node, event.flow
                     if wanted is None or event.kind in wanted:
                         yield event
@@ -301,6 +291,36 @@ class Execution:
 
 STALL_CHECK = 5.0
 """Seconds without an event after which `events()` checks that its consumer still exists."""
+
+
+class _InOrder:
+    """Puts events back in seq order, without duplicates (a re-sent event is stored after later
+    ones, and JetStream's de-duplication window may miss a copy)."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.early: dict[int, Event] = {}
+
+    def add(self, events: list[Event]) -> None:
+        for event in events:
+            if event.seq <= self.last or event.seq in self.early:
+                continue
+            if not self.last and not self.early:
+                self.last = event.seq - 1  # the first one read (history may have expired)
+            self.early[event.seq] = event
+
+    def ready(self) -> Iterator[Event]:
+        while self.last + 1 in self.early:
+            event = self.early.pop(self.last + 1)
+            self.last = event.seq
+            yield event
+
+    def skip_gap(self, execution: str) -> None:
+        """The gap is not being filled: go on without it."""
+        if self.early:
+            first = min(self.early)
+            log.warning("execution %s: events %d..%d missing", execution, self.last + 1, first - 1)
+            self.last = first - 1
 
 
 async def _stalled(sub: JetStreamContext.PushSubscription) -> bool:

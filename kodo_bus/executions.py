@@ -25,7 +25,7 @@ from pydantic_core import to_jsonable_python
 
 from . import snapshot, subjects
 from .bus import js_retry
-from .codec import JSON, MSG_ID, MSGPACK, decode, encode
+from .codec import JSON, MSG_ID, MSGPACK, decode, decode_many, encode
 from .errors import WireError
 from .models import TERMINAL_STATUSES, Event, ExecutionRecord
 
@@ -65,8 +65,8 @@ async def last_seq(js: JetStreamContext, execution: str) -> int:
     except nats.js.errors.NotFoundError:
         return 0
     try:
-        return decode(msg.subject or "", msg.data or b"", msg.headers, Event).seq
-    except WireError:
+        return decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)[-1].seq
+    except (WireError, IndexError):
         log.warning("undecodable last event of %s", execution)
         return 0
 
@@ -79,8 +79,8 @@ async def last_event(js: JetStreamContext, execution: str) -> Event | None:
     except nats.js.errors.NotFoundError:
         return None
     try:
-        return decode(msg.subject or "", msg.data or b"", msg.headers, Event)
-    except WireError:
+        return decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)[-1]
+    except (WireError, IndexError):
         return None
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from kodo_bus import subjects
-from kodo_bus.bus import connect
+from kodo_bus.bus import connect, ensure_execution_storage
 from kodo_bus.codec import decode_msg
 from kodo_bus.config import ConnectSettings
+from kodo_bus.executions import last_seq
 from kodo_bus.models import Event
 from kodo_bus.server import NatsServer
 
@@ -97,3 +99,68 @@ async def test_duplicate_event_is_dropped(make_node: NodeFactory) -> None:
     assert ack.duplicate
     await sub.unsubscribe()
     assert decode_msg(first, Event).seq == 1
+
+
+async def test_bursts_travel_as_arrays_and_status_alone(make_node: NodeFactory) -> None:
+    """A burst of output events is stored in fewer messages than events (JSON arrays of
+    consecutive seqs, one subject each); status events always travel alone; readers see each
+    event once, in order."""
+    node = await make_node(max_running=2)
+    reply = await node.launch("many", {"n": 5000})
+    events = await read_events(node.js, reply.execution, timeout=120)
+    check_well_formed(events)
+    assert [e.data for e in events if e.kind == "text"] == [str(i) for i in range(5000)]
+
+    sub = await node.js.subscribe(
+        subjects.events_of_execution(reply.execution), ordered_consumer=True
+    )
+    messages = []
+    try:
+        while (
+            not messages
+            or not messages[-1].subject.endswith(".status")
+            or (json.loads(messages[-1].data)["data"]["status"] != "finished")
+        ):
+            messages.append(await sub.next_msg(timeout=30))
+    finally:
+        await sub.unsubscribe()
+    bodies = [json.loads(m.data) for m in messages]
+    arrays = [(m, b) for m, b in zip(messages, bodies, strict=True) if isinstance(b, list)]
+    assert arrays, "a burst of 5,000 text events travelled one per message"
+    assert len(messages) < len(events)
+    for msg, body in arrays:
+        assert msg.subject.endswith(".text")
+        seqs = [e["seq"] for e in body]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert msg.headers is not None
+        assert msg.headers["Nats-Msg-Id"] == f"{reply.execution}:{seqs[0]}-{seqs[-1]}"
+    for msg, body in zip(messages, bodies, strict=True):
+        if msg.subject.endswith(".status"):
+            assert isinstance(body, dict)
+
+
+async def test_last_seq_reads_the_end_of_a_burst(nats_server: NatsServer) -> None:
+    """`last_seq` (and so `mark_lost`, which numbers after it) sees into an array message."""
+    nc = await connect(ConnectSettings(nats=[nats_server.url]))
+    try:
+        js = nc.jetstream()
+        await ensure_execution_storage(js, max_age=3600)
+        execution = f"{time.monotonic_ns():032x}"[-32:]
+        burst = [
+            Event(
+                execution=execution,
+                seq=seq,
+                ts=time.time(),
+                kind="text",
+                node="n",
+                flow="f",
+                launcher="local",
+                data=str(seq),
+            )
+            for seq in (1, 2, 3)
+        ]
+        body = ("[" + ",".join(e.model_dump_json(exclude_none=True) for e in burst) + "]").encode()
+        await js.publish(subjects.events("local", execution, "text"), body)
+        assert await last_seq(js, execution) == 3
+    finally:
+        await nc.close()

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from kodo_bus import subjects
 from kodo_bus.bus import connect, request
-from kodo_bus.codec import decode_msg
+from kodo_bus.codec import decode_many
 from kodo_bus.config import ConnectSettings, FlowDecl, ServiceSettings
 from kodo_bus.flows import load_flows
 from kodo_bus.models import TERMINAL_STATUSES, Event, LaunchReply, LaunchRequest
@@ -34,8 +34,9 @@ async def read_events(js: JetStreamContext, execution: str, timeout: float = 60.
             if left <= 0:
                 raise AssertionError(f"{execution} did not end; got {[e.kind for e in events]}")
             msg = await sub.next_msg(timeout=left)
-            event = decode_msg(msg, Event)
-            events.append(event)
+            batch = decode_many(msg.subject, msg.data, msg.headers, Event)  # a burst: an array
+            events.extend(batch)
+            event = batch[-1]
             if event.kind == "status" and event.data["status"] in TERMINAL_STATUSES:
                 return events
     finally:

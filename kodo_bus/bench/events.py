@@ -97,13 +97,11 @@ async def run(env: BenchEnv, *, n: int = 100_000) -> ScenarioResult:
     pubsub = await floors.nats_pubsub_rate(nc, n, subject, body)
     floor = Floor(name=f"nats-py pub→sub, {len(body)} B", value=pubsub, unit="/s")
     with_headers = await floors.nats_pubsub_rate(nc, n, subject, body, headers)
-    stored = await floors.js_replay_rate(nc, subjects.events_of_execution(ex.id), replay.last_seq)
+    stored = await floors.js_replay_rate(nc, subjects.events_of_execution(ex.id))
     js_floor = Floor(name="bare ordered consumer, same msgs", value=stored, unit="/s")
     # the same flow again, read live by a bare ordered consumer: the live reader's floor
     again = await flow.launch({"n": n})
-    bare_live = await floors.js_replay_rate(
-        nc, subjects.events_of_execution(again.id), replay.last_seq
-    )
+    bare_live = await floors.js_replay_rate(nc, subjects.events_of_execution(again.id))
     await again.result(timeout=60)
     live_floor = Floor(name="bare ordered consumer, live", value=bare_live, unit="/s")
 

@@ -24,11 +24,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import subjects
 from ..client import LOG_LEVELS, Client
 from ..config import Credentials
 from ..errors import ConfigError, FieldProblem, InputsInvalid, KodoError, problems_from
 from ..execution_ref import Execution, status_of
+from ..executions import last_seq
 from ..models import EVENT_KINDS, TERMINAL_STATUSES, Event
 from ..schema_model import model_from_schema
 from .app import console, out
@@ -128,11 +128,8 @@ def _checker(schema: dict[str, Any], name: str) -> Callable[[dict[str, Any]], li
 
 
 async def _events_so_far(kb: Client, execution: str) -> int:
-    """How many events of `execution` the stream holds right now."""
-    info = await kb.js.stream_info(
-        subjects.STREAM_EVENTS, subjects_filter=subjects.events_of_execution(execution)
-    )
-    return sum((info.state.subjects or {}).values())
+    """The seq of the last event of `execution` the stream holds right now."""
+    return await last_seq(kb.js, execution)
 
 
 async def _answer_lock(execution: Execution, lock: dict[str, Any]) -> None:
@@ -252,17 +249,15 @@ def events(  # noqa: PLR0917 (typer options)
         if not follow_ and record.status not in TERMINAL_STATUSES:
             limit = await _events_so_far(kb, execution)
         renderer = EventRenderer(out)
-        seen = 0
         try:
             async with _closing(handle.events()) as stream:
                 async for event in stream:
-                    seen += 1
                     if not kinds or event.kind in kinds:
                         if as_json:
                             print(event_json(event), flush=True)
                         else:
                             renderer.render(event)
-                    if limit is not None and seen >= limit:
+                    if limit is not None and event.seq >= limit:
                         break
         finally:
             renderer.close()
@@ -346,13 +341,11 @@ async def _pending_lock(kb: Client, handle: Execution) -> dict[str, Any]:
     """The question an awaiting execution asked (its last `lock` event)."""
     limit = await _events_so_far(kb, handle.id)
     lock: dict[str, Any] = {}
-    seen = 0
     async with _closing(handle.events()) as stream:
         async for event in stream:
-            seen += 1
             if event.kind == "lock" and isinstance(event.data, dict):
                 lock = event.data
-            if seen >= limit:
+            if event.seq >= limit:
                 break
     return lock
 
