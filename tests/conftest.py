@@ -72,10 +72,17 @@ class Processes:
     def start(
         self, *args: str, env: dict[str, str] | None = None, **kw: object
     ) -> subprocess.Popen[str]:
+        """`kodo-bus ARGS` with this environment plus `env`."""
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        return self.spawn([*KODO_BUS, *args], env=full_env, **kw)
+
+    def spawn(
+        self, argv: list[str], *, env: dict[str, str] | None = None, **kw: object
+    ) -> subprocess.Popen[str]:
+        """Any command, in its own session, output piped; `env` is its whole environment."""
         proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
-            [*KODO_BUS, *args],
-            env=full_env,
+            argv,
+            env=env,
             text=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

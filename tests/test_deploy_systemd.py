@@ -263,18 +263,7 @@ def start(procs: Processes, host: Host, unit: Unit) -> subprocess.Popen[str]:
     env = host.environment(unit)
     if argv[: len(KODO_BUS)] == KODO_BUS:
         return procs.start(*argv[len(KODO_BUS) :], env=env, cwd=host.cwd(unit))
-    proc: subprocess.Popen[str] = subprocess.Popen(
-        argv,
-        env=env,
-        cwd=host.cwd(unit),
-        text=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    procs.procs.append(proc)
-    return proc
+    return procs.spawn(argv, env=env, cwd=host.cwd(unit))
 
 
 def stop_like_systemd(
