@@ -24,7 +24,7 @@ from .app import console, out
 HELP = f"""Measure kodo-bus: {", ".join(SCENARIOS)} or all.
 
 Every figure is printed with a floor measured in the same run (a bare Ray task, a bare NATS
-request, bare nats-py publish→subscribe...). `all` takes about 2 minutes.
+request, bare nats-py publish→subscribe...). `all` takes about a minute (idle 2-core machine).
 """
 
 
