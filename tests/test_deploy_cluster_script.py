@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -28,26 +27,12 @@ from nats.js.api import StreamConfig
 
 from kodo_bus.server import find_binary
 
-from .conftest import REPO
+from .conftest import REPO, free_ports
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO / "deploy" / "cluster" / "start.sh"
 NAMES = ("s1", "s2", "s3")
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out for port 0, all held until every one is picked."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def monitor(http_port: int, endpoint: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -43,7 +42,7 @@ from kodo_bus.errors import KodoError
 from kodo_bus.models import Empty, FlowsPage, ServiceInfo, SyncRequest
 from kodo_bus.server import NatsServer, find_binary
 
-from .conftest import REPO, Processes
+from .conftest import REPO, Processes, free_ports
 from .test_reliability_support import eventually, service
 
 pytestmark = pytest.mark.slow
@@ -55,20 +54,6 @@ CONF_PORTS = {"hub": ("hub", "hub_http", "leafnode"), "leaf": ("leaf", "leaf_htt
 ORG = "Leaf Org"
 NODE, PROVIDER, REGISTRY = "leaf-node", "leaf-provider", "hub-registry"
 FLOWS = "tests.flowpkg.basic"
-
-
-def free_ports() -> dict[str, int]:
-    """One free loopback port per entry of PORTS, all held until every one is picked."""
-    socks = []
-    try:
-        for _ in PORTS:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return {name: s.getsockname()[1] for name, s in zip(PORTS, socks, strict=True)}
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def render(name: str, ports: dict[str, int], out: Path, bind: str = "FEDERATION") -> Path:
@@ -119,7 +104,7 @@ class Pair:
 @contextlib.contextmanager
 def leaf_pair(tmp: Path, bind: str = "FEDERATION") -> Iterator[Pair]:
     """Hub and leaf from the deploy confs on free ports, the link up; both stopped by PID."""
-    ports = free_ports()
+    ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
     servers = [
         NatsServer(
             ServerSettings(
@@ -387,7 +372,7 @@ async def test_control_a_link_bound_to_the_services_account_lets_everything_out(
 def test_start_script(tmp_path: Path, stop: str) -> None:
     """start.sh starts the hub and the leaf on the ports given, links them, and stops both by
     PID: on SIGTERM (as Ctrl-C), or when one of the servers exits."""
-    ports = free_ports()
+    ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
     data = tmp_path / "data"
     env = {
         **os.environ,

@@ -17,7 +17,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import yaml
 from kodo_bus.client import Client
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes
+from .conftest import REPO, Processes, free_ports
 from .test_reliability_support import online_flow
 
 pytestmark = [pytest.mark.slow]
@@ -55,15 +54,6 @@ NODE_PORTS = (
 )
 """Every port a Ray node would otherwise pick by default: two nodes on one machine, next to other
 Ray instances, must not meet on a default (the dashboard agent's is a fixed 52365)."""
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free loopback ports (all bound at once, then released)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
 
 
 def ray_env(token: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import pytest
 
 from kodo_bus.client import Client
 
-from .conftest import REPO
+from .conftest import REPO, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -35,20 +34,6 @@ SCRIPT = REPO / "deploy" / "ray" / "start.sh"
 UP_WITHIN = 240.0
 """Two Ray nodes, a bus, a registry and a node on a loaded 2-core machine: 40-90 s seen."""
 REGISTRY, NODE = "ray-registry", "ray-node"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out for port 0, all held until every one is picked."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def wait_up(script: subprocess.Popen[bytes], log: Path) -> None:

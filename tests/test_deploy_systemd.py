@@ -21,7 +21,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from nats.aio.client import Client as NATS
 from kodo_bus import Client
 from kodo_bus.server import find_binary
 
-from .conftest import KODO_BUS, REPO, Processes
+from .conftest import KODO_BUS, REPO, Processes, free_ports
 from .test_federation import eventually, flows, info
 
 DEPLOY = REPO / "deploy" / "systemd"
@@ -183,18 +182,12 @@ def test_every_file_a_unit_names_has_an_example(name: str) -> None:
 
 
 # -- the commands, for real ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Host:
     """The example files installed under `root` (as the README installs them on a host)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port, self.http_port = free_port(), free_port()
+        self.port, self.http_port = free_ports(2)
         self.paths = {
             VENV_BIN + "nats-server": str(find_binary()),
             VENV_BIN + "kodo-bus": shlex.join(KODO_BUS),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from kodo_bus.client import Client
 from kodo_bus.config import ConnectSettings, ServerSettings
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes
+from .conftest import REPO, Processes, free_ports
 from .test_reliability_support import (
     all_events,
     check_complete,
@@ -32,20 +31,6 @@ from .test_reliability_support import (
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 DEPLOY = REPO / "deploy" / "cluster"
 N = 3000
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out for port 0, all held until every one is picked."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def cluster_conf(name: str, client: list[int], routes: list[int], out: Path) -> Path:
