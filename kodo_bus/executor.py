@@ -47,6 +47,7 @@ from .executions import Change, Stored, error_data, record_key, set_status, upda
 from .flows import Next, import_object, input_model, spec_of
 from .models import Ack, ExecutionRecord
 from .publisher import EventPublisher
+from .tasks import TaskSet
 from .tracer import AskTimeout, Emitter, Tracer, current
 
 log = logging.getLogger("kodo_bus.executor")
@@ -142,10 +143,12 @@ class ExecActor:
         self._pub: EventPublisher | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
-        self._running: set[asyncio.Task[None]] = set()
+        self._work = TaskSet(log)
+        """Executions being run, and their records' delayed writes."""
         self._known: OrderedDict[str, None] = OrderedDict()
         self._ended: dict[str, Outcome] = {}
-        self._reports: set[asyncio.Task[None]] = set()
+        self._reports = TaskSet(log)
+        """Outcome batches being delivered to the runner."""
         self._stopped = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kodo-flow")
 
@@ -170,15 +173,12 @@ class ExecActor:
             return
         for task in list(self._tasks.values()):
             task.cancel()
-        if self._running:
-            await asyncio.wait(self._running, timeout=5)
+        if self._work.tasks:
+            await asyncio.wait(self._work.tasks, timeout=5)
         self._report()
-        if self._reports:
-            _, late = await asyncio.wait(self._reports, timeout=5)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+        if self._reports.tasks:
+            await asyncio.wait(self._reports.tasks, timeout=5)
+        await self._reports.close()  # what is still undelivered after 5 s
         if self._pub is not None:
             await self._pub.stop()
         if self._nc is not None:
@@ -200,7 +200,6 @@ class ExecActor:
             log.error("dropping a job batch: %s", exc)
             return
         await respond(msg, Ack())
-        loop = asyncio.get_running_loop()
         for job in batch.jobs:
             execution = job.record.execution
             if execution in self._known:
@@ -208,9 +207,7 @@ class ExecActor:
             self._known[execution] = None
             if len(self._known) > KNOWN_JOBS:
                 self._known.popitem(last=False)
-            task = loop.create_task(self._run_reporting(job))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._work.spawn(self._run_reporting(job), f"run-{execution}")
         for execution in batch.cancel:
             self._cancel(execution)
 
@@ -230,14 +227,7 @@ class ExecActor:
         if not ended:
             return
         delivery = deliver(self._nc, self._outcomes_subject, OutcomeBatch(outcomes=ended))
-        task = asyncio.get_running_loop().create_task(delivery)
-        self._reports.add(task)
-        task.add_done_callback(self._reported)
-
-    def _reported(self, task: asyncio.Task[None]) -> None:
-        self._reports.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("cannot report outcomes to the runner: %r", exc, exc_info=exc)
+        self._reports.spawn(delivery, "report-outcomes")
 
     async def run(self, job: Job) -> Outcome:
         """Run one execution to its end: events, record, the flow itself."""
@@ -254,7 +244,7 @@ class ExecActor:
         }
         emitter = Emitter(base, job.seq, self._pub.put)
         loop = asyncio.get_running_loop()
-        record = _RecordWriter(self._kv, (r, job.revision))
+        record = _RecordWriter(self._kv, (r, job.revision), self._work)
 
         async def on_status(status: str) -> None:
             await record.write(set_status(status))
@@ -368,12 +358,12 @@ class ExecActor:
 class _RecordWriter:
     """Writes one execution's record in order, each write from the revision the last returned."""
 
-    def __init__(self, kv: Any, known: Stored) -> None:
+    def __init__(self, kv: Any, known: Stored, tasks: TaskSet) -> None:
         self._kv = kv
         self._key = record_key(known[0])
         self._known: Stored | None = known
         self._lock = asyncio.Lock()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._tasks = tasks
         self._later: asyncio.TimerHandle | None = None
 
     async def write(self, change: Change) -> None:
@@ -384,24 +374,14 @@ class _RecordWriter:
             # None (nothing written, or the record ended elsewhere): the next write reads first.
             self._known = await update_record(self._kv, self._key, change, self._known)
 
-    def write_soon(self, change: Change) -> None:
-        """Write without waiting; later writes still come after it (the lock is FIFO)."""
-        task = asyncio.get_running_loop().create_task(self.write(change))
-        self._pending.add(task)
-        task.add_done_callback(self._written)
-
     def write_later(self, change: Change, delay: float) -> None:
         """Write after `delay` seconds unless another write comes first."""
         self._later = asyncio.get_running_loop().call_later(delay, self._fire, change)
 
     def _fire(self, change: Change) -> None:
         self._later = None
-        self.write_soon(change)
-
-    def _written(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("cannot write the record %s: %r", self._key, exc, exc_info=exc)
+        # Not waited for: a later write still comes after it (the lock is FIFO).
+        self._tasks.spawn(self.write(change), f"write-{self._key}")
 
 
 RUNNING_WRITE_AFTER = 0.5

@@ -32,6 +32,7 @@ from .config import ConnectSettings
 from .errors import WireError
 from .executor import ExecActor, Job, JobBatch, Outcome, OutcomeBatch
 from .models import Ack
+from .tasks import TaskSet
 
 log = logging.getLogger("kodo_bus.pool")
 
@@ -58,7 +59,7 @@ class _Worker:
         self.outbox: list[Job] = []
         self.cancels: list[str] = []
         self.flushing = False
-        self.watch: asyncio.Task[None] | None = None
+        self.watch: asyncio.Task[Any] | None = None
         self.alive = True
 
 
@@ -86,7 +87,8 @@ class ActorPool:
         self._started = False
         self._lock = asyncio.Lock()
         self._outcomes: Subscription | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log)
+        """Deliveries of job batches, and one watch per actor."""
         self.cpus: int | None = None
         self._own_ray = False
         """This pool started a local Ray (so it shuts it down: its agents outlive the node)."""
@@ -137,8 +139,7 @@ class ActorPool:
         )
         await handle.start.remote()  # type: ignore[attr-defined]
         worker = _Worker(handle, subject)
-        worker.watch = asyncio.create_task(self._watch(worker), name="kodo-actor-watch")
-        worker.watch.add_done_callback(_report)
+        worker.watch = self._tasks.spawn(self._watch(worker), "kodo-actor-watch")
         return worker
 
     async def run(self, job: Job, *, cancel: bool = False) -> Outcome:
@@ -171,9 +172,7 @@ class ActorPool:
         jobs, worker.outbox = worker.outbox, []
         cancels, worker.cancels = worker.cancels, []
         if (jobs or cancels) and worker.alive:
-            task = asyncio.create_task(self._send(worker, jobs, cancels))
-            self._sending.add(task)
-            task.add_done_callback(self._sent)
+            self._tasks.spawn(self._send(worker, jobs, cancels), "kodo-actor-jobs")
 
     async def _send(self, worker: _Worker, jobs: list[Job], cancels: list[str]) -> None:
         """Deliver `jobs` (then `cancels`), halving a batch too large for one message; a job
@@ -189,10 +188,6 @@ class ActorPool:
             waiting = worker.waiting.get(jobs[0].record.execution)
             if waiting is not None and not waiting.done():
                 waiting.set_exception(JobTooLarge("the job does not fit in one NATS message"))
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        _report(task)
 
     async def _on_outcomes(self, msg: Msg) -> None:
         try:
@@ -255,18 +250,10 @@ class ActorPool:
                 worker.watch.cancel()
                 await asyncio.wait({worker.watch})
             ray.kill(worker.handle)
-        for task in self._sending:
-            task.cancel()
-        if self._sending:
-            await asyncio.wait(self._sending)
+        await self._tasks.close()
         if self._outcomes is not None:
             await self._outcomes.unsubscribe()
             self._outcomes = None
         if self._own_ray:
             self._own_ray = False
             await asyncio.to_thread(ray.shutdown)
-
-
-def _report(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("a Ray actor task failed: %r", exc, exc_info=exc)

@@ -50,11 +50,10 @@ _Message = tuple[str, bytes, dict[str, str]]
 
 
 class _Mark:
-    """A position in the queue: resolved once everything before it is sent (or stored)."""
+    """A position in the queue: resolved once everything before it is stored."""
 
-    def __init__(self, future: asyncio.Future[None], stored: bool) -> None:
+    def __init__(self, future: asyncio.Future[None]) -> None:
         self.future = future
-        self.stored = stored
 
 
 class EventPublisher:
@@ -92,13 +91,12 @@ class EventPublisher:
         self._inflight.append(((subject, body, headers), ack))
         self._wake.set()
 
-    async def sent(self) -> None:
-        """Return once everything queued before this call is written to the connection."""
-        await self._mark(stored=False)
-
     async def drain(self) -> None:
         """Return once everything queued before this call is stored (acknowledged)."""
-        await self._mark(stored=True)
+        mark = _Mark(self._loop.create_future())
+        self._queue.append(mark)
+        self._wake.set()
+        await mark.future
 
     async def stop(self) -> None:
         """Store what is queued, then end the publishing task."""
@@ -111,12 +109,6 @@ class EventPublisher:
             if not self.task.cancelled():
                 raise
 
-    async def _mark(self, stored: bool) -> None:
-        mark = _Mark(self._loop.create_future(), stored)
-        self._queue.append(mark)
-        self._wake.set()
-        await mark.future
-
     async def _run(self) -> None:
         while True:
             self._idle = True
@@ -127,8 +119,7 @@ class EventPublisher:
             while self._queue:
                 item = self._queue.popleft()
                 if isinstance(item, _Mark):
-                    if item.stored:
-                        await self._settle()
+                    await self._settle()
                     if not item.future.done():
                         item.future.set_result(None)
                     continue
