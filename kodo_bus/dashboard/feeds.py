@@ -16,13 +16,15 @@ import contextlib
 import json
 import logging
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from pydantic import BaseModel
 
 from .. import subjects
 from ..client import Client
@@ -33,6 +35,7 @@ from ..models import Bye, Catalog, Event, ExecutionRecord, Heartbeat, NodeEntry
 from .state import DashboardState
 
 log = logging.getLogger("kodo_bus.dashboard")
+M = TypeVar("M", bound=BaseModel)
 DECODED_KINDS = frozenset({"status", "progress", "log", "error"})
 MONITOR_PORT = 8222
 
@@ -119,23 +122,8 @@ class Feeds:
 
     # -- KV watches ----------------------------------------------------------------------------
     async def _watch_executions(self) -> None:
-        try:
-            kv = await self.client.js.key_value(subjects.BUCKET_EXECUTIONS)
-        except nats.js.errors.BucketNotFoundError:
-            return  # no execution ever ran; the status events will still show new ones
-        watcher = await kv.watchall(ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None or entry.value is None:
-                    continue
-                try:
-                    record = decode(entry.key, entry.value, None, ExecutionRecord)
-                except WireError:
-                    continue
-                self.state.on_record(record)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+        # no bucket: no execution ever ran; the status events will still show new ones
+        await self._watch_bucket(subjects.BUCKET_EXECUTIONS, ExecutionRecord, self.state.on_record)
 
     async def _watch_view(self) -> None:
         registry = self.via
@@ -144,8 +132,14 @@ class Feeds:
                 registry = await find_registry(self.client.nc)
             except NoResponders:
                 return  # heartbeats and catalogs still bring the nodes in
+        await self._watch_bucket(
+            subjects.bucket_view(registry), NodeEntry, self.state.on_view_entry
+        )
+
+    async def _watch_bucket(self, bucket: str, model: type[M], on: Callable[[M], None]) -> None:
+        """Every current and future value of a KV bucket, decoded (undecodable ones skipped)."""
         try:
-            kv = await self.client.js.key_value(subjects.bucket_view(registry))
+            kv = await self.client.js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             return
         watcher = await kv.watchall(ignore_deletes=True)
@@ -154,9 +148,10 @@ class Feeds:
                 if entry is None or entry.value is None:
                     continue
                 try:
-                    self.state.on_view_entry(decode(entry.key, entry.value, None, NodeEntry))
+                    value = decode(entry.key, entry.value, None, model)
                 except WireError:
                     continue
+                on(value)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
