@@ -1,9 +1,12 @@
 """Node side of executions: take launches, queue them, run them on the actor pool, control them.
 
 A launch is validated here, before anything runs; a valid one gets a record, its first events
-(meta, inputs, status pending) and an immediate reply with the execution id. At most
+(meta, inputs, its first status) and an immediate reply with the execution id. At most
 `max_running` executions run at once; the rest wait first in first out, up to `max_queue`, and a
-launch beyond that is refused as `busy` — nothing accepted is ever dropped.
+launch beyond that is refused as `busy` — nothing accepted is ever dropped. The first status says
+which: `starting` when a slot is free (it goes to a worker at once), else `pending` (it waits in
+the queue, and says `starting` when it leaves it) — a status an execution never is in costs a
+stored event, and at hundreds of launches a second that is what a launch costs.
 
 Ray is started at the first launch, not at `start`, so nodes that never run anything stay light.
 The runner publishes only the events before the hand-over and the ending of executions whose
@@ -72,6 +75,8 @@ class _Execution:
     """The record's revision in the bucket after the runner's last write."""
     seq: int = 0
     state: str = "pending"
+    announced: bool = False
+    """Its `starting` status is published (at accept, when it did not have to wait)."""
     cancel_requested: bool = False
     control: Subscription | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -93,6 +98,8 @@ class Runner:
         self._accept_slots = asyncio.Semaphore(ACCEPT_AT_ONCE)
         self._admitted = 0
         """Launches past the busy check and not queued yet."""
+        self._reserved = 0
+        """Slots held by launches being accepted that start at once."""
         self._launch_sub: Subscription | None = None
         self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = None
@@ -220,13 +227,20 @@ class Runner:
             )
             return
         inputs = jsonable(validated)
+        # FIFO: only a launch with nobody queued before it may take a free slot directly.
+        now = not self._queue and self._running + self._reserved < self._capacity
         self._admitted += 1
+        self._reserved += now
         try:
-            ex = await self._accept(spec, launcher, request, inputs)
+            ex = await self._accept(spec, launcher, request, inputs, now)
         finally:
             self._admitted -= 1
-        self._queue.append(ex)
-        self._pump()
+            self._reserved -= now
+        if now:
+            self._start(ex)
+        else:
+            self._queue.append(ex)
+            self._pump()
         await respond(
             msg,
             LaunchReply(
@@ -239,7 +253,12 @@ class Runner:
         )
 
     async def _accept(
-        self, spec: FlowSpec, launcher: str, request: LaunchRequest, inputs: dict[str, Any]
+        self,
+        spec: FlowSpec,
+        launcher: str,
+        request: LaunchRequest,
+        inputs: dict[str, Any],
+        start_now: bool,
     ) -> _Execution:
         """Record and first events of a new execution; stored before the launch is answered."""
         assert self._kv is not None
@@ -251,7 +270,7 @@ class Runner:
             flow=spec.name,
             node=self._settings.id,
             launcher=launcher,
-            status="pending",
+            status="starting" if start_now else "pending",
             created=now,
             updated=now,
             parent=request.parent,
@@ -271,7 +290,8 @@ class Runner:
         }
         self._publish(ex, "meta", meta)
         self._publish(ex, "inputs", inputs)
-        self._publish(ex, "status", {"status": "pending"})
+        self._publish(ex, "status", {"status": record.status})
+        ex.announced = start_now
         assert self._pub is not None
         # Both retried briefly (a cluster electing a stream leader), within the launcher's
         # request timeout: past that, the launch fails with an error reply it can retry.
@@ -319,11 +339,15 @@ class Runner:
     # -- running -----------------------------------------------------------------------------
     def _pump(self) -> None:
         """Start queued executions while there is room, oldest first."""
-        while self._queue and self._running < self._capacity and not self._stopping:
-            ex = self._queue.popleft()
-            self._running += 1
-            ex.state = "starting"
-            self._spawn(self._run(ex), f"run-{ex.record.execution}")
+        while (
+            self._queue and self._running + self._reserved < self._capacity and not self._stopping
+        ):
+            self._start(self._queue.popleft())
+
+    def _start(self, ex: _Execution) -> None:
+        self._running += 1
+        ex.state = "starting"
+        self._spawn(self._run(ex), f"run-{ex.record.execution}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -362,10 +386,11 @@ class Runner:
             if ex.cancel_requested:
                 await self._end_pending(ex, "cancelled before it started")
                 return
-            # Only an event: the worker writes the record next, from the revision it is handed.
-            # Written at once, ahead of other executions' queued events (this one's are stored),
-            # so it is on the wire before the job that makes the worker publish the next seq.
-            await self._publish_now(ex, "status", {"status": "starting"})
+            if not ex.announced:  # it waited in the queue: only an event, the record trails.
+                # Written at once, ahead of other executions' queued events (this one's are
+                # stored), so it is on the wire before the job that makes the worker publish
+                # the next seq.
+                await self._publish_now(ex, "status", {"status": "starting"})
             r = ex.record
             job = Job(
                 record=r,

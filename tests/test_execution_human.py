@@ -48,7 +48,6 @@ async def test_ask_waits_for_a_valid_answer(make_node: NodeFactory) -> None:
     events = await read_events(node.js, reply.execution)
     check_well_formed(events)
     assert status_of(events) == [
-        "pending",
         "starting",
         "running",
         "awaiting",

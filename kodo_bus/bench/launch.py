@@ -17,8 +17,10 @@ from . import floors
 from .common import ScenarioResult, Stopwatch, percentile
 from .env import BenchEnv
 
-PHASES = ("pending", "starting", "running", "final")
-"""Events whose timestamps split a launch into phases (status events, and the final value)."""
+PHASES = ("starting", "running", "final")
+"""Events whose timestamps split a launch into phases (status events, and the final value).
+
+Sequential launches find a free slot, so they start `starting` (never `pending`)."""
 
 TARGET_P50_MS = 10.0
 TARGET_P99_MS = 40.0
@@ -80,8 +82,8 @@ async def _phases(result: ScenarioResult, flow: Flow, n: int) -> None:
         for p in PHASES:
             marks[p].append(seen.get(p, math.nan))
     p50 = {k: percentile(v, 50) * 1000 for k, v in marks.items()}
-    steps = [("launch→pending", p50["pending"])]
-    before = "pending"
+    steps = [("launch→starting", p50["starting"])]
+    before = "starting"
     for p in PHASES[1:]:
         steps.append((f"{before}→{p}", p50[p] - p50[before]))
         before = p
