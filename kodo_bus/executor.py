@@ -90,6 +90,9 @@ class OutcomeBatch(BaseModel):
     outcomes: dict[str, Outcome]
 
 
+_Entry = tuple[Any, type[BaseModel] | None, bool]
+"""A flow's function, its input model (if any), whether it is `async def`."""
+
 KNOWN_JOBS = 100_000
 """Execution ids an actor remembers, to ignore a re-sent batch (a few MB at most)."""
 
@@ -148,9 +151,12 @@ class ExecActor:
         self._known: OrderedDict[str, None] = OrderedDict()
         self._ended: dict[str, Outcome] = {}
         self._reports = TaskSet(log)
-        """Outcome batches being delivered to the runner."""
+        """The outcome batch being delivered to the runner (one at a time: the outcomes that
+        end meanwhile go together in the next one, so batches grow with the load)."""
+        self._reporting = False
         self._stopped = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kodo-flow")
+        self._entries: dict[str, _Entry] = {}
 
     async def start(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -175,9 +181,11 @@ class ExecActor:
             task.cancel()
         if self._work.tasks:
             await asyncio.wait(self._work.tasks, timeout=5)
+        # A delivery that ends starts the next one (what ended meanwhile): wait for the chain.
+        deadline = asyncio.get_running_loop().time() + 5
         self._report()
-        if self._reports.tasks:
-            await asyncio.wait(self._reports.tasks, timeout=5)
+        while self._reports.tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(self._reports.tasks, timeout=left)
         await self._reports.close()  # what is still undelivered after 5 s
         if self._pub is not None:
             await self._pub.stop()
@@ -217,17 +225,25 @@ class ExecActor:
         except Exception as exc:  # a bug here must not leave the runner waiting forever
             log.exception("execution %s failed in the worker", job.record.execution)
             outcome = Outcome(status="error", last_seq=0, error=f"worker failure: {exc!r}")
-        if not self._ended:
+        if not self._ended and not self._reporting:
             asyncio.get_running_loop().call_soon(self._report)
         self._ended[job.record.execution] = outcome
 
     def _report(self) -> None:
         """Send what ended since the last report, as one batch."""
-        ended, self._ended = self._ended, {}
-        if not ended:
+        if self._reporting or not self._ended:
             return
-        delivery = deliver(self._nc, self._outcomes_subject, OutcomeBatch(outcomes=ended))
-        self._reports.spawn(delivery, "report-outcomes")
+        ended, self._ended = self._ended, {}
+        self._reporting = True
+        self._reports.spawn(self._deliver(OutcomeBatch(outcomes=ended)), "report-outcomes")
+
+    async def _deliver(self, batch: OutcomeBatch) -> None:
+        try:
+            await deliver(self._nc, self._outcomes_subject, batch)
+        finally:
+            self._reporting = False
+            if not self._stopped.is_set():
+                self._report()
 
     async def run(self, job: Job) -> Outcome:
         """Run one execution to its end: events, record, the flow itself."""
@@ -325,14 +341,24 @@ class ExecActor:
         return Outcome(status=status, last_seq=last, error=message)
 
     async def _call(self, job: Job, tracer: Tracer) -> Any:
-        target = import_object(job.entry)
-        spec = spec_of(target)
-        func = spec.func if spec is not None else target
-        model = input_model(func)  # the node validated already; this only shapes what the flow gets
+        func, model, is_async = self._entries.get(job.entry) or self._resolve(job.entry)
+        # The node validated already; the model only shapes what the flow gets.
         inputs: Any = model.model_validate(job.inputs) if model else dict(job.inputs)
-        if inspect.iscoroutinefunction(func):
+        if is_async:
             return await func(inputs, tracer)
         return await self._in_thread(func, inputs, tracer)
+
+    def _resolve(self, entry: str) -> _Entry:
+        """A flow's function, input model and kind, looked up once per actor (not per run)."""
+        target = import_object(entry)
+        spec = spec_of(target)
+        func = spec.func if spec is not None else target
+        resolved = self._entries[entry] = (
+            func,
+            input_model(func),
+            inspect.iscoroutinefunction(func),
+        )
+        return resolved
 
     async def _in_thread(self, func: Any, inputs: Any, tracer: Tracer) -> Any:
         """Run a sync flow in a thread; on cancel, raise `_Stop` inside that thread."""

@@ -4,8 +4,10 @@ Why not a Ray call per execution: on a 2-core machine a Ray actor call costs abo
 CPU (driver and actor together) — more than everything else a no-op execution costs, and it
 capped throughput near 200 executions/s. So Ray only hosts the actors; jobs go to an actor as
 `JobBatch`es on its own subject and outcomes come back as `OutcomeBatch`es, both acknowledged
-and re-sent until they are (`bus.deliver`). Jobs ready in the same turn of the event loop
-travel in one message; a single launch is not delayed.
+and re-sent until they are (`bus.deliver`). One batch per actor is on its way at a time: jobs
+that become ready meanwhile go together in the next one, so batches grow with the load (under
+load, one job per message made the hand-over cost as much as the rest of an execution) while
+a single launch is not delayed.
 
 One Ray call per actor stays outstanding (`serve`): it raises when the actor dies, and then
 every execution the actor held ends `WorkerDied` and a replacement actor is started.
@@ -59,6 +61,8 @@ class _Worker:
         self.outbox: list[Job] = []
         self.cancels: list[str] = []
         self.flushing = False
+        self.sending = False
+        """A batch is on its way (the next one waits for its acknowledgement)."""
         self.watch: asyncio.Task[Any] | None = None
         self.alive = True
 
@@ -163,16 +167,26 @@ class ActorPool:
             self._where.pop(execution, None)
 
     def _flush_soon(self, worker: _Worker) -> None:
-        if not worker.flushing:
+        if not worker.flushing and not worker.sending:
             worker.flushing = True
             asyncio.get_running_loop().call_soon(self._flush, worker)
 
     def _flush(self, worker: _Worker) -> None:
         worker.flushing = False
+        if worker.sending or not worker.alive or not (worker.outbox or worker.cancels):
+            return
         jobs, worker.outbox = worker.outbox, []
         cancels, worker.cancels = worker.cancels, []
-        if (jobs or cancels) and worker.alive:
-            self._tasks.spawn(self._send(worker, jobs, cancels), "kodo-actor-jobs")
+        worker.sending = True
+        self._tasks.spawn(self._send_next(worker, jobs, cancels), "kodo-actor-jobs")
+
+    async def _send_next(self, worker: _Worker, jobs: list[Job], cancels: list[str]) -> None:
+        try:
+            await self._send(worker, jobs, cancels)
+        finally:
+            worker.sending = False
+            if worker.alive:
+                self._flush_soon(worker)
 
     async def _send(self, worker: _Worker, jobs: list[Job], cancels: list[str]) -> None:
         """Deliver `jobs` (then `cancels`), halving a batch too large for one message; a job

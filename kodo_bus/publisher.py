@@ -80,17 +80,6 @@ class EventPublisher:
             self._idle = False
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def send_now(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
-        """Write one event to the connection at once, ahead of the queue; its ack is checked
-        (and it is re-sent) with the others. Only for an event whose predecessors are stored."""
-        try:
-            ack = await self._js.publish_async(subject, body, headers=headers)
-        except Exception as exc:  # not even sent (reconnecting): re-sent at settle
-            ack = self._loop.create_future()
-            ack.set_exception(exc)
-        self._inflight.append(((subject, body, headers), ack))
-        self._wake.set()
-
     async def drain(self) -> None:
         """Return once everything queued before this call is stored (acknowledged)."""
         mark = _Mark(self._loop.create_future())

@@ -3,10 +3,11 @@
 A launch is validated here, before anything runs; a valid one gets a record, its first events
 (meta, inputs, its first status) and an immediate reply with the execution id. At most
 `max_running` executions run at once; the rest wait first in first out, up to `max_queue`, and a
-launch beyond that is refused as `busy` — nothing accepted is ever dropped. The first status says
-which: `starting` when a slot is free (it goes to a worker at once), else `pending` (it waits in
-the queue, and says `starting` when it leaves it) — a status an execution never is in costs a
-stored event, and at hundreds of launches a second that is what a launch costs.
+launch beyond that is refused as `busy` — nothing accepted is ever dropped. The node publishes one
+status, for the state the execution is in: `starting` when a slot is free (it goes to a worker at
+once: Ray may still be starting), else `pending` (it waits in the queue for a slot); the worker
+says `running` next. Each status is a stored event, and at hundreds of launches a second stored
+events are what an execution costs.
 
 Ray is started at the first launch, not at `start`, so nodes that never run anything stay light.
 The runner publishes only the events before the hand-over and the ending of executions whose
@@ -44,15 +45,15 @@ from .errors import InputsInvalid, WireError
 from .executions import (
     create_record,
     end_from_outside,
-    event_message,
     jsonable,
     record_key,
     set_status,
     update_record,
 )
 from .flows import FlowSpec
-from .models import Ack, Event, ExecutionRecord, LaunchReply, LaunchRequest
+from .models import Ack, ExecutionRecord, LaunchReply, LaunchRequest
 from .publisher import EventPublisher
+from .tracer import Emitter
 
 if TYPE_CHECKING:
     from .pool import ActorPool
@@ -71,15 +72,19 @@ class _Execution:
     spec: FlowSpec
     inputs: dict[str, Any]
     timeout: float | None
+    emitter: Emitter
+    """Numbers and encodes the events the node publishes (the worker continues the seq)."""
     revision: int = 0
     """The record's revision in the bucket after the runner's last write."""
-    seq: int = 0
     state: str = "pending"
-    announced: bool = False
-    """Its `starting` status is published (at accept, when it did not have to wait)."""
     cancel_requested: bool = False
     control: Subscription | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def seq(self) -> int:
+        """Last seq the node used."""
+        return self.emitter.seq
 
 
 class Runner:
@@ -278,7 +283,17 @@ class Runner:
             depth=request.depth,
         )
         timeout = request.timeout or spec.timeout
-        ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout)
+        base = {
+            "execution": execution,
+            "node": record.node,
+            "flow": record.flow,
+            "launcher": launcher,
+            "parent": record.parent,
+            "root": record.root,
+        }
+        assert self._pub is not None
+        emitter = Emitter(base, 0, self._pub.put)
+        ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout, emitter=emitter)
         meta = {
             "flow": spec.name,
             "node": self._settings.id,
@@ -291,7 +306,6 @@ class Runner:
         self._publish(ex, "meta", meta)
         self._publish(ex, "inputs", inputs)
         self._publish(ex, "status", {"status": record.status})
-        ex.announced = start_now
         assert self._pub is not None
         # Both retried briefly (a cluster electing a stream leader), within the launcher's
         # request timeout: past that, the launch fails with an error reply it can retry.
@@ -312,29 +326,7 @@ class Runner:
 
     def _publish(self, ex: _Execution, kind: str, data: Any) -> None:
         """Queue an event from the node (`self._pub.drain()` waits until it is stored)."""
-        assert self._pub is not None
-        self._pub.put(*self._event(ex, kind, data))
-
-    async def _publish_now(self, ex: _Execution, kind: str, data: Any) -> None:
-        assert self._pub is not None
-        await self._pub.send_now(*self._event(ex, kind, data))
-
-    def _event(self, ex: _Execution, kind: str, data: Any) -> tuple[str, bytes, dict[str, str]]:
-        ex.seq += 1
-        r = ex.record
-        event = Event(
-            execution=r.execution,
-            seq=ex.seq,
-            ts=time.time(),
-            kind=kind,
-            node=r.node,
-            flow=r.flow,
-            launcher=r.launcher,
-            data=data,
-            parent=r.parent,
-            root=r.root,
-        )
-        return event_message(event)
+        ex.emitter.emit(kind, data)
 
     # -- running -----------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -386,11 +378,6 @@ class Runner:
             if ex.cancel_requested:
                 await self._end_pending(ex, "cancelled before it started")
                 return
-            if not ex.announced:  # it waited in the queue: only an event, the record trails.
-                # Written at once, ahead of other executions' queued events (this one's are
-                # stored), so it is on the wire before the job that makes the worker publish
-                # the next seq.
-                await self._publish_now(ex, "status", {"status": "starting"})
             r = ex.record
             job = Job(
                 record=r,

@@ -36,6 +36,8 @@ log = logging.getLogger("kodo_bus.tracer")
 
 M = TypeVar("M", bound=BaseModel)
 Sink = Callable[[str, bytes, dict[str, str]], None]
+Message = tuple[str, bytes, dict[str, str]]
+"""Subject, body and headers of one event."""
 
 current: contextvars.ContextVar[Emitter | None] = contextvars.ContextVar(
     "kodo_execution", default=None
@@ -77,6 +79,20 @@ class Emitter:
 
     def emit(self, kind: str, data: Any = None) -> int:
         """Send one event; its seq (0 when the execution already ended)."""
+        subject, tail = self._parts(kind, data)
+        with self._lock:  # numbered and queued together: the sink sees seq order
+            if self._closed:
+                return 0
+            self._sink(*self._numbered(subject, kind, tail))
+            return self.seq
+
+    def message(self, kind: str, data: Any = None) -> Message | None:
+        """Number and encode one event without sending it; None once the execution ended."""
+        subject, tail = self._parts(kind, data)
+        with self._lock:
+            return None if self._closed else self._numbered(subject, kind, tail)
+
+    def _parts(self, kind: str, data: Any) -> tuple[str, bytes]:
         subject = self._subjects.get(kind)
         if subject is None:
             if kind not in EVENT_KINDS:
@@ -85,18 +101,18 @@ class Emitter:
                 self.base["launcher"], self.base["execution"], kind
             )
         tail = b"}" if data is None else b',"data":' + to_json(data, fallback=str) + b"}"
-        with self._lock:
-            if self._closed:
-                return 0
-            self.seq += 1
-            head = b'%s,"seq":%d,"ts":%r,"kind":"%s"' % (
-                self._head,
-                self.seq,
-                time.time(),
-                kind.encode(),
-            )
-            self._sink(subject, head + tail, {CONTENT_TYPE: JSON, MSG_ID: f"{self._id}{self.seq}"})
-            return self.seq
+        return subject, tail
+
+    def _numbered(self, subject: str, kind: str, tail: bytes) -> Message:
+        """The next seq's message (called under the lock)."""
+        self.seq += 1
+        head = b'%s,"seq":%d,"ts":%r,"kind":"%s"' % (
+            self._head,
+            self.seq,
+            time.time(),
+            kind.encode(),
+        )
+        return subject, head + tail, {CONTENT_TYPE: JSON, MSG_ID: f"{self._id}{self.seq}"}
 
     def write(self, kind: str, text: str) -> None:
         """Captured stdout/stderr: one event per chunk of complete lines."""

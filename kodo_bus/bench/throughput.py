@@ -1,8 +1,9 @@
 """`throughput`: N no-op executions launched at once; executions per second until all are final.
 
-Launches go through the SDK concurrently; endings are counted from one core subscription to the
-status events of this launcher (a push per execution, no consumer per execution), so the reader
-does not become the bottleneck being measured. Floor: bare no-op Ray tasks per second.
+Launches go through the SDK concurrently; endings are counted from core subscriptions to the
+`final` and `error` events of this launcher — every execution ends with exactly one of them, so
+that is one push per execution and no consumer per execution: the reader must not become what
+is measured. Floor: bare no-op Ray tasks per second.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 from nats.aio.msg import Msg
 
 from .. import subjects
-from ..models import TERMINAL_STATUSES
 from . import floors
 from .common import Floor, ScenarioResult, Stopwatch
 from .env import BenchEnv, BenchError
@@ -44,22 +44,24 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
         if counted == n and not all_final.done():
             all_final.set_result(None)
 
-    async def on_status(msg: Msg) -> None:
-        # Plain JSON, not the Event model: the reader must not be what is measured (every
-        # status event of every execution passes here; the executions' tests check the model).
+    async def on_end(msg: Msg) -> None:
+        # Plain JSON, not the Event model (the executions' own tests check the model).
         event = json.loads(msg.data)
-        status, execution = event["data"]["status"], event["execution"]
-        if status in TERMINAL_STATUSES and execution not in ended:
-            ended[execution] = status
+        execution = event["execution"]
+        if execution not in ended:
+            ended[execution] = event["kind"]
             if execution in mine:
                 count(1)
 
-    sub = await kb.nc.subscribe(
-        subjects.events(kb.user, "*", "status"),
-        cb=on_status,
-        pending_msgs_limit=-1,
-        pending_bytes_limit=-1,
-    )
+    subs = [
+        await kb.nc.subscribe(
+            subjects.events(kb.user, "*", kind),
+            cb=on_end,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        for kind in ("final", "error")
+    ]
     await kb.nc.flush()
     try:
         watch_run = Stopwatch()
@@ -74,8 +76,9 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
             raise BenchError(f"throughput: {missing} of {n} executions did not end") from None
         elapsed = watch_run()
     finally:
-        await sub.unsubscribe()
-    failed = sum(1 for e in mine if ended[e] != "finished")
+        for s in subs:
+            await s.unsubscribe()
+    failed = sum(1 for e in mine if ended[e] != "final")
     ray_floor = Floor(name="bare Ray tasks", value=await floors.ray_tasks_per_second(n), unit="/s")
     result.add(
         "executions/s (all final)",
