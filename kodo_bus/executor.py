@@ -163,7 +163,7 @@ class ExecActor:
         self._nc = await connect(self._connect)
         js = self._nc.jetstream()
         self._kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
-        self._pub = EventPublisher(js, loop)
+        self._pub = EventPublisher(self._nc, loop)
         await self._nc.subscribe(self._jobs_subject, cb=self._on_jobs)
         if not isinstance(sys.stdout, _Capture):
             sys.stdout = _Capture("stdout", sys.stdout)

@@ -2,9 +2,13 @@
 
 Why not one `js.publish` per event: that waits a round trip per event. Why not core publishes:
 they were silently dropped while a server restarted or a stream elected a new leader. So events
-go out back to back (`publish_async`), and every ack is checked after each burst; an event the
-stream did not confirm is re-sent with the same `Nats-Msg-Id`, which JetStream de-duplicates.
-A re-sent event may be stored after later ones; readers order by `seq` (`Execution.events`).
+go out back to back, each with a reply subject on one wildcard inbox of the publisher, and
+every ack is checked after each burst; an event the stream did not confirm is re-sent with the
+same `Nats-Msg-Id`, which JetStream de-duplicates. A re-sent event may be stored after later
+ones; readers order by `seq` (`Execution.events`). Why not nats-py's `publish_async`: per event
+it draws a random token, a future with a done-callback and a semaphore slot, and parses the ack
+into a `PubAck` — together more CPU than the rest of publishing the event; here an ack is a
+numbered reply subject and a prefix check of its body.
 
 A burst of output events (`BATCH_KINDS`) of one execution and kind — consecutive in the queue,
 because the flow emits faster than they go out — travels as one message holding a JSON array
@@ -21,11 +25,15 @@ before the hand-over), so both number and deliver events the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
 from collections import deque
-from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from .bus import js_retry
 from .codec import MSG_ID
@@ -35,7 +43,10 @@ log = logging.getLogger("kodo_bus.publisher")
 ACK_WINDOW = 1000
 """Events in flight before the publisher waits for their acks."""
 ACK_WAIT = 2.0
-"""Seconds to wait for one event's ack before re-sending it."""
+"""Seconds to wait for the acks of a burst before re-sending the events that have none."""
+STORED = b'{"stream"'
+"""How a JetStream ack that stored the message begins (an error is `{"error":...}`, no
+responders an empty 503 status)."""
 RESEND_WITHIN = 60.0
 """Seconds a re-send is retried (a server restart, a stream leader election) before giving up."""
 
@@ -59,11 +70,19 @@ class _Mark:
 class EventPublisher:
     """Queue events from any thread; they are published in queue order and all acknowledged."""
 
-    def __init__(self, js: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._js = js
+    def __init__(self, nc: NATS, loop: asyncio.AbstractEventLoop) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
         self._loop = loop
         self._queue: deque[_Message | _Mark] = deque()
-        self._inflight: list[tuple[_Message, asyncio.Future[Any]]] = []
+        self._inbox = nc.new_inbox() + "."
+        self._acks: Subscription | None = None
+        self._sent = 0
+        """Events sent so far: the last one's number is its reply subject's last token."""
+        self._unacked: dict[int, _Message] = {}
+        self._failed: dict[int, _Message] = {}
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
         self._wake = asyncio.Event()
         self._idle = False
         """The task waits for work: a put from another thread must wake it (else it need not:
@@ -97,8 +116,39 @@ class EventPublisher:
         except asyncio.CancelledError:
             if not self.task.cancelled():
                 raise
+        if self._acks is not None:
+            with contextlib.suppress(Exception):  # a closed connection has no subscriptions
+                await self._acks.unsubscribe()
+            self._acks = None
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            number = int(msg.subject[len(self._inbox) :])
+        except ValueError:
+            return
+        message = self._unacked.pop(number, None)
+        if message is None:
+            return  # acked after its burst gave up on it: it is being re-sent
+        if not msg.data.startswith(STORED):
+            self._failed[number] = message
+        if not self._unacked:
+            self._all_acked.set()
+
+    async def _send(self, message: _Message) -> None:
+        self._sent += 1
+        number = self._sent
+        self._unacked[number] = message
+        self._all_acked.clear()
+        subject, body, headers = message
+        try:
+            await self._nc.publish(subject, body, reply=f"{self._inbox}{number}", headers=headers)
+        except Exception:  # not even sent (reconnecting): re-sent at settle
+            self._failed[number] = self._unacked.pop(number)
+            if not self._unacked:
+                self._all_acked.set()
 
     async def _run(self) -> None:
+        self._acks = await self._nc.subscribe(self._inbox + "*", cb=self._on_ack)
         while True:
             self._idle = True
             if not self._queue:
@@ -114,13 +164,8 @@ class EventPublisher:
                     continue
                 if item[0].rpartition(".")[2] in BATCH_KINDS:
                     item = self._batch(item)
-                try:
-                    ack = await self._js.publish_async(item[0], item[1], headers=item[2])
-                except Exception as exc:  # not even sent (reconnecting): re-sent at settle
-                    ack = self._loop.create_future()
-                    ack.set_exception(exc)
-                self._inflight.append((item, ack))
-                if len(self._inflight) >= ACK_WINDOW:
+                await self._send(item)
+                if len(self._unacked) >= ACK_WINDOW:
                     await self._settle()
             await self._settle()
 
@@ -148,15 +193,14 @@ class EventPublisher:
 
     async def _settle(self) -> None:
         """Wait for the acks of what is in flight; re-send, in order, what was not stored."""
-        inflight, self._inflight = self._inflight, []
-        waiting = [ack for _, ack in inflight if not ack.done()]
-        if waiting:  # one wait for the lot: a wait_for per ack cost more than the publish
-            await asyncio.wait(waiting, timeout=ACK_WAIT)
-        for (subject, body, headers), ack in inflight:
-            if ack.done() and not ack.cancelled() and ack.exception() is None:
-                continue
-            if not ack.done():
-                ack.cancel()
+        if self._unacked:  # one wait for the lot: a wait per ack cost more than the publish
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_acked.wait(), ACK_WAIT)
+        lost = {**self._failed, **self._unacked}
+        self._failed, self._unacked = {}, {}
+        self._all_acked.set()
+        for number in sorted(lost):
+            subject, body, headers = lost[number]
             log.debug("event on %s not acknowledged: re-sending", subject)
             try:
                 await js_retry(

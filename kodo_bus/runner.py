@@ -126,7 +126,7 @@ class Runner:
         self._kv = await ensure_execution_storage(
             self._js, max_age=self._settings.events_max_age, replicas=self._settings.replicas
         )
-        self._pub = EventPublisher(self._js, asyncio.get_running_loop())
+        self._pub = EventPublisher(self._nc, asyncio.get_running_loop())
         node = self._settings.id
         self._launch_sub = await self._nc.subscribe(
             subjects.launch_node(node), queue=node, cb=self._on_launch
