@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ctypes
+import gc
 import inspect
 import logging
 import sys
@@ -168,6 +169,7 @@ class ExecActor:
         if not isinstance(sys.stdout, _Capture):
             sys.stdout = _Capture("stdout", sys.stdout)
             sys.stderr = _Capture("stderr", sys.stderr)
+        gc.freeze()  # Ray's and the flows' modules live as long as the actor: no GC walks them
         return True
 
     async def serve(self) -> None:

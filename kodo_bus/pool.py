@@ -16,6 +16,7 @@ every execution the actor held ends `WorkerDied` and a replacement actor is star
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -128,6 +129,9 @@ class ActorPool:
                 ray.init(include_dashboard=False)
                 self._own_ray = True
         self.cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+        # Importing Ray leaves a heap of objects that live as long as the process; every full
+        # garbage collection would walk them all again (~7 % of a busy node's CPU, measured).
+        gc.freeze()
 
     async def _new_worker(self) -> _Worker:
         import ray
