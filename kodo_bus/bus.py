@@ -183,6 +183,7 @@ async def deliver(
     *,
     ack_wait: float = 2.0,
     within: float | None = None,
+    content_type: str = MSGPACK,
 ) -> None:
     """Request until the receiver acknowledges (at least once: the receiver de-duplicates).
 
@@ -194,7 +195,7 @@ async def deliver(
     delay = 0.05
     while True:
         try:
-            await request(nc, subject, message, Ack, timeout=ack_wait)
+            await request(nc, subject, message, Ack, timeout=ack_wait, content_type=content_type)
             return
         except nats.errors.MaxPayloadError:
             raise  # no retry makes it fit

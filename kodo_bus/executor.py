@@ -41,7 +41,7 @@ from pydantic import BaseModel
 from . import subjects
 from .bus import connect, deliver, respond
 from .chain import ChainContext, WorkflowError, launch_next
-from .codec import decode_msg
+from .codec import JSON, decode_msg
 from .config import ConnectSettings
 from .errors import WireError
 from .executions import Change, Stored, error_data, record_key, set_status, update_record
@@ -241,7 +241,7 @@ class ExecActor:
 
     async def _deliver(self, batch: OutcomeBatch) -> None:
         try:
-            await deliver(self._nc, self._outcomes_subject, batch)
+            await deliver(self._nc, self._outcomes_subject, batch, content_type=JSON)
         finally:
             self._reporting = False
             if not self._stopped.is_set():

@@ -7,7 +7,8 @@ capped throughput near 200 executions/s. So Ray only hosts the actors; jobs go t
 and re-sent until they are (`bus.deliver`). One batch per actor is on its way at a time: jobs
 that become ready meanwhile go together in the next one, so batches grow with the load (under
 load, one job per message made the hand-over cost as much as the rest of an execution) while
-a single launch is not delayed.
+a single launch is not delayed. Batches are JSON: pydantic reads and writes it in one pass,
+about twice as fast as msgpack for a batch of jobs.
 
 One Ray call per actor stays outstanding (`serve`): it raises when the actor dies, and then
 every execution the actor held ends `WorkerDied` and a replacement actor is started.
@@ -30,7 +31,7 @@ from nats.aio.subscription import Subscription
 
 from . import subjects
 from .bus import deliver, respond
-from .codec import decode_msg
+from .codec import JSON, decode_msg
 from .config import ConnectSettings
 from .errors import WireError
 from .executor import ExecActor, Job, JobBatch, Outcome, OutcomeBatch
@@ -196,7 +197,8 @@ class ActorPool:
         """Deliver `jobs` (then `cancels`), halving a batch too large for one message; a job
         alone too large ends as an error (its launch request fit: inputs near `max_payload`)."""
         try:
-            await deliver(self._nc, worker.subject, JobBatch(jobs=jobs, cancel=cancels))
+            batch = JobBatch(jobs=jobs, cancel=cancels)
+            await deliver(self._nc, worker.subject, batch, content_type=JSON)
         except nats.errors.MaxPayloadError:
             if len(jobs) > 1:
                 half = len(jobs) // 2

@@ -30,7 +30,7 @@ from .bus import respond, respond_error
 from .codec import CONTENT_TYPE, JSON, MSG_ID, decode_msg
 from .errors import KodoTimeout, WireError, problems_from
 from .executions import error_data
-from .models import EVENT_KINDS, Ack, AnswerRequest, Event
+from .models import EVENT_KINDS, SCHEMA_VERSION, Ack, AnswerRequest
 
 log = logging.getLogger("kodo_bus.tracer")
 
@@ -66,9 +66,9 @@ class Emitter:
         self._lock = threading.Lock()
         self._closed = False
         self._partial: dict[str, str] = {}
-        envelope = Event(seq=0, ts=0.0, kind="status", **base).model_dump(
-            mode="json", exclude_none=True, exclude={"seq", "ts", "kind", "data"}
-        )
+        # The envelope fields are plain strings (from a validated record), so no model is
+        # built here: one per execution cost as much as a no-op flow's events.
+        envelope = {"v": SCHEMA_VERSION, **{k: v for k, v in base.items() if v is not None}}
         self._head = to_json(envelope)[:-1]
         self._subjects: dict[str, str] = {}
         self._id = f"{base['execution']}:"
