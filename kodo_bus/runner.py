@@ -46,12 +46,13 @@ from .executions import (
     create_record,
     end_from_outside,
     jsonable,
+    read_record,
     record_key,
     set_status,
     update_record,
 )
 from .flows import FlowSpec
-from .models import Ack, ExecutionRecord, LaunchReply, LaunchRequest
+from .models import TERMINAL_STATUSES, Ack, ExecutionRecord, LaunchReply, LaunchRequest
 from .publisher import EventPublisher
 from .tracer import Emitter
 
@@ -78,7 +79,6 @@ class _Execution:
     """The record's revision in the bucket after the runner's last write."""
     state: str = "pending"
     cancel_requested: bool = False
-    control: Subscription | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -106,6 +106,9 @@ class Runner:
         self._reserved = 0
         """Slots held by launches being accepted that start at once."""
         self._launch_sub: Subscription | None = None
+        self._cancel_sub: Subscription | None = None
+        """Every cancel on the bus, once: one subscription per execution cost more CPU (SUB,
+        UNSUB, a task) than a no-op execution's events."""
         self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = None
         self._js: JetStreamContext | None = None
@@ -128,6 +131,7 @@ class Runner:
         )
         self._pub = EventPublisher(self._nc, asyncio.get_running_loop())
         node = self._settings.id
+        self._cancel_sub = await self._nc.subscribe(subjects.EXEC_CANCEL_ALL, cb=self._on_cancel)
         self._launch_sub = await self._nc.subscribe(
             subjects.launch_node(node), queue=node, cb=self._on_launch
         )
@@ -157,6 +161,10 @@ class Runner:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._cancel_sub is not None:  # cancels were honoured through the grace period
+            with contextlib.suppress(Exception):
+                await self._cancel_sub.unsubscribe()
+            self._cancel_sub = None
         if self._pool is not None:
             await self._pool.stop()
             self._pool = None
@@ -319,9 +327,6 @@ class Runner:
             self._publish(ex, "status", {"status": "error"})
             raise
         self._live[execution] = ex
-        ex.control = await self._nc.subscribe(
-            subjects.exec_cancel(launcher, execution), cb=self._on_cancel
-        )
         return ex
 
     def _publish(self, ex: _Execution, kind: str, data: Any) -> None:
@@ -430,17 +435,17 @@ class Runner:
 
     async def _forget(self, ex: _Execution) -> None:
         self._live.pop(ex.record.execution, None)
-        if ex.control is not None:
-            with contextlib.suppress(Exception):
-                await ex.control.unsubscribe()
-            ex.control = None
 
     # -- control -----------------------------------------------------------------------------
     async def _on_cancel(self, msg: Msg) -> None:
-        execution = msg.subject.split(".")[3]
+        parts = msg.subject.split(".")
+        if len(parts) != 5:
+            return
+        user, execution = parts[2], parts[3]
         ex = self._live.get(execution)
-        if ex is None or ex.state == "done":
-            await respond_error(msg, "not_found", f"execution {execution} is not running here")
+        # The user in the subject is what NATS permissions checked: it must be the launcher's.
+        if ex is None or ex.state == "done" or ex.record.launcher != user:
+            await self._cancel_elsewhere(msg, user, execution)
             return
         if ex.state == "pending":
             with contextlib.suppress(ValueError):
@@ -449,6 +454,20 @@ class Runner:
         else:
             await self._cancel_running(ex)
         await respond(msg, Ack(message="cancel requested"))
+
+    async def _cancel_elsewhere(self, msg: Msg, user: str, execution: str) -> None:
+        """Not held here: another node (or replica) answers — unless the execution ended,
+        which any node can tell from its record. Else silence: the holder is the one to reply."""
+        if self._kv is None:
+            return
+        try:
+            stored = await read_record(self._kv, subjects.record_key(user, execution))
+        except Exception as exc:  # the holder still answers; this one has nothing to say
+            log.debug("cancel of %s: cannot read its record: %r", execution, exc)
+            return
+        if stored is not None and stored[0].status in TERMINAL_STATUSES:
+            status = stored[0].status
+            await respond_error(msg, "not_found", f"execution {execution} already ended ({status})")
 
     async def _cancel_running(self, ex: _Execution) -> None:
         ex.cancel_requested = True

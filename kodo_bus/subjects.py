@@ -47,6 +47,7 @@ LAUNCH_NODE = "kodo.launch.*.{node}.*"
 EXEC_CANCEL = "kodo.exec.{user}.{execution}.cancel"
 EXEC_ANSWER = "kodo.exec.{user}.{execution}.answer"
 EXEC_CONTROL_ALL = "kodo.exec.*.*.*"
+EXEC_CANCEL_ALL = "kodo.exec.*.*.cancel"
 
 EVENTS = "kodo.events.{user}.{execution}.{kind}"
 EVENTS_ALL = "kodo.events.>"
@@ -206,6 +207,7 @@ ALL_PATTERNS: tuple[str, ...] = (
     EXEC_CANCEL,
     EXEC_ANSWER,
     EXEC_CONTROL_ALL,
+    EXEC_CANCEL_ALL,
     EVENTS,
     EVENTS_ALL,
     EVENTS_OF_EXECUTION,

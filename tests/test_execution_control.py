@@ -10,7 +10,7 @@ import pytest
 
 from kodo_bus import subjects
 from kodo_bus.bus import request
-from kodo_bus.errors import Busy
+from kodo_bus.errors import Busy, KodoTimeout, RemoteError
 from kodo_bus.executions import read_record
 from kodo_bus.models import Ack, Empty
 
@@ -98,6 +98,32 @@ async def test_cancel_pending(make_node: NodeFactory) -> None:
     check_well_formed(events)
     assert status_of(events) == ["pending", "cancelled"]
     assert status_of(await read_events(node.js, blocker.execution))[-1] == "finished"
+
+
+async def test_cancel_only_by_the_launcher_and_an_ended_one_says_so(
+    make_node: NodeFactory,
+) -> None:
+    """One cancel subscription per node: the user in the subject must be the launcher, and a
+    cancel that comes too late is told the execution ended (not left to time out)."""
+    node = await make_node(max_running=2)
+    reply = await node.launch("sleeper", {"seconds": 30})
+    sub = await node.nc.subscribe(subjects.events("local", reply.execution, "status"))
+    while (await sub.next_msg(timeout=20)).data.find(b'"running"') < 0:
+        pass
+    with pytest.raises(KodoTimeout):  # nobody holds mallory's execution of that id
+        await request(
+            node.nc, subjects.exec_cancel("mallory", reply.execution), Empty(), Ack, timeout=1
+        )
+    assert node.runner.load()[0] == 1  # still running
+    await _cancel(node, reply.execution)
+    events = await read_events(node.js, reply.execution, timeout=5)
+    assert status_of(events)[-1] == "cancelled"
+    await eventually(lambda: node.runner.load()[0] == 0)  # its outcome reached the node
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match="already ended") as late:
+        await _cancel(node, reply.execution)
+    assert late.value.kind == "not_found"
+    assert time.monotonic() - t0 < 1.0
 
 
 async def test_timeouts(make_node: NodeFactory) -> None:
