@@ -186,6 +186,16 @@ class BenchEnv:
         self._watch_signals()
 
     @property
+    def service_pids(self) -> set[int]:
+        """The `kodo_bus run` children of this run (not part of the in-process node)."""
+        return {proc.pid for proc in self._procs}
+
+    @property
+    def server_pid(self) -> int | None:
+        """The embedded nats-server's process id (None on a bus given with --nats)."""
+        return self._server.pid if self._server is not None else None
+
+    @property
     def service_id(self) -> str:
         return f"bench-{self.run_id}"
 

@@ -4,6 +4,11 @@ Launches go through the SDK concurrently; endings are counted from core subscrip
 `final` and `error` events of this launcher — every execution ends with exactly one of them, so
 that is one push per execution and no consumer per execution: the reader must not become what
 is measured. Floor: bare no-op Ray tasks per second.
+
+Also reported: CPU time per execution of each process taking part, over the timed run — this
+process (the SDK launching, the node accepting and handing over), the Ray processes it started
+(the actors running the flows, and Ray's own) and the embedded nats-server. On two cores they
+are what bounds the rate: their sum per execution is what a no-op execution costs.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import psutil
 from nats.aio.msg import Msg
 
 from .. import subjects
@@ -63,6 +69,8 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
         for kind in ("final", "error")
     ]
     await kb.nc.flush()
+    parts = _processes(env)
+    cpu_before = _cpu(parts)
     try:
         watch_run = Stopwatch()
         launched = await asyncio.gather(*(flow.launch({}) for _ in range(n)))
@@ -75,11 +83,30 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
             missing = len(mine - ended.keys())
             raise BenchError(f"throughput: {missing} of {n} executions did not end") from None
         elapsed = watch_run()
+        cpu_used = {k: v - cpu_before.get(k, 0.0) for k, v in _cpu(parts).items()}
     finally:
         for s in subs:
             await s.unsubscribe()
     failed = sum(1 for e in mine if ended[e] != "final")
     ray_floor = Floor(name="bare Ray tasks", value=await floors.ray_tasks_per_second(n), unit="/s")
+    _add_figures(
+        result, n=n, elapsed=elapsed, accepted=accepted, ray_floor=ray_floor, cpu_used=cpu_used
+    )
+    if failed:
+        result.notes.append(f"{failed} of {n} executions did not finish")
+    result.seconds = watch()
+    return result
+
+
+def _add_figures(
+    result: ScenarioResult,
+    *,
+    n: int,
+    elapsed: float,
+    accepted: float,
+    ray_floor: Floor,
+    cpu_used: dict[str, float],
+) -> None:
     result.add(
         "executions/s (all final)",
         n / elapsed,
@@ -89,7 +116,39 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
         target=TARGET_PER_S,
     )
     result.add("launches accepted/s", n / accepted, "/s", better="higher", floor=ray_floor)
-    if failed:
-        result.notes.append(f"{failed} of {n} executions did not finish")
-    result.seconds = watch()
-    return result
+    for name, seconds in cpu_used.items():
+        result.add(f"CPU per execution: {name}", seconds * 1000 / n, "ms")
+    total = sum(cpu_used.values()) * 1000 / n
+    result.add("CPU per execution, all of them", total, "ms")
+
+
+def _processes(env: BenchEnv) -> dict[str, list[psutil.Process]]:
+    """This process, the Ray processes below it (a local Ray started here), the nats-server.
+
+    A Ray or a bus given from outside is not this run's to measure: its group is left out."""
+    me = psutil.Process()
+    server = env.server_pid
+    others = env.service_pids
+    children = [p for p in me.children(recursive=True) if p.pid not in others]
+    parts = {"SDK + node (this process)": [me]}
+    ray = [p for p in children if p.pid != server]
+    if ray:
+        parts["Ray (actors and Ray's own)"] = ray
+    if server is not None:
+        parts["nats-server"] = [p for p in children if p.pid == server]
+    return parts
+
+
+def _cpu(parts: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each group (a process gone counts 0)."""
+    used: dict[str, float] = {}
+    for name, procs in parts.items():
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        used[name] = total
+    return used
