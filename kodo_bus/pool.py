@@ -131,7 +131,7 @@ class ActorPool:
                 self._own_ray = True
         self.cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         # Importing Ray leaves a heap of objects that live as long as the process; every full
-        # garbage collection would walk them all again (~7 % of a busy node's CPU, measured).
+        # garbage collection would walk them all again.
         gc.freeze()
 
     async def _new_worker(self) -> _Worker:
