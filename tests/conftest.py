@@ -133,6 +133,23 @@ class Processes:
                     child.kill()
 
 
+def start_script(
+    script: Path, env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`bash SCRIPT` in its own session (so its whole tree can be signalled), its output in
+    `log` (read by the test while it runs); `env` is its whole environment."""
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["bash", str(script)],
+            env=env,
+            cwd=None if cwd is None else str(cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @pytest.fixture
 def procs() -> Iterator[Processes]:
     p = Processes()

@@ -27,7 +27,7 @@ from nats.js.api import StreamConfig
 
 from kodo_bus.server import find_binary
 
-from .conftest import REPO, free_ports
+from .conftest import REPO, free_ports, start_script
 
 pytestmark = pytest.mark.slow
 
@@ -107,16 +107,7 @@ def test_start_script_runs_a_three_replica_cluster_and_stops_it(tmp_path: Path) 
         "HTTP_PORTS": " ".join(map(str, http)),
     }
     log_path = tmp_path / "start.log"
-    log = log_path.open("w")
-    script = subprocess.Popen(
-        ["bash", str(SCRIPT)],
-        env=env,
-        cwd=str(tmp_path),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    script = start_script(SCRIPT, env, log_path, cwd=tmp_path)
     children: list[psutil.Process] = []
     try:
         wait_cluster(http, script)
@@ -143,6 +134,5 @@ def test_start_script_runs_a_three_replica_cluster_and_stops_it(tmp_path: Path) 
         if script.poll() is None:
             script.kill()
             script.wait()
-        log.close()
     text = log_path.read_text()
     assert f"cluster up: nats://127.0.0.1:{client[0]}" in text, text

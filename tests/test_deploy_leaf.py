@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -42,7 +41,7 @@ from kodo_bus.errors import KodoError
 from kodo_bus.models import Empty, FlowsPage, ServiceInfo, SyncRequest
 from kodo_bus.server import NatsServer, find_binary
 
-from .conftest import REPO, Processes, free_ports
+from .conftest import REPO, Processes, free_ports, start_script
 from .test_reliability_support import eventually, service
 
 pytestmark = pytest.mark.slow
@@ -384,15 +383,7 @@ def test_start_script(tmp_path: Path, stop: str) -> None:
         "HUB_HTTP_PORT": str(ports["hub_http"]),
         "LEAF_HTTP_PORT": str(ports["leaf_http"]),
     }
-    log = (tmp_path / "start.log").open("w")
-    script = subprocess.Popen(
-        ["bash", str(DEPLOY / "start.sh")],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    script = start_script(DEPLOY / "start.sh", env, tmp_path / "start.log")
     children: list[psutil.Process] = []
     try:
         wait_link(ports["leaf_http"], "FEDERATION")
@@ -420,6 +411,5 @@ def test_start_script(tmp_path: Path, stop: str) -> None:
         if script.poll() is None:
             script.kill()
             script.wait()
-        log.close()
     text = (tmp_path / "start.log").read_text()
     assert f"hub nats://127.0.0.1:{ports['hub']}" in text, text

@@ -26,7 +26,7 @@ import pytest
 
 from kodo_bus.client import Client
 
-from .conftest import REPO, free_ports
+from .conftest import REPO, free_ports, start_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -97,16 +97,7 @@ def test_start_script_runs_a_node_on_two_ray_nodes_and_stops_everything() -> Non
     for var in ("RAY_ADDRESS", "NATS_URL", "KODO_NATS", "KODO_RAY_ADDRESS"):
         env.pop(var, None)
     log = data / "start.log"
-    with log.open("wb") as out:
-        script = subprocess.Popen(
-            ["bash", str(SCRIPT)],
-            env=env,
-            cwd=str(data),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    script = start_script(SCRIPT, env, log, cwd=data)
     seen: dict[int, psutil.Process] = {}
     try:
         wait_up(script, log)
