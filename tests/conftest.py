@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -148,6 +149,16 @@ def start_script(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def wait_logged(proc: subprocess.Popen[bytes], log: Path, marker: bytes, within: float) -> None:
+    """Until `log` holds `marker`; fails with the log's tail if `proc` exits or time runs out."""
+    deadline = time.monotonic() + within
+    while marker not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{marker!r} not logged (exit {proc.poll()}):\n{tail}")
+        time.sleep(0.2)
 
 
 @pytest.fixture

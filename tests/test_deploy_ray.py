@@ -33,7 +33,7 @@ import yaml
 from kodo_bus.client import Client
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes, free_ports
+from .conftest import REPO, Processes, free_ports, wait_logged
 from .test_reliability_support import online_flow
 
 pytestmark = [pytest.mark.slow]
@@ -106,13 +106,8 @@ class RayCluster:
                 start_new_session=True,
             )
         self.procs[name] = proc
-        deadline = time.monotonic() + START_WITHIN
         # Printed once the node's raylet is registered in the GCS (`ray start` waits for it).
-        while b"Ray runtime started" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise AssertionError(f"ray start ({name}) did not come up:\n{tail}")
-            time.sleep(0.2)
+        wait_logged(proc, log, b"Ray runtime started", START_WITHIN)
 
     def start_head(self) -> None:
         gcs, dashboard = free_ports(2)

@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import pytest
 
 from kodo_bus.client import Client
 
-from .conftest import REPO, free_ports, start_script
+from .conftest import REPO, free_ports, start_script, wait_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -34,16 +33,6 @@ SCRIPT = REPO / "deploy" / "ray" / "start.sh"
 UP_WITHIN = 240.0
 """Two Ray nodes, a bus, a registry and a node on a loaded 2-core machine: 40-90 s seen."""
 REGISTRY, NODE = "ray-registry", "ray-node"
-
-
-def wait_up(script: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the script prints its ready line (after the node's `ready (`)."""
-    deadline = time.monotonic() + UP_WITHIN
-    while b"\nup: Ray " not in log.read_bytes():
-        if script.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise AssertionError(f"start.sh not up (exit {script.poll()}):\n{tail}")
-        time.sleep(0.2)
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -100,7 +89,7 @@ def test_start_script_runs_a_node_on_two_ray_nodes_and_stops_everything() -> Non
     script = start_script(SCRIPT, env, log, cwd=data)
     seen: dict[int, psutil.Process] = {}
     try:
-        wait_up(script, log)
+        wait_logged(script, log, b"\nup: Ray ", UP_WITHIN)  # after the node's `ready (`
         result = asyncio.run(run_hello(f"nats://127.0.0.1:{nats_port}"))
         assert result == "Hello, **Ray**!"
 
