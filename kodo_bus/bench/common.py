@@ -165,6 +165,12 @@ class BenchRecord(BaseModel):
         )
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds of a process so far."""
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
 class Stopwatch:
     """Monotonic seconds since creation (perf_counter: the finest clock there is)."""
 

@@ -30,7 +30,7 @@ from ..errors import NoResponders
 from ..models import Empty, FlowsQuery, ServiceInfo
 from ..node import SYNC_SPREAD
 from . import floors
-from .common import Floor, ScenarioResult, Stopwatch, percentile
+from .common import Floor, ScenarioResult, Stopwatch, cpu_seconds, percentile
 from .env import BenchEnv, BenchError
 from .simnodes import SimNodes
 
@@ -192,12 +192,12 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
         # 4. heartbeat load (next to a bare listener of the same messages, for the floor)
         async with floors.BareListener(env.url, subjects.NODE_ALL) as bare:
             ps, ps_bare = psutil.Process(proc.pid), psutil.Process(bare.pid)
-            cpu0, bare0 = _cpu(ps), _cpu(ps_bare)
+            cpu0, bare0 = cpu_seconds(ps), cpu_seconds(ps_bare)
             t0 = time.perf_counter()
             beats = await sims.heartbeats(heartbeat, load_seconds)
             elapsed = time.perf_counter() - t0
-            cpu = (_cpu(ps) - cpu0) / elapsed * 100
-            bare_cpu = (_cpu(ps_bare) - bare0) / elapsed * 100
+            cpu = (cpu_seconds(ps) - cpu0) / elapsed * 100
+            bare_cpu = (cpu_seconds(ps_bare) - bare0) / elapsed * 100
         rss = ps.memory_info().rss / 2**20
         # psutil's CPU times tick in 10 ms: a short quick run can leave the bare listener at 0
         cpu_floor = Floor(name="bare nats-py listener", value=bare_cpu, unit="% core")
@@ -230,12 +230,6 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
         await sims.stop()
     result.seconds = watch()
     return result
-
-
-def _cpu(ps: psutil.Process) -> float:
-    """User + system CPU seconds of a process so far."""
-    times = ps.cpu_times()
-    return float(times.user + times.system)
 
 
 async def _confirm(nc: NATS, registry: str, flows: int) -> None:

@@ -14,6 +14,7 @@ are what bounds the rate: their sum per execution is what a no-op execution cost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import psutil
@@ -21,7 +22,7 @@ from nats.aio.msg import Msg
 
 from .. import subjects
 from . import floors
-from .common import Floor, ScenarioResult, Stopwatch
+from .common import Floor, ScenarioResult, Stopwatch, cpu_seconds
 from .env import BenchEnv, BenchError
 
 TARGET_PER_S = 500.0
@@ -145,10 +146,7 @@ def _cpu(parts: dict[str, list[psutil.Process]]) -> dict[str, float]:
     for name, procs in parts.items():
         total = 0.0
         for proc in procs:
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system
+            with contextlib.suppress(psutil.Error):
+                total += cpu_seconds(proc)
         used[name] = total
     return used
