@@ -406,7 +406,7 @@ class Runner:
             ex.ended.set()
             self._running -= 1
             self._pump()
-            await self._forget(ex)
+            self._forget(ex)
 
     async def _end_outside(self, ex: _Execution, status: str, type_name: str, message: str) -> None:
         assert self._js is not None and self._kv is not None and self._pub is not None
@@ -431,9 +431,9 @@ class Runner:
         )
         ex.state = "done"
         ex.ended.set()
-        await self._forget(ex)
+        self._forget(ex)
 
-    async def _forget(self, ex: _Execution) -> None:
+    def _forget(self, ex: _Execution) -> None:
         self._live.pop(ex.record.execution, None)
 
     # -- control -----------------------------------------------------------------------------
