@@ -1,12 +1,12 @@
-"""Execution records and the events that end an execution from outside its worker.
+"""Execution records, and event bodies built the one way every writer builds them.
 
 The `KODO_EXECUTIONS` bucket holds one `ExecutionRecord` per execution. Several writers touch a
 record (the node's runner, the Ray worker, a registry declaring the node lost), so every change
 goes through compare-and-set: a writer that lost the race re-reads and applies its change again,
-or drops it when the record already ended.
+or drops it when the record already ended. Who may END an execution, and how, is decided in
+`lifecycle.py`; the changes here only move a live record between live statuses.
 
-Event bodies are built here too, so that the worker, the runner and `mark_lost` number and
-encode events the same way: JSON `Event`, header `Nats-Msg-Id: <execution>:<seq>`.
+Events are JSON `Event`s with the header `Nats-Msg-Id: <execution>:<seq>`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from pydantic_core import to_jsonable_python
 
-from . import snapshot, subjects
+from . import subjects
 from .bus import js_retry
 from .codec import JSON, MSG_ID, MSGPACK, decode, decode_many, encode
 from .errors import WireError
@@ -40,10 +40,11 @@ def jsonable(data: Any) -> Any:
     return to_jsonable_python(data, fallback=str)
 
 
-def event_message(event: Event) -> tuple[str, bytes, dict[str, str]]:
+def event_message(event: Event, msg_id: str | None = None) -> tuple[str, bytes, dict[str, str]]:
     """Subject, body and headers of one event (the id lets JetStream drop re-sent copies)."""
     subject = subjects.events(event.launcher, event.execution, event.kind)
-    body, headers = encode(event, JSON, {MSG_ID: f"{event.execution}:{event.seq}"})
+    msg_id = msg_id or f"{event.execution}:{event.seq}"
+    body, headers = encode(event, JSON, {MSG_ID: msg_id})
     return subject, body, headers
 
 
@@ -69,19 +70,6 @@ async def last_seq(js: JetStreamContext, execution: str) -> int:
     except (WireError, IndexError):
         log.warning("undecodable last event of %s", execution)
         return 0
-
-
-async def last_event(js: JetStreamContext, execution: str) -> Event | None:
-    try:
-        msg = await js.get_last_msg(
-            subjects.STREAM_EVENTS, subjects.events_of_execution(execution), direct=True
-        )
-    except nats.js.errors.NotFoundError:
-        return None
-    try:
-        return decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)[-1]
-    except (WireError, IndexError):
-        return None
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -167,78 +155,3 @@ def set_status(status: str, **fields: Any) -> Change:
         return record.model_copy(update={"status": status, **fields})
 
     return change
-
-
-# -- lost executions -----------------------------------------------------------------------------
-async def end_from_outside(
-    js: JetStreamContext,
-    record: ExecutionRecord,
-    status: str,
-    error: dict[str, str],
-) -> int:
-    """Publish `error` + terminal `status` after the last stored event; the last seq written.
-
-    Used when the worker cannot end the execution itself (it died, or the node did). Events are
-    acknowledged publishes with de-duplicating ids, so two writers racing produce one copy.
-    When the stream already ends with a terminal status (the worker finished but the record was
-    not updated), nothing is published and that status is kept.
-    """
-    last = await last_event(js, record.execution)
-    seq = last.seq if last else 0
-    if last is not None and last.kind == "status":
-        data = last.data if isinstance(last.data, dict) else {}
-        if data.get("status") in TERMINAL_STATUSES:
-            return seq
-    base = {
-        "execution": record.execution,
-        "node": record.node,
-        "flow": record.flow,
-        "launcher": record.launcher,
-        "parent": record.parent,
-        "root": record.root,
-    }
-    for kind, data in (("error", error), ("status", {"status": status})):
-        seq += 1
-        event = Event(seq=seq, ts=time.time(), kind=kind, data=data, **base)
-        subject, body, headers = event_message(event)
-        await js.publish(subject, body, headers=headers)
-    return seq
-
-
-async def mark_lost(js: JetStreamContext, node: str) -> int:
-    """End every unfinished execution of `node` as `lost`; how many records this call ended."""
-    try:
-        kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
-    except nats.js.errors.BucketNotFoundError:
-        return 0
-    # One pass over the current keys (nats-py's kv.keys() can end before it has seen them all).
-    bucket = subjects.BUCKET_EXECUTIONS
-    prefix = subjects.kv_subject(bucket, "")
-    keys = [
-        msg.subject[len(prefix) :]
-        async for msg in snapshot.current(js, subjects.kv_stream(bucket), prefix + ">")
-        if msg.data
-    ]
-    ended = 0
-    for key in keys:
-        current = await read_record(kv, key)
-        if current is None:
-            continue
-        record, _ = current
-        if record.node != node or record.status in TERMINAL_STATUSES:
-            continue
-        message = f"node {node!r} went offline while the execution was {record.status}"
-        error = {"type": "ExecutionLost", "message": message, "traceback": ""}
-        seq = await end_from_outside(js, record, "lost", error)
-        last = await last_event(js, record.execution)
-        final = "lost"
-        if last is not None and isinstance(last.data, dict):
-            final = str(last.data.get("status", "lost"))
-        if final not in TERMINAL_STATUSES:
-            final = "lost"
-        new = await update_record(
-            kv, key, set_status(final, last_seq=seq, error=message if final == "lost" else None)
-        )
-        if new is not None and final == "lost":
-            ended += 1
-    return ended

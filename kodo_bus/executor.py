@@ -46,6 +46,7 @@ from .config import ConnectSettings
 from .errors import WireError
 from .executions import Change, Stored, error_data, record_key, set_status, update_record
 from .flows import Next, import_object, input_model, spec_of
+from .lifecycle import NOTHING, Message, conclude, envelope, error_of
 from .models import Ack, ExecutionRecord
 from .publisher import EventPublisher
 from .tasks import TaskSet
@@ -76,6 +77,8 @@ class Outcome(BaseModel):
     status: str
     last_seq: int
     error: str | None = None
+    ended: bool = False
+    """The worker ended the execution (or learned who did); else the runner must end it."""
 
 
 class JobBatch(BaseModel):
@@ -90,6 +93,9 @@ class OutcomeBatch(BaseModel):
 
     outcomes: dict[str, Outcome]
 
+
+_How = tuple[str, dict[str, str] | None, Any]
+"""How a flow ended: terminal status, `error` data (or None), `final` value (or NOTHING)."""
 
 _Entry = tuple[Any, type[BaseModel] | None, bool]
 """A flow's function, its input model (if any), whether it is `async def`."""
@@ -143,10 +149,13 @@ class ExecActor:
                 sys.path.insert(0, entry)
         self._connect = ConnectSettings.model_validate(connect_settings)
         self._nc: Any = None
+        self._js: Any = None
         self._kv: Any = None
         self._pub: EventPublisher | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._cancelled: set[str] = set()
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        """Cancels that arrived before their job (bounded: a cancel for a job that never comes
+        must not stay forever)."""
         self._work = TaskSet(log)
         """Executions being run, and their records' delayed writes."""
         self._known: OrderedDict[str, None] = OrderedDict()
@@ -163,6 +172,7 @@ class ExecActor:
         loop = asyncio.get_running_loop()
         self._nc = await connect(self._connect)
         js = self._nc.jetstream()
+        self._js = js
         self._kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
         self._pub = EventPublisher(self._nc, loop)
         await self._nc.subscribe(self._jobs_subject, cb=self._on_jobs)
@@ -198,10 +208,12 @@ class ExecActor:
     def _cancel(self, execution: str) -> None:
         """Cancel a running execution; one not started yet is cancelled when it arrives."""
         task = self._tasks.get(execution)
-        if task is None:
-            self._cancelled.add(execution)
-        else:
+        if task is not None:
             task.cancel()
+        else:
+            self._cancelled[execution] = None
+            if len(self._cancelled) > KNOWN_JOBS:
+                self._cancelled.popitem(last=False)
 
     async def _on_jobs(self, msg: Msg) -> None:
         try:
@@ -224,8 +236,10 @@ class ExecActor:
     async def _run_reporting(self, job: Job) -> None:
         try:
             outcome = await self.run(job)
-        except Exception as exc:  # a bug here must not leave the runner waiting forever
-            log.exception("execution %s failed in the worker", job.record.execution)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not even the ending could be stored: the runner ends it
+            log.exception("execution %s could not be ended by its worker", job.record.execution)
             outcome = Outcome(status="error", last_seq=0, error=f"worker failure: {exc!r}")
         if not self._ended and not self._reporting:
             asyncio.get_running_loop().call_soon(self._report)
@@ -252,15 +266,7 @@ class ExecActor:
         assert self._pub is not None
         r = job.record
         execution = r.execution
-        base = {
-            "execution": execution,
-            "node": r.node,
-            "flow": r.flow,
-            "launcher": r.launcher,
-            "parent": r.parent,
-            "root": r.root,
-        }
-        emitter = Emitter(base, job.seq, self._pub.put)
+        emitter = Emitter(envelope(r), job.seq, self._pub.put)
         loop = asyncio.get_running_loop()
         record = _RecordWriter(self._kv, (r, job.revision), self._work)
 
@@ -275,72 +281,89 @@ class ExecActor:
         task = loop.create_task(self._call(job, tracer), context=context)
         self._tasks[execution] = task
         if execution in self._cancelled:
-            self._cancelled.discard(execution)
+            del self._cancelled[execution]
             task.cancel()
-        timed_out = False
         try:
-            done, _ = await asyncio.wait({task}, timeout=job.timeout)
-            if not done:
-                timed_out = True
-                task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
-        except asyncio.CancelledError:
+            try:
+                how = await self._outcome_of(job, task)
+            finally:
+                self._tasks.pop(execution, None)
+        except asyncio.CancelledError:  # the actor is stopping
             task.cancel()
-            await self._end(emitter, record, "cancelled", {"type": "Cancelled", "message": ""})
+            stopped = ("cancelled", error_of("Cancelled", "the worker stopped"), NOTHING)
+            await self._end(job, emitter, record, stopped)
             raise
-        finally:
-            self._tasks.pop(execution, None)
+        except Exception as exc:  # a failure of ours, not the flow's: still one ending
+            log.exception("execution %s failed in the worker", execution)
+            how = ("error", error_data(exc, "WorkerFailure"), NOTHING)
         emitter.flush_output()
-        if timed_out:
-            message = f"ran longer than its timeout of {job.timeout:g} s"
-            outcome = await self._end(emitter, record, "timeout", _failure("Timeout", message))
-        elif task.cancelled() or not task.done():
-            failure = _failure("Cancelled", "cancelled")
-            outcome = await self._end(emitter, record, "cancelled", failure)
-        elif (exc := task.exception()) is not None:
-            status = "timeout" if isinstance(exc, AskTimeout) else "error"
-            outcome = await self._end(emitter, record, status, error_data(exc))
-        else:
-            outcome = await self._finish(emitter, record, job, task.result())
-        return outcome
+        return await self._end(job, emitter, record, how)
 
-    async def _finish(
-        self, emitter: Emitter, record: _RecordWriter, job: Job, value: Any
-    ) -> Outcome:
+    async def _outcome_of(self, job: Job, task: asyncio.Task[Any]) -> _How:
+        """Wait for the flow (within its timeout): status, failure and final value."""
+        done, _ = await asyncio.wait({task}, timeout=job.timeout)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+            message = f"ran longer than its timeout of {job.timeout:g} s"
+            return "timeout", error_of("Timeout", message), NOTHING
+        if task.cancelled():
+            return "cancelled", error_of("Cancelled", "cancelled"), NOTHING
+        if (exc := task.exception()) is not None:
+            status = "timeout" if isinstance(exc, AskTimeout) else "error"
+            return status, error_data(exc), NOTHING
+        return await self._finish(job, task.result())
+
+    async def _finish(self, job: Job, value: Any) -> _How:
         """`final` (after launching the next flows a `Next` names), or `error` if that fails."""
         nxt = Next.from_result(value)
-        if nxt is not None:
-            r = job.record
-            ctx = ChainContext(
-                execution=r.execution,
-                root=r.root,
-                depth=r.depth,
-                max_depth=job.max_depth,
-                launcher=r.launcher,
-                node=r.node,
-                node_flows=frozenset(job.node_flows),
-            )
-            try:
-                children = await launch_next(self._nc, ctx, nxt)
-            except WorkflowError as exc:
-                return await self._end(emitter, record, "error", error_data(exc))
-            value = {**nxt.model_dump(), "children": children}
-        emitter.emit("final", value)
-        return await self._end(emitter, record, "finished", None)
+        if nxt is None:
+            return "finished", None, value
+        r = job.record
+        ctx = ChainContext(
+            execution=r.execution,
+            root=r.root,
+            depth=r.depth,
+            max_depth=job.max_depth,
+            launcher=r.launcher,
+            node=r.node,
+            node_flows=frozenset(job.node_flows),
+        )
+        try:
+            children = await launch_next(self._nc, ctx, nxt)
+        except asyncio.CancelledError:
+            raise
+        except WorkflowError as exc:
+            return "error", error_data(exc), NOTHING
+        except Exception as exc:  # no registry answers, a timeout...: the chain did not start
+            return "error", error_data(exc, "WorkflowError"), NOTHING
+        return "finished", None, {**nxt.model_dump(), "children": children}
 
-    async def _end(
-        self, emitter: Emitter, record: _RecordWriter, status: str, failure: dict[str, str] | None
-    ) -> Outcome:
-        """The one terminal pair: `final`/`error` (emitted by the caller for final), status."""
+    async def _end(self, job: Job, emitter: Emitter, record: _RecordWriter, how: _How) -> Outcome:
+        """The one ending (`lifecycle.conclude`), after every event the flow emitted."""
+        status, failure, final = how
+        after = emitter.close()
+        known = await record.settle()
+        ending = await conclude(
+            self._js,
+            self._kv,
+            job.record,
+            after,
+            status,
+            error=failure,
+            final=final,
+            known=known,
+            store=self._store,
+        )
+        message = failure["message"] if failure and ending.won else None
+        return Outcome(status=ending.status, last_seq=ending.last_seq, error=message, ended=True)
+
+    async def _store(self, messages: list[Message]) -> None:
+        """Store events behind everything this actor queued before them."""
         assert self._pub is not None
-        if failure is not None:
-            emitter.emit("error", failure)
-        last = emitter.emit("status", {"status": status})
-        emitter.close()
+        for message in messages:
+            self._pub.put(*message)
         await self._pub.drain()
-        message = failure["message"] if failure else None
-        await record.write(set_status(status, last_seq=last, error=message))
-        return Outcome(status=status, last_seq=last, error=message)
 
     async def _call(self, job: Job, tracer: Tracer) -> Any:
         func, model, is_async = self._entries.get(job.entry) or self._resolve(job.entry)
@@ -363,23 +386,31 @@ class ExecActor:
         return resolved
 
     async def _in_thread(self, func: Any, inputs: Any, tracer: Tracer) -> Any:
-        """Run a sync flow in a thread; on cancel, raise `_Stop` inside that thread."""
+        """Run a sync flow in a thread; on cancel, raise `_Stop` inside that thread — only while
+        the flow runs there (the pool thread goes on to other jobs once it returned)."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        ident: list[int] = []
+        lock = threading.Lock()
+        running: list[int] = []
 
         def call() -> Any:
-            ident.append(threading.get_ident())
-            return context.run(func, inputs, tracer)
+            with lock:
+                running.append(threading.get_ident())
+            try:
+                return context.run(func, inputs, tracer)
+            finally:
+                with lock:
+                    running.clear()
 
         future = loop.run_in_executor(self._threads, call)
         try:
             return await future
         except asyncio.CancelledError:
-            if ident:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(ident[0]), ctypes.py_object(_Stop)
-                )
+            with lock:
+                if running:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(running[0]), ctypes.py_object(_Stop)
+                    )
             raise
 
 
@@ -402,6 +433,14 @@ class _RecordWriter:
             # None (nothing written, or the record ended elsewhere): the next write reads first.
             self._known = await update_record(self._kv, self._key, change, self._known)
 
+    async def settle(self) -> Stored | None:
+        """No more writes: cancel a delayed one, wait for the one under way; the last known."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        async with self._lock:
+            return self._known
+
     def write_later(self, change: Change, delay: float) -> None:
         """Write after `delay` seconds unless another write comes first."""
         self._later = asyncio.get_running_loop().call_later(delay, self._fire, change)
@@ -414,7 +453,3 @@ class _RecordWriter:
 
 RUNNING_WRITE_AFTER = 0.5
 """Seconds an execution runs before its record says `running` (most no-op ones are done)."""
-
-
-def _failure(type_name: str, message: str) -> dict[str, str]:
-    return {"type": type_name, "message": message, "traceback": ""}

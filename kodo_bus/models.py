@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
+EXECUTION_ID = r"^[A-Za-z0-9_-]{16,64}$"
+"""A client-chosen execution id: one subject token, long enough to be unguessable."""
+
 Role = Literal["node", "registry", "provider", "hybrid"]
 NodeStatus = Literal["online", "offline"]
 ExecutionStatus = Literal[
@@ -86,6 +89,9 @@ class Catalog(Message):
     flows: list[FlowInfo] = Field(default_factory=list)
     urls: list[str] = Field(default_factory=list)
     """Where to reach the node's bus; empty means the bus this message travelled on."""
+    instance: str = ""
+    """The announcing process (replicas of one node id share everything else, `started` aside);
+    empty from nodes older than replicas."""
 
 
 class Heartbeat(Message):
@@ -100,6 +106,9 @@ class Heartbeat(Message):
     cpu: float = 0.0
     memory: int = 0
     """Resident memory of the node process, bytes."""
+    instance: str = ""
+    """The beating process: registries judge each replica of a node id by its own heartbeats,
+    so the death of one ends its executions while the others' go on."""
 
 
 class Bye(Message):
@@ -109,6 +118,8 @@ class Bye(Message):
     reason: str = ""
     forget: bool = False
     """True (disconnect): registries drop the node. False (a stop): they keep it, offline."""
+    instance: str = ""
+    """The process saying bye: one stopping replica leaves the others online."""
 
 
 class SyncRequest(Message):
@@ -128,6 +139,8 @@ class NodeEntry(BaseModel):
     heartbeat: Heartbeat | None = None
     via: str = ""
     """Registry the entry was taken in from ('' when the node announced on this bus itself)."""
+    replicas: int = 0
+    """Processes heard serving this node id (0: not known, e.g. from an older registry)."""
 
 
 class RegistryView(Message):
@@ -204,6 +217,8 @@ class NodeItem(BaseModel):
     cpu: float = 0.0
     memory: int = 0
     urls: list[str] = Field(default_factory=list)
+    replicas: int = 0
+    """Processes serving this node id (running, capacity, cpu and memory are their sums)."""
 
 
 class NodesPage(Message):
@@ -242,6 +257,9 @@ class LaunchRequest(Message):
 
     inputs: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0)
+    execution: str | None = Field(default=None, pattern=EXECUTION_ID)
+    """The execution's id, chosen by the client (so a launch whose reply was lost can be sent
+    again: the same id is the same execution). The node makes one when it is absent."""
     parent: str | None = None
     root: str | None = None
     depth: int = Field(default=0, ge=0)
@@ -256,6 +274,8 @@ class LaunchReply(Message):
     launcher: str
     subject: str
     """Wildcard subject of the execution's events, e.g. `kodo.events.local.<id>.*`."""
+    existing: bool = False
+    """The id was launched before: this is that execution (nothing new was started)."""
 
 
 class Event(Message):
@@ -294,3 +314,5 @@ class ExecutionRecord(Message):
     depth: int = 0
     last_seq: int = 0
     error: str | None = None
+    instance: str = ""
+    """The node process (replica) that holds the execution ('' before replicas were told apart)."""

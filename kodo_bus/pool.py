@@ -66,6 +66,8 @@ class _Worker:
         self.sending = False
         """A batch is on its way (the next one waits for its acknowledgement)."""
         self.watch: asyncio.Task[Any] | None = None
+        self.sender: asyncio.Task[Any] | None = None
+        """The batch on its way: cancelled when the actor dies (no one would ever ack it)."""
         self.alive = True
 
 
@@ -156,6 +158,10 @@ class ActorPool:
 
         `cancel`: it was cancelled while being handed over; the actor cancels it on arrival.
         """
+        if not self._workers:  # every actor died and none could be started since
+            await self._replace(None)
+        if not self._workers:
+            raise WorkerDied("no Ray actor is running and none could be started")
         worker = min(self._workers, key=lambda w: len(w.waiting))
         execution = job.record.execution
         outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -183,7 +189,7 @@ class ActorPool:
         jobs, worker.outbox = worker.outbox, []
         cancels, worker.cancels = worker.cancels, []
         worker.sending = True
-        self._tasks.spawn(self._send_next(worker, jobs, cancels), "kodo-actor-jobs")
+        worker.sender = self._tasks.spawn(self._send_next(worker, jobs, cancels), "kodo-actor-jobs")
 
     async def _send_next(self, worker: _Worker, jobs: list[Job], cancels: list[str]) -> None:
         try:
@@ -232,6 +238,8 @@ class ActorPool:
         except Exception as exc:  # RayActorError, mostly: the actor is gone
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         worker.alive = False
+        if worker.sender is not None:
+            worker.sender.cancel()
         for future in worker.waiting.values():
             if not future.done():
                 future.set_exception(WorkerDied(reason))
@@ -244,11 +252,16 @@ class ActorPool:
             worker.cancels.append(execution)
             self._flush_soon(worker)
 
-    async def _replace(self, dead: _Worker) -> None:
+    async def _replace(self, dead: _Worker | None) -> None:
+        """Start an actor in place of `dead` (None: one more, the pool being empty)."""
         async with self._lock:
-            if dead not in self._workers:
+            if dead is None:
+                if self._workers or not self._started:
+                    return
+            elif dead not in self._workers:
                 return  # stopping
-            self._workers.remove(dead)
+            else:
+                self._workers.remove(dead)
             try:
                 self._workers.append(await self._new_worker())
             except Exception:

@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -42,16 +43,9 @@ from .bus import ensure_execution_storage, js_retry, respond, respond_error
 from .codec import decode_msg
 from .config import ServiceSettings
 from .errors import InputsInvalid, WireError
-from .executions import (
-    create_record,
-    end_from_outside,
-    jsonable,
-    read_record,
-    record_key,
-    set_status,
-    update_record,
-)
+from .executions import create_record, jsonable, read_record, record_key
 from .flows import FlowSpec
+from .lifecycle import Message, conclude, end_from_outside, envelope, error_of
 from .models import TERMINAL_STATUSES, Ack, ExecutionRecord, LaunchReply, LaunchRequest
 from .publisher import EventPublisher
 from .tracer import Emitter
@@ -90,8 +84,13 @@ class _Execution:
 class Runner:
     """Runs the executions of one node (every replica of the node id has one)."""
 
-    def __init__(self, nc: NATS, settings: ServiceSettings, flows: list[FlowSpec]) -> None:
+    def __init__(
+        self, nc: NATS, settings: ServiceSettings, flows: list[FlowSpec], instance: str = ""
+    ) -> None:
         self._nc = nc
+        self._instance = instance
+        """This process among the replicas of its node id (stored in every record it creates,
+        so the death of one replica ends its executions only)."""
         self._settings = settings
         self._flows = {spec.name: spec for spec in flows}
         self._capacity = settings.max_running or os.cpu_count() or 1
@@ -161,6 +160,9 @@ class Runner:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ex in list(self._live.values()):  # whatever did not end in time (Ray still starting)
+            with contextlib.suppress(Exception):
+                await self._end_outside(ex, "cancelled", "Cancelled", "the node stopped")
         if self._cancel_sub is not None:  # cancels were honoured through the grace period
             with contextlib.suppress(Exception):
                 await self._cancel_sub.unsubscribe()
@@ -249,21 +251,19 @@ class Runner:
         finally:
             self._admitted -= 1
             self._reserved -= now
+        if isinstance(ex, ExecutionRecord):  # launched before: the same execution
+            if ex.flow != spec.name:
+                message = f"execution id {ex.execution!r} is taken by a launch of {ex.flow!r}"
+                await respond_error(msg, "invalid_request", message)
+            else:
+                await respond(msg, self._reply(ex, existing=True))
+            return
         if now:
             self._start(ex)
         else:
             self._queue.append(ex)
             self._pump()
-        await respond(
-            msg,
-            LaunchReply(
-                execution=ex.record.execution,
-                node=self._settings.id,
-                flow=spec.name,
-                launcher=launcher,
-                subject=subjects.events(launcher, ex.record.execution, "*"),
-            ),
-        )
+        await respond(msg, self._reply(ex.record))
 
     async def _accept(
         self,
@@ -272,11 +272,16 @@ class Runner:
         request: LaunchRequest,
         inputs: dict[str, Any],
         start_now: bool,
-    ) -> _Execution:
-        """Record and first events of a new execution; stored before the launch is answered."""
-        assert self._kv is not None
+    ) -> _Execution | ExecutionRecord:
+        """Record, then first events, of a new execution, stored before the launch is answered.
+
+        The record is created first: creating it is what claims the execution id (a client
+        may choose it, and launch it again when a reply was lost). A launch of an id that
+        exists gets that execution's record back instead.
+        """
+        assert self._kv is not None and self._pub is not None
         kv = self._kv
-        execution = secrets.token_hex(16)  # 128 random bits, subject-safe
+        execution = request.execution or secrets.token_hex(16)  # 128 random bits
         now = time.time()
         record = ExecutionRecord(
             execution=execution,
@@ -289,19 +294,21 @@ class Runner:
             parent=request.parent,
             root=request.root or (execution if request.parent is None else None),
             depth=request.depth,
+            instance=self._instance,
         )
+        created = await self._create(kv, record)
+        if isinstance(created, ExecutionRecord):
+            return created
         timeout = request.timeout or spec.timeout
-        base = {
-            "execution": execution,
-            "node": record.node,
-            "flow": record.flow,
-            "launcher": launcher,
-            "parent": record.parent,
-            "root": record.root,
-        }
-        assert self._pub is not None
-        emitter = Emitter(base, 0, self._pub.put)
-        ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout, emitter=emitter)
+        emitter = Emitter(envelope(record), 0, self._pub.put)
+        ex = _Execution(
+            record=record,
+            spec=spec,
+            inputs=inputs,
+            timeout=timeout,
+            emitter=emitter,
+            revision=created,
+        )
         meta = {
             "flow": spec.name,
             "node": self._settings.id,
@@ -314,20 +321,43 @@ class Runner:
         self._publish(ex, "meta", meta)
         self._publish(ex, "inputs", inputs)
         self._publish(ex, "status", {"status": record.status})
-        assert self._pub is not None
-        # Both retried briefly (a cluster electing a stream leader), within the launcher's
-        # request timeout: past that, the launch fails with an error reply it can retry.
-        created = js_retry(lambda: create_record(kv, record), "create a record", ACCEPT_RETRY)
-        try:
-            ex.revision, _ = await asyncio.gather(created, self._pub.drain())
-        except Exception as exc:
-            # Not accepted: the launcher gets an error reply; end the trail already published.
-            failure = {"type": type(exc).__name__, "message": f"not accepted: {exc}"}
-            self._publish(ex, "error", {**failure, "traceback": ""})
-            self._publish(ex, "status", {"status": "error"})
-            raise
         self._live[execution] = ex
+        try:
+            await self._pub.drain()
+        except Exception as exc:
+            # Not accepted: the launcher gets an error reply; end what was claimed.
+            self._forget(ex)
+            await self._conclude(ex, "error", error_of(type(exc).__name__, f"not accepted: {exc}"))
+            raise
         return ex
+
+    async def _create(self, kv: KeyValue, record: ExecutionRecord) -> int | ExecutionRecord:
+        """Create the record (retried briefly while a cluster elects a stream leader, within the
+        launcher's request timeout); its revision, or the record that already holds the id."""
+        key = record_key(record)
+        try:
+            return await js_retry(
+                lambda: create_record(kv, record), "create a record", ACCEPT_RETRY
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        stored = await read_record(kv, key)
+        if stored is None:
+            raise WireError(key, "the execution id is taken, but its record cannot be read")
+        found, revision = stored
+        if found == record:  # our own create, whose first reply was lost: it is ours
+            return revision
+        return found
+
+    def _reply(self, record: ExecutionRecord, existing: bool = False) -> LaunchReply:
+        return LaunchReply(
+            execution=record.execution,
+            node=record.node,
+            flow=record.flow,
+            launcher=record.launcher,
+            subject=subjects.events(record.launcher, record.execution, "*"),
+            existing=existing,
+        )
 
     def _publish(self, ex: _Execution, kind: str, data: Any) -> None:
         """Queue an event from the node (`self._pub.drain()` waits until it is stored)."""
@@ -396,11 +426,15 @@ class Runner:
             )
             ex.state = "running"
             try:
-                await self._pool.run(job, cancel=ex.cancel_requested)
+                outcome = await self._pool.run(job, cancel=ex.cancel_requested)
             except WorkerDied as exc:
                 await self._end_outside(ex, "error", "WorkerDied", f"the Ray worker died: {exc}")
             except JobTooLarge as exc:
                 await self._end_outside(ex, "error", "JobTooLarge", str(exc))
+            else:
+                if not outcome.ended:  # a claim, not an ending: the worker could not end it
+                    reason = outcome.error or "the worker did not end the execution"
+                    await self._end_outside(ex, "error", "WorkerFailure", reason)
         finally:
             ex.state = "done"
             ex.ended.set()
@@ -409,29 +443,37 @@ class Runner:
             self._forget(ex)
 
     async def _end_outside(self, ex: _Execution, status: str, type_name: str, message: str) -> None:
+        """End an execution its worker cannot end (it died, or never got it)."""
         assert self._js is not None and self._kv is not None and self._pub is not None
-        await self._pub.drain()  # "starting" stored, so the ending numbers after it
-        error = {"type": type_name, "message": message, "traceback": ""}
-        seq = await end_from_outside(self._js, ex.record, status, error)
-        await update_record(
-            self._kv, record_key(ex.record), set_status(status, last_seq=seq, error=message)
-        )
+        await self._pub.drain()  # what the node published is stored: the ending numbers after it
+        await end_from_outside(self._js, self._kv, ex.record, status, error_of(type_name, message))
 
     async def _end_pending(self, ex: _Execution, message: str) -> None:
         """End an execution that never reached a worker as `cancelled`."""
-        assert self._kv is not None and self._pub is not None
-        self._publish(ex, "error", {"type": "Cancelled", "message": message, "traceback": ""})
-        self._publish(ex, "status", {"status": "cancelled"})
-        await self._pub.drain()
-        await update_record(
-            self._kv,
-            record_key(ex.record),
-            set_status("cancelled", last_seq=ex.seq, error=message),
-            known=(ex.record, ex.revision),
-        )
+        await self._conclude(ex, "cancelled", error_of("Cancelled", message))
         ex.state = "done"
         ex.ended.set()
         self._forget(ex)
+
+    async def _conclude(self, ex: _Execution, status: str, error: dict[str, str]) -> None:
+        """End, as its owner, an execution the runner still numbers (before the hand-over)."""
+        assert self._js is not None and self._kv is not None
+        await conclude(
+            self._js,
+            self._kv,
+            ex.record,
+            ex.emitter.close(),
+            status,
+            error=error,
+            known=(ex.record, ex.revision),
+            store=self._store,
+        )
+
+    async def _store(self, messages: list[Message]) -> None:
+        assert self._pub is not None
+        for message in messages:
+            self._pub.put(*message)
+        await self._pub.drain()
 
     def _forget(self, ex: _Execution) -> None:
         self._live.pop(ex.record.execution, None)

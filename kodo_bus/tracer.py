@@ -130,9 +130,11 @@ class Emitter:
             if text:
                 self.emit(kind, text)
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Take no more events (a straggling thread's are dropped); the last seq used."""
         with self._lock:
             self._closed = True
+            return self.seq
 
 
 class Tracer:

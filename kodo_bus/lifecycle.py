@@ -1,0 +1,324 @@
+"""The one way an execution ends: exactly once, decided by JetStream, seen by every follower.
+
+Several parties may want to end the same execution: its worker (the flow returned, failed,
+timed out or was cancelled), the node's runner (the execution never reached a worker, or its
+worker died), a registry (the node is gone), a stopping node. They must not both succeed, and
+the loser must learn it. Msg-Id de-duplication cannot decide that (two enders number their
+events differently, and colliding ids silently drop a real event), so the decision is a
+compare-and-set on the execution's record in `KODO_EXECUTIONS`: whoever moves the record from a
+live status to a terminal one owns the ending, and only the owner publishes the terminal events
+(`final` or `error`, then the terminal `status`). Everyone else gets `Ending(won=False)` with the
+status that won.
+
+The record is written first and the terminal events right after, so a crash in between leaves a
+terminal record and no terminal event. `end` repairs that when it finds it (any later ender, the
+node's runner after a worker death, a registry): it publishes the terminal events the record
+stands for. Terminal events carry the Msg-Id `<execution>:<seq>:end` whoever publishes them, so
+a repair racing the owner's own publish stores one copy — and they never collide with the ids of
+the worker's ordinary events (`<execution>:<seq>`), so no real event is dropped as a duplicate.
+
+An outside ender numbers its events after the last *valid* event stored for the execution
+(`stored_tail`): a message that does not decode, or whose envelope names another execution or
+launcher than its subject, is skipped, so garbage published on an execution's subjects cannot
+make the ender reuse seqs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from . import snapshot, subjects
+from .bus import js_retry
+from .codec import decode_many
+from .errors import WireError
+from .executions import (
+    Stored,
+    event_message,
+    read_record,
+    record_key,
+    set_status,
+    update_record,
+)
+from .models import TERMINAL_STATUSES, Event, ExecutionRecord
+
+log = logging.getLogger("kodo_bus.lifecycle")
+
+Message = tuple[str, bytes, dict[str, str]]
+"""Subject, body and headers of one event."""
+
+NOTHING: Any = object()
+"""`final` not given (None is a valid return value of a flow)."""
+
+END_ID = ":end"
+"""Suffix of the Msg-Id of terminal events (see the module docstring)."""
+
+PUBLISH_WITHIN = 30.0
+"""Seconds an outside ender retries storing the terminal events (a stream electing a leader)."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an execution ended, as one ender learned it."""
+
+    status: str
+    """The terminal status the execution has (this caller's, or the one that won)."""
+    won: bool
+    """This caller ended the execution (and published its terminal events)."""
+    last_seq: int = 0
+    """Seq of the terminal status event (0 when unknown: the record had none)."""
+
+
+def envelope(record: ExecutionRecord) -> dict[str, Any]:
+    """The fields every event of an execution carries besides seq, ts, kind and data."""
+    return {
+        "execution": record.execution,
+        "node": record.node,
+        "flow": record.flow,
+        "launcher": record.launcher,
+        "parent": record.parent,
+        "root": record.root,
+    }
+
+
+def error_of(type_name: str, message: str, traceback: str = "") -> dict[str, str]:
+    """The `data` of an `error` event."""
+    return {"type": type_name, "message": message, "traceback": traceback}
+
+
+def ending_messages(
+    record: ExecutionRecord,
+    after: int,
+    status: str,
+    error: dict[str, str] | None = None,
+    final: Any = NOTHING,
+) -> list[Message]:
+    """`final` or `error` (when given), then the terminal status, numbered after seq `after`."""
+    kinds: list[tuple[str, Any]] = []
+    if final is not NOTHING:
+        kinds.append(("final", final))
+    if error is not None:
+        kinds.append(("error", error))
+    kinds.append(("status", {"status": status}))
+    base = envelope(record)
+    messages = []
+    for offset, (kind, data) in enumerate(kinds, start=1):
+        event = Event(seq=after + offset, ts=time.time(), kind=kind, data=data, **base)
+        messages.append(event_message(event, f"{record.execution}:{event.seq}{END_ID}"))
+    return messages
+
+
+# -- the stored trail ----------------------------------------------------------------------------
+async def stored_events(js: JetStreamContext, record: ExecutionRecord) -> list[Event]:
+    """Every valid event of the execution in the stream, in stream order (no consumer made).
+
+    Valid: it decodes, and its envelope names this execution and launcher, like its subject.
+    Read with direct gets (`next_by_subj`), so reading leaves no state in the server.
+    """
+    wanted = subjects.events(record.launcher, record.execution, "*")
+    events: list[Event] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js_retry(
+                functools.partial(
+                    js.get_msg, subjects.STREAM_EVENTS, seq, wanted, direct=True, next=True
+                ),
+                f"read the events of {record.execution}",
+            )
+        except nats.js.errors.NotFoundError:
+            return events
+        seq = int(msg.seq or seq) + 1
+        try:
+            decoded = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)
+        except WireError as exc:
+            log.warning("execution %s: skipping an undecodable event: %s", record.execution, exc)
+            continue
+        for event in decoded:
+            if event.execution == record.execution and event.launcher == record.launcher:
+                events.append(event)
+            else:
+                log.warning("execution %s: skipping an event of %s", record.execution, event)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """What the stream holds of an execution: its last seq and its terminal status, if any."""
+
+    last_seq: int
+    terminal: str | None
+    terminal_seq: int = 0
+
+
+async def stored_tail(js: JetStreamContext, record: ExecutionRecord) -> Tail:
+    last, terminal, terminal_seq = 0, None, 0
+    for event in await stored_events(js, record):
+        last = max(last, event.seq)
+        if event.kind == "status" and isinstance(event.data, dict):
+            status = event.data.get("status")
+            if status in TERMINAL_STATUSES and terminal is None:
+                terminal, terminal_seq = str(status), event.seq
+    return Tail(last, terminal, terminal_seq)
+
+
+# -- the decision --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """The result of trying to move a record to a terminal status."""
+
+    won: bool
+    record: ExecutionRecord | None
+    """The record as written (won) or as found (lost; None when there is none)."""
+
+
+async def claim(
+    kv: KeyValue,
+    key: str,
+    status: str,
+    *,
+    last_seq: int,
+    error: str | None,
+    known: Stored | None = None,
+) -> Claim:
+    """Compare-and-set the record under `key` to `status`; lost if it is terminal already
+    (`update_record` never changes a terminal record)."""
+    written = await update_record(
+        kv, key, set_status(status, last_seq=last_seq, error=error), known
+    )
+    if written is not None:
+        return Claim(True, written[0])
+    current = await read_record(kv, key)
+    if current is not None and current[0].status not in TERMINAL_STATUSES:
+        log.error("cannot end %s: its record keeps changing", key)
+        return Claim(False, None)
+    return Claim(False, None if current is None else current[0])
+
+
+# -- ending ---------------------------------------------------------------------------------------
+Store = Callable[[list[Message]], Awaitable[None]]
+"""Stores events, acknowledged, behind whatever the ender stored before (its publisher)."""
+
+
+async def conclude(
+    js: JetStreamContext,
+    kv: KeyValue,
+    record: ExecutionRecord,
+    after: int,
+    status: str,
+    *,
+    error: dict[str, str] | None = None,
+    final: Any = NOTHING,
+    known: Stored | None = None,
+    store: Store | None = None,
+) -> Ending:
+    """End the execution with `status` after seq `after`, unless someone else ended it first.
+
+    Order: the `final`/`error` event is stored, then the record is claimed, then the terminal
+    status is stored. So a claimed record always has its `final`/`error` stored (a repair only
+    adds the status), and a caller that loses the claim leaves at most that one event behind —
+    numbered before the winner's, so readers, who stop at the terminal status, never see it as
+    the ending.
+    """
+    store = store or functools.partial(publish, js)
+    first, last = ending_messages(record, after, status, error, final)
+    await store([first])
+    message = error.get("message") if error is not None else None
+    decided = await claim(
+        kv, record_key(record), status, last_seq=after + 2, error=message, known=known
+    )
+    if decided.won:
+        await store([last])
+        return Ending(status, True, after + 2)
+    if decided.record is None:
+        log.warning("cannot end %s: it has no record", record.execution)
+        return Ending(status, False)
+    return await repair(js, decided.record)
+
+
+async def end_from_outside(
+    js: JetStreamContext,
+    kv: KeyValue,
+    record: ExecutionRecord,
+    status: str,
+    error: dict[str, str],
+) -> Ending:
+    """End an execution whose worker cannot (it died, its node did, it never got it).
+
+    Numbers after the last valid stored event. When the record is terminal already, this
+    caller lost: it repairs the stream if the terminal status is missing, and returns the
+    status that won.
+    """
+    current = await read_record(kv, record_key(record))
+    if current is None:
+        log.warning("cannot end %s: it has no record", record.execution)
+        return Ending(status, False)
+    found = current[0]
+    if found.status in TERMINAL_STATUSES:
+        return await repair(js, found)
+    tail = await stored_tail(js, found)
+    if tail.terminal is not None:
+        return Ending(tail.terminal, False, tail.terminal_seq)
+    return await conclude(js, kv, found, tail.last_seq, status, error=error, known=current)
+
+
+async def repair(js: JetStreamContext, record: ExecutionRecord) -> Ending:
+    """A terminal record: make sure its terminal status is stored too (its ender may have died
+    between the claim and the status; its `final`/`error` was stored before the claim)."""
+    tail = await stored_tail(js, record)
+    if tail.terminal is not None:
+        return Ending(tail.terminal, False, tail.terminal_seq)
+    if not record.last_seq:
+        return Ending(record.status, False)
+    status = ending_messages(record, record.last_seq - 1, record.status)
+    log.warning("execution %s: storing the %s its record holds", record.execution, record.status)
+    await publish(js, status)
+    return Ending(record.status, False, record.last_seq)
+
+
+async def publish(js: JetStreamContext, messages: list[Message]) -> None:
+    """Store events one by one, acknowledged, in order (retried while JetStream fails over)."""
+    for subject, body, headers in messages:
+        await js_retry(
+            functools.partial(js.publish, subject, body, headers=headers),
+            f"publish on {subject}",
+            PUBLISH_WITHIN,
+        )
+
+
+async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None) -> int:
+    """End every unfinished execution of `node` (of one replica `instance` when given) as
+    `lost`; how many this call ended (another ender may win some: they are not counted)."""
+    try:
+        kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
+    except nats.js.errors.BucketNotFoundError:
+        return 0
+    # One pass over the current keys (nats-py's kv.keys() can end before it has seen them all).
+    bucket = subjects.BUCKET_EXECUTIONS
+    prefix = subjects.kv_subject(bucket, "")
+    keys = [
+        msg.subject[len(prefix) :]
+        async for msg in snapshot.current(js, subjects.kv_stream(bucket), prefix + ">")
+        if msg.data
+    ]
+    ended = 0
+    for key in keys:
+        current = await read_record(kv, key)
+        if current is None:
+            continue
+        record = current[0]
+        if record.node != node or record.status in TERMINAL_STATUSES:
+            continue
+        if instance is not None and record.instance != instance:
+            continue
+        message = f"node {node!r} went offline while the execution was {record.status}"
+        ending = await end_from_outside(js, kv, record, "lost", error_of("ExecutionLost", message))
+        ended += ending.won
+    return ended
