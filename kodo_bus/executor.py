@@ -336,7 +336,9 @@ class ExecActor:
         except WorkflowError as exc:
             return "error", error_data(exc), NOTHING
         except Exception as exc:  # no registry answers, a timeout...: the chain did not start
-            return "error", error_data(exc, "WorkflowError"), NOTHING
+            names = ", ".join(nxt.flows)
+            failed = WorkflowError(f"could not launch the next flows ({names}): {exc}")
+            return "error", error_data(failed), NOTHING
         return "finished", None, {**nxt.model_dump(), "children": children}
 
     async def _end(self, job: Job, emitter: Emitter, record: _RecordWriter, how: _How) -> Outcome:

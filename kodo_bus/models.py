@@ -256,7 +256,7 @@ class LaunchRequest(Message):
     """Request on `kodo.launch.<user>.<node>.<flow>`."""
 
     inputs: dict[str, Any] = Field(default_factory=dict)
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     execution: str | None = Field(default=None, pattern=EXECUTION_ID)
     """The execution's id, chosen by the client (so a launch whose reply was lost can be sent
     again: the same id is the same execution). The node makes one when it is absent."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from kodo_bus.flows import flow
+from kodo_bus.flows import Next, flow
 from kodo_bus.tracer import Tracer
 
 
@@ -104,3 +104,9 @@ async def many(inputs: Many, tracer: Tracer) -> int:
 async def asker(inputs: dict[str, Any], tracer: Tracer) -> dict[str, Any]:
     answer = await tracer.ask(Answer, "pick a colour", timeout=float(inputs.get("timeout", 30)))
     return answer.model_dump()
+
+
+@flow(name="chain-nowhere")
+async def chain_nowhere(inputs: dict[str, Any], tracer: Tracer) -> Next:
+    """Chains a flow no node offers and no registry can find."""
+    return Next(flows=["no-such-flow-anywhere"], outputs={})

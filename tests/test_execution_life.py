@@ -1,0 +1,181 @@
+"""Every execution ends exactly once (issue 14): the endings the worker, the runner and an
+outside ender race for, client-chosen ids, and endings that garbage cannot disturb."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+
+import pytest
+
+from kodo_bus import subjects
+from kodo_bus.bus import connect, ensure_execution_storage, request
+from kodo_bus.client import Client
+from kodo_bus.codec import CONTENT_TYPE, JSON, decode_reply
+from kodo_bus.config import ConnectSettings
+from kodo_bus.errors import ExecutionLost, RemoteError
+from kodo_bus.executions import create_record, event_message, read_record
+from kodo_bus.lifecycle import mark_lost, stored_events
+from kodo_bus.models import (
+    TERMINAL_STATUSES,
+    Event,
+    ExecutionRecord,
+    LaunchReply,
+    LaunchRequest,
+)
+from kodo_bus.server import NatsServer
+
+from . import test_execution_support as support
+from .test_execution_support import (
+    NodeFactory,
+    check_well_formed,
+    eventually,
+    read_events,
+    status_of,
+)
+
+pytestmark = [pytest.mark.ray]
+make_node = support.make_node
+
+
+def _terminals(events: list[Event]) -> list[str]:
+    return [s for s in status_of(events) if s in TERMINAL_STATUSES]
+
+
+async def test_a_chain_no_registry_can_start_ends_error(make_node: NodeFactory) -> None:
+    """Finding 5: `NoResponders` from the chain's registry lookup used to escape the worker,
+    whose outcome the runner dropped: the execution stayed `running` for ever."""
+    node = await make_node()
+    reply = await node.launch("chain-nowhere", {})
+    events = await read_events(node.js, reply.execution, timeout=30)
+    check_well_formed(events)
+    assert status_of(events)[-1] == "error"
+    assert "no-such-flow-anywhere" in events[-2].data["message"]
+    stored = await read_record(
+        await node.js.key_value(subjects.BUCKET_EXECUTIONS),
+        subjects.record_key("local", reply.execution),
+    )
+    assert stored is not None and stored[0].status == "error"
+    assert stored[0].last_seq == events[-1].seq
+
+
+async def test_the_same_id_launched_twice_is_one_execution(make_node: NodeFactory) -> None:
+    """Finding 7: a launch whose reply was lost can be sent again with its id: one execution."""
+    node = await make_node()
+    execution = os.urandom(16).hex()
+    launch = LaunchRequest(inputs={"seconds": 0.5, "tag": "once"}, execution=execution)
+
+    async def send() -> LaunchReply:
+        return await request(
+            node.nc, subjects.launch("local", node.id, "sleeper"), launch, LaunchReply, timeout=10
+        )
+
+    replies = await asyncio.gather(*(send() for _ in range(6)))
+    assert {r.execution for r in replies} == {execution}
+    assert sorted(r.existing for r in replies) == [False] + [True] * 5
+    events = await read_events(node.js, execution, timeout=30)
+    check_well_formed(events)
+    assert [e.kind for e in events].count("meta") == 1
+    again = await send()  # after its end too
+    assert again.existing and again.execution == execution
+    with pytest.raises(RemoteError, match="taken by a launch of 'sleeper'") as taken:
+        await request(
+            node.nc,
+            subjects.launch("local", node.id, "add"),
+            LaunchRequest(inputs={"a": 1}, execution=execution),
+            LaunchReply,
+        )
+    assert taken.value.kind == "invalid_request"
+    for bad in ("short", "has.dot-in-it-0123456789", "x" * 65):
+        body = json.dumps({"inputs": {"a": 1}, "execution": bad}).encode()
+        msg = await node.nc.request(
+            subjects.launch("local", node.id, "add"), body, headers={CONTENT_TYPE: JSON}
+        )
+        with pytest.raises(RemoteError) as refused:
+            decode_reply(msg, LaunchReply)
+        assert refused.value.kind == "invalid_request"
+
+
+async def test_an_infinite_timeout_is_refused(make_node: NodeFactory) -> None:
+    """Finding 11: `timeout=inf` was stored as `Infinity`, which strict JSON readers refuse."""
+    node = await make_node()
+    with pytest.raises(RemoteError) as refused:
+        await request(
+            node.nc,
+            subjects.launch("local", node.id, "add"),
+            LaunchRequest.model_construct(inputs={"a": 1}, timeout=math.inf),
+            LaunchReply,
+        )
+    assert refused.value.kind == "invalid_request"
+
+
+async def test_an_outside_end_racing_a_live_worker_ends_once(make_node: NodeFactory) -> None:
+    """Finding 3: a registry that wrongly declares a live node lost, and the worker that ends
+    the same execution later: one terminal status, the record equal to it, and the worker
+    learns it lost (its runner holds nothing afterwards)."""
+    node = await make_node()
+    reply = await node.launch("sleeper", {"seconds": 2, "tag": "late"})
+    sub = await node.nc.subscribe(subjects.events("local", reply.execution, "status"))
+    while b'"running"' not in (await sub.next_msg(timeout=30)).data:
+        pass
+    assert await mark_lost(node.js, node.id) == 1
+    events = await read_events(node.js, reply.execution, timeout=10)
+    check_well_formed(events)
+    assert status_of(events)[-1] == "lost"
+    await eventually(lambda: not node.runner._live, timeout=20)  # the worker ended (and lost)
+    kv = await node.js.key_value(subjects.BUCKET_EXECUTIONS)
+    stored = await read_record(kv, subjects.record_key("local", reply.execution))
+    assert stored is not None
+    everything = await stored_events(node.js, stored[0])
+    assert _terminals(everything) == ["lost"]
+    assert stored[0].status == "lost" and stored[0].last_seq == events[-1].seq
+    assert max(e.seq for e in everything) == events[-1].seq  # nothing stored after the end
+
+
+async def test_garbage_on_an_execution_subject_does_not_disturb_its_end(
+    nats_server: NatsServer,
+) -> None:
+    """Finding 4: an undecodable last message (and one with another execution's envelope) made
+    the outside ender number from 0, its ids collided with `meta`/`inputs` and were dropped:
+    the record said `lost`, no terminal event was stored and `result()` hung."""
+    nc = await connect(ConnectSettings(nats=[nats_server.url]))
+    try:
+        js = nc.jetstream()
+        kv = await ensure_execution_storage(js, max_age=3600)
+        node = f"gone-{time.monotonic_ns()}"
+        execution = os.urandom(16).hex()
+        now = time.time()
+        record = ExecutionRecord(
+            execution=execution,
+            flow="f",
+            node=node,
+            launcher="local",
+            status="running",
+            created=now,
+            updated=now,
+        )
+        await create_record(kv, record)
+        base = {"execution": execution, "node": node, "flow": "f", "launcher": "local"}
+        trail = [("meta", {}), ("inputs", {}), ("status", {"status": "running"})]
+        for seq, (kind, data) in enumerate(trail, 1):
+            event = Event(seq=seq, ts=now, kind=kind, data=data, **base)
+            await js.publish(*event_message(event)[:2], headers=event_message(event)[2])
+        stranger = Event(seq=9, ts=now, kind="log", data={}, **{**base, "execution": "x" * 32})
+        subject = subjects.events("local", execution, "log")
+        await js.publish(subject, event_message(stranger)[1])
+        await js.publish(subject, b"\x00 not an event")
+        assert await mark_lost(js, node) == 1
+        valid = await stored_events(js, record)  # the garbage skipped
+        check_well_formed(valid)
+        assert [e.seq for e in valid][-2:] == [4, 5]
+        assert status_of(valid)[-1] == "lost"
+        async with Client(nats_server.url) as kb:
+            t0 = time.monotonic()
+            with pytest.raises(ExecutionLost):
+                await kb.execution(execution).result(timeout=10)
+            assert time.monotonic() - t0 < 5
+    finally:
+        await nc.close()
