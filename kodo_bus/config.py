@@ -25,6 +25,9 @@ ENV_PREFIX = "KODO_"
 NATS_ENV = "KODO_NATS"
 """Where every process finds the bus: one URL or a comma-separated list (the settings' `nats`)."""
 NATS_ENV_DEPRECATED = "KODO_NATS_URL"
+LAUNCH_ATTEMPTS = 3
+"""Times a client sends a launch that got no reply (the same execution id each time, so a
+node that did take an earlier one answers with that execution: nothing runs twice)."""
 """The SDK's old name of `KODO_NATS`, still read (with a DeprecationWarning) when that is unset."""
 
 

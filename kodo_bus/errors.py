@@ -5,7 +5,7 @@ Timeouts also subclass the built-in `TimeoutError` so `except TimeoutError` keep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -40,6 +40,18 @@ class WireError(KodoError):
 
 class KodoTimeout(KodoError, TimeoutError):
     """A request to a kodo-bus service got no reply in time (is the service running?)."""
+
+
+class LaunchUnanswered(KodoTimeout):
+    """A launch got no reply, however often it was sent: the execution may have started.
+
+    `execution` is its id: follow it (`Client.execution(id)`) or launch again with
+    `execution_id=` that id — the same id never runs twice.
+    """
+
+    def __init__(self, execution: str, message: str) -> None:
+        super().__init__(message)
+        self.execution = execution
 
 
 class NoResponders(KodoError):
@@ -87,6 +99,16 @@ class AmbiguousFlow(KodoError):
 
 class ExecutionNotFound(KodoError):
     """No record of that execution id exists (wrong id, or expired past `events_max_age`)."""
+
+
+class EventsNotStored(KodoError):
+    """Events of running executions were given up on (JetStream never confirmed them, or the
+    worker refused them to bound its memory); `executions` names whose. Such an execution must
+    end `error` with this reason, never as if its events were stored."""
+
+    def __init__(self, message: str, executions: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.executions = frozenset(executions)
 
 
 class ExecutionError(KodoError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from . import subjects
-from .errors import InputsInvalid, problems_from
+from .config import LAUNCH_ATTEMPTS
+from .errors import InputsInvalid, KodoTimeout, LaunchUnanswered, problems_from
 from .models import FlowItem, LaunchReply, LaunchRequest
 from .schema_model import model_from_schema
 
@@ -74,19 +76,37 @@ class Flow:
         timeout: float | None = None,
         *,
         parent: str | None = None,
+        execution_id: str | None = None,
     ) -> Execution:
-        """Start an execution; returns at once with its handle (the node validates again)."""
+        """Start an execution; returns at once with its handle (the node validates again).
+
+        `execution_id` (16 to 64 letters, digits, `_` or `-`; a random one by default) names the
+        execution: launching an id again is the same execution, so a launch that got no reply
+        is sent again (`LAUNCH_ATTEMPTS` times in all) without any risk of running twice, and
+        the id is known before the launch — to follow its events from the very first.
+        """
         from .execution_ref import Execution
 
         data = self.validate(inputs)
         nc = await self._client._bus_for(self.urls)
         subject = subjects.launch(self._client.user, self.node, self.name)
-        reply = await self._client._request(
-            subject,
-            LaunchRequest(inputs=data, timeout=timeout, parent=parent),
-            LaunchReply,
-            nc=nc,
+        request = LaunchRequest(
+            inputs=data,
+            timeout=timeout,
+            parent=parent,
+            execution=execution_id or secrets.token_hex(16),
         )
+        for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+            try:
+                reply = await self._client._request(subject, request, LaunchReply, nc=nc)
+                break
+            except KodoTimeout as exc:
+                if attempt == LAUNCH_ATTEMPTS:
+                    raise LaunchUnanswered(
+                        str(request.execution),
+                        f"{exc}, {attempt} times: execution {request.execution} may have "
+                        f"started; follow it, or launch again with that execution id",
+                    ) from None
         return Execution(self._client, reply.execution, reply.launcher, reply.node, reply.flow)
 
 

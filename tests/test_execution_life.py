@@ -10,19 +10,23 @@ import os
 import time
 
 import pytest
+from nats.aio.msg import Msg
 
 from kodo_bus import subjects
 from kodo_bus.bus import connect, ensure_execution_storage, request
 from kodo_bus.client import Client
 from kodo_bus.codec import CONTENT_TYPE, JSON, decode_reply
 from kodo_bus.config import ConnectSettings
-from kodo_bus.errors import ExecutionLost, RemoteError
+from kodo_bus.errors import ExecutionLost, LaunchUnanswered, RemoteError
+from kodo_bus.execution_ref import Execution
 from kodo_bus.executions import create_record, event_message, read_record
+from kodo_bus.flow_ref import Flow
 from kodo_bus.lifecycle import mark_lost, stored_events
 from kodo_bus.models import (
     TERMINAL_STATUSES,
     Event,
     ExecutionRecord,
+    FlowItem,
     LaunchReply,
     LaunchRequest,
 )
@@ -179,3 +183,46 @@ async def test_garbage_on_an_execution_subject_does_not_disturb_its_end(
             assert time.monotonic() - t0 < 5
     finally:
         await nc.close()
+
+
+async def test_a_burst_of_launches_leaves_no_execution_its_launcher_does_not_know(
+    make_node: NodeFactory, nats_server: NatsServer
+) -> None:
+    """Finding 7: thousands of launches at once, replies slower than the client waits: each
+    unanswered launch is sent again with its id, so every execution that exists is one its
+    launcher knows, once — none runs twice, none is orphaned."""
+    node = await make_node(max_running=4, max_queue=10_000)
+    item = FlowItem(name="sleeper", node=node.id)
+    sent = 0
+
+    async def count(msg: Msg) -> None:
+        nonlocal sent
+        sent += 1
+
+    await node.nc.subscribe(subjects.launch("local", node.id, "sleeper"), cb=count)
+    async with Client(nats_server.url, timeout=0.3) as kb:
+        flow = Flow(kb, item)
+        chosen = [os.urandom(16).hex() for _ in range(800)]
+        outcomes = await asyncio.gather(
+            *(flow.launch({"seconds": 0}, execution_id=x) for x in chosen),
+            return_exceptions=True,
+        )
+    answered = [o for o in outcomes if isinstance(o, Execution)]
+    unanswered = [o for o in outcomes if isinstance(o, LaunchUnanswered)]
+    assert len(answered) + len(unanswered) == len(chosen), [
+        o for o in outcomes if not isinstance(o, Execution | LaunchUnanswered)
+    ][:3]
+    assert [a.id for a in answered] == [
+        x for x, o in zip(chosen, outcomes, strict=True) if isinstance(o, Execution)
+    ]
+    assert sent > len(chosen), "no launch was sent again: the test did not test re-sends"
+    assert {u.execution for u in unanswered} <= set(chosen)
+    kv = await node.js.key_value(subjects.BUCKET_EXECUTIONS)
+    for execution in chosen:
+        stored = await read_record(kv, subjects.record_key("local", execution))
+        if stored is None:
+            assert execution not in {a.id for a in answered}
+            continue
+        events = await read_events(node.js, execution, timeout=60)
+        check_well_formed(events)
+        assert [e.kind for e in events].count("meta") == 1
