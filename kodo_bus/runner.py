@@ -139,8 +139,8 @@ class Runner:
         """Refuse new launches, give running ones `grace` seconds, then cancel them."""
         self._stopping = True
         if self._launch_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._launch_sub.unsubscribe()
+            with contextlib.suppress(Exception):  # launches already received are told "busy"
+                await self._launch_sub.drain()  # type: ignore[no-untyped-call]
             self._launch_sub = None
         if self._launching:
             await asyncio.wait(self._launching, timeout=ACCEPT_RETRY * 2)

@@ -17,7 +17,13 @@ from kodo_bus.bus import connect, ensure_execution_storage, request
 from kodo_bus.client import Client
 from kodo_bus.codec import CONTENT_TYPE, JSON, decode_reply
 from kodo_bus.config import ConnectSettings
-from kodo_bus.errors import ExecutionLost, LaunchUnanswered, RemoteError
+from kodo_bus.errors import (
+    ExecutionLost,
+    KodoError,
+    LaunchUnanswered,
+    NoResponders,
+    RemoteError,
+)
 from kodo_bus.execution_ref import Execution
 from kodo_bus.executions import create_record, event_message, read_record
 from kodo_bus.flow_ref import Flow
@@ -226,3 +232,27 @@ async def test_a_burst_of_launches_leaves_no_execution_its_launcher_does_not_kno
         events = await read_events(node.js, execution, timeout=60)
         check_well_formed(events)
         assert [e.kind for e in events].count("meta") == 1
+
+
+async def test_a_graceful_stop_ends_everything_it_accepted(make_node: NodeFactory) -> None:
+    """Finding 11: launches accepted while the node stops must not stay `pending` for ever:
+    every launch that got a reply ends (finished, or cancelled by the stop)."""
+    node = await make_node(max_running=1, grace=0.5)
+
+    async def launch(i: int) -> LaunchReply | KodoError:
+        try:
+            reply: LaunchReply = await node.launch("sleeper", {"seconds": 3, "tag": str(i)})
+        except (RemoteError, NoResponders) as exc:  # "busy: stopping", or it stopped listening
+            return exc
+        return reply
+
+    first = [await launch(i) for i in range(3)]
+    racing = [asyncio.create_task(launch(i)) for i in range(3, 23)]
+    await asyncio.sleep(0)  # the racing launches are on their way as the stop begins
+    await asyncio.wait_for(node.runner.stop(), 30)
+    replies = [r for r in [*first, *await asyncio.gather(*racing)] if isinstance(r, LaunchReply)]
+    assert len(replies) >= 3
+    for reply in replies:
+        events = await read_events(node.js, reply.execution, timeout=10)
+        check_well_formed(events)
+        assert status_of(events)[-1] in {"finished", "cancelled"}
