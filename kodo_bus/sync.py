@@ -133,9 +133,11 @@ class Flow:
         timeout: float | None = None,
         *,
         parent: str | None = None,
+        execution_id: str | None = None,
     ) -> Execution:
         """Start an execution and return its handle at once (the node validates again)."""
-        inner = self._loop.run(self._inner.launch(inputs, timeout, parent=parent))
+        launch = self._inner.launch(inputs, timeout, parent=parent, execution_id=execution_id)
+        inner = self._loop.run(launch)
         return Execution(self._loop, inner)
 
 
