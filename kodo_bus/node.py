@@ -4,17 +4,28 @@ A node never waits for a registry: it announces into the void at start, and any 
 comes later asks for a re-announcement with `kodo.sync`. Each node answers a sync after a random
 delay so a thousand nodes do not hit the registry in the same millisecond. Heartbeats carry the
 catalog revision, so a registry that missed a catalog notices and fetches it.
+
+Several processes may serve one node id (replicas). Each has its own instance id, in its
+heartbeats and catalog, so registries judge each by its own heartbeats; the catalog revision is
+a hash of what the catalog offers, so replicas with the same flows agree on it. Heartbeats go on
+through outages: a failed one is logged once per outage, and soon after a reconnect the node
+announces its catalog and beats, since registries may have missed both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import importlib
+import json
 import logging
 import random
+import secrets
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+import nats.errors
 import psutil
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -47,27 +58,35 @@ class Node:
     """Announcer of one node's flows; `joined` turns False after `disconnect`."""
 
     def __init__(
-        self, nc: NATS, settings: ServiceSettings, flows: list[FlowSpec], rejects: Rejects
+        self,
+        nc: NATS,
+        settings: ServiceSettings,
+        flows: list[FlowSpec],
+        rejects: Rejects,
+        instance: str = "",
     ) -> None:
         self.nc = nc
         self.settings = settings
         self.flows = flows
         self.rejects = rejects
+        self.instance = instance or secrets.token_hex(4)
+        """This process among the replicas of the node id."""
         self.started = time.time()
-        self.catalog = Catalog(
+        catalog = Catalog(
             node=settings.id,
             organization=settings.organization,
             role=settings.role,
-            # A restart may change flows or organization: a fresh revision makes registries
-            # that kept the old catalog fetch the new one at the first heartbeat.
-            revision=time.time_ns() // 1_000_000,
             started=self.started,
             flows=[f.info() for f in flows],
+            instance=self.instance,
         )
+        self.catalog = catalog.model_copy(update={"revision": content_revision(catalog)})
         self.joined = False
         self.tasks = TaskSet(log)
         self.runner: _Runner | None = None
         self._sync_pending = False
+        self._wake = asyncio.Event()
+        """Set on a reconnect: the heartbeat loop announces and beats at once."""
         self._process = psutil.Process()
         self._process.cpu_percent(None)
 
@@ -91,7 +110,7 @@ class Node:
             module: Any = importlib.import_module(".runner", __package__)
         except ImportError:
             return
-        runner: _Runner = module.Runner(self.nc, self.settings, self.flows)
+        runner: _Runner = module.Runner(self.nc, self.settings, self.flows, instance=self.instance)
         await runner.start()
         self.runner = runner
 
@@ -118,7 +137,8 @@ class Node:
 
     async def _bye(self, reason: str, *, forget: bool) -> None:
         self.joined = False
-        body, headers = encode(Bye(node=self.settings.id, reason=reason, forget=forget))
+        bye = Bye(node=self.settings.id, reason=reason, forget=forget, instance=self.instance)
+        body, headers = encode(bye)
         await self.nc.publish(subjects.node_bye(self.settings.id), body, headers=headers)
         await self.nc.flush()
 
@@ -137,14 +157,54 @@ class Node:
             capacity=capacity,
             cpu=self._process.cpu_percent(None),
             memory=self._process.memory_info().rss,
+            instance=self.instance,
         )
 
+    def reconnected(self) -> None:
+        """The connection came back (the service's reconnect callback)."""
+        self._wake.set()
+
     async def _heartbeats(self) -> None:
+        """Beat for the life of the process, whatever one beat meets.
+
+        A beat that fails (no connection, a full reconnect buffer, a runner that cannot say
+        its load) is logged once per outage and the next one is tried on time: a node that
+        stopped beating would have its live executions declared lost. After a reconnect —
+        seen by the callback or by the connection's reconnect count — the catalog is
+        announced again and a beat goes out, after a random delay of at most a heartbeat (a
+        whole federation reconnects at once), for registries that missed them.
+        """
         subject = subjects.node_heartbeat(self.settings.id)
+        reconnects = self.nc.stats["reconnects"]
+        failing = False
         while True:
-            await asyncio.sleep(self.settings.heartbeat)
-            body, headers = encode(self.heartbeat())
-            await self.nc.publish(subject, body, headers=headers)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.heartbeat)
+            self._wake.clear()
+            try:
+                if self.nc.stats["reconnects"] != reconnects:
+                    reconnects = self.nc.stats["reconnects"]
+                    # spread like a sync answer: a whole federation reconnects at once
+                    await asyncio.sleep(
+                        random.uniform(0, min(SYNC_SPREAD, self.settings.heartbeat))
+                    )
+                    if self.joined:
+                        await self.announce()
+                body, headers = encode(self.heartbeat())
+                await self.nc.publish(subject, body, headers=headers)
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                if not failing:
+                    log.warning("cannot send heartbeats (%r); retrying every beat", exc)
+                failing = True
+                continue
+            except Exception:  # a bug must not silence the node: it would be declared dead
+                if not failing:
+                    log.exception("cannot send heartbeats; retrying every beat")
+                failing = True
+                continue
+            if failing:
+                log.info("heartbeats are going out again")
+                failing = False
 
     async def _on_sync(self, msg: Msg) -> None:
         try:
@@ -172,3 +232,14 @@ class Node:
             for info in self.catalog.flows
         ]
         return query_flows(items, query)
+
+
+def content_revision(catalog: Catalog) -> int:
+    """The catalog's revision: a hash of what it offers, the same for every replica serving the
+    same flows (so heartbeats of replicas agree), a new one when a restart changes them.
+
+    48 bits: exact in every JSON reader (JavaScript's numbers stop at 53).
+    """
+    offer = catalog.model_dump(mode="json", exclude={"revision", "started", "instance", "v"})
+    digest = hashlib.blake2b(json.dumps(offer, sort_keys=True).encode(), digest_size=6).digest()
+    return int.from_bytes(digest, "big")

@@ -34,12 +34,11 @@ from .models import (
     Heartbeat,
     NodeEntry,
     RegistryView,
-    ServiceInfo,
     SyncRequest,
 )
 from .peers import Peers
 from .tasks import TaskSet
-from .view import View
+from .view import MAX_REPLICAS, View
 
 if TYPE_CHECKING:
     from .service import Rejects
@@ -189,9 +188,8 @@ class Registry:
                 if bye.forget and self.view.remove(node):
                     log.info("node %s left the federation (%s)", node, bye.reason or "bye")
                     self._mark(node)
-                elif not bye.forget and self.view.stopped(node):
-                    log.info("node %s stopped (%s)", node, bye.reason or "bye")
-                    self._mark(node)
+                elif not bye.forget:
+                    self._on_stop(node, bye)
             else:
                 self.rejects.reject(msg.subject, f"unknown announcement kind {kind!r}")
         except WireError as exc:
@@ -213,9 +211,71 @@ class Registry:
             if self.view.remove(node):
                 self._mark(node)
             return
+        if not self._room(node, catalog.instance):
+            return
+        rivals = self.view.rivals(node, catalog.instance, catalog.revision)
+        if rivals:
+            self._rival(node, catalog.instance, catalog.revision, rivals)
+            if self.view.join(catalog, time.time()):
+                self._mark(node)
+            return
+        old = self.view.entries.get(node)
+        known = self.view.replica(node, catalog.instance) is not None
         if self.view.put_catalog(catalog, time.time()):
-            log.info("node %s: %d flows (revision %d)", node, len(catalog.flows), catalog.revision)
+            entry = self.view.entries[node]
+            if old is None or old.via or old.status != "online" or entry.catalog is not old.catalog:
+                log.info(
+                    "node %s: %d flows (revision %d)", node, len(catalog.flows), catalog.revision
+                )
             self._mark(node)
+        if not known:
+            self._joined(node, catalog.instance)
+
+    def _on_stop(self, node: str, bye: Bye) -> None:
+        """A process stopped on purpose; the node goes offline with its last process."""
+        was = self.view.entries.get(node)
+        online = was is not None and was.status == "online"
+        if not self.view.stopped(node, bye.instance or None):
+            return
+        self._mark(node)
+        entry = self.view.entries.get(node)
+        if online and entry is not None and entry.status == "offline":
+            log.info("node %s stopped (%s)", node, bye.reason or "bye")
+        elif bye.instance:
+            log.info(
+                "node %s: replica %s stopped (%s), %d left",
+                node,
+                bye.instance,
+                bye.reason or "bye",
+                entry.replicas if entry else 0,
+            )
+
+    def _room(self, node: str, instance: str) -> bool:
+        if self.view.has_room(node, instance):
+            return True
+        self.rejects.reject(node, f"more than {MAX_REPLICAS} processes claim node {node!r}")
+        return False
+
+    def _joined(self, node: str, instance: str) -> None:
+        entry = self.view.entries.get(node)
+        if entry is not None and entry.replicas > 1:
+            log.info("node %s: replica %s joined (%d replicas)", node, instance, entry.replicas)
+
+    def _rival(self, node: str, instance: str, revision: int, rivals: list[str]) -> None:
+        """Log, once per process, that two different processes claim one node id."""
+        if self.view.replica(node, instance) is not None:
+            return  # logged when it was first heard
+        held = self.view.entries[node].catalog.revision
+        log.warning(
+            "node %s: process %s serves another catalog (revision %d) than its live "
+            "replica(s) %s (revision %d): two different processes claim one node id; the view "
+            "keeps the first catalog while they live",
+            node,
+            instance or "?",
+            revision,
+            ", ".join(i or "?" for i in rivals),
+            held,
+        )
 
     def _admits(self, catalog: Catalog) -> bool:
         """A provider serves its own organization only."""
@@ -227,14 +287,30 @@ class Registry:
                 subjects.node_heartbeat(node),
                 f"announcement for node {hb.node!r} on node {node!r}'s subject",
             )
-        if self.view.needs_catalog(hb):
-            if node not in self._fetching:
-                self._fetching.add(node)
-                self.tasks.spawn(self._repair(node), f"repair {node}")
+        if not self._room(node, hb.instance):
             return
+        if self.view.needs_catalog(hb):
+            rivals = self.view.rivals(node, hb.instance, hb.revision)
+            if rivals:
+                self._rival(node, hb.instance, hb.revision, rivals)
+            else:
+                if node not in self._fetching:
+                    self._fetching.add(node)
+                    self.tasks.spawn(self._repair(node), f"repair {node}")
+                return
+        entry = self.view.entries[node]
+        was = self.view.replica(node, hb.instance)
+        if was is not None and was.suspect:
+            log.warning(
+                "node %s: replica %s is heard again (it was slow, not dead)", node, hb.instance
+            )
+        offline = entry.status == "offline"
         if self.view.beat(hb, time.time()):
-            log.info("node %s is back online", node)
+            if offline:
+                log.info("node %s is back online", node)
             self._mark(node)
+        if was is None:
+            self._joined(node, hb.instance)
 
     async def _repair(self, node: str) -> None:
         """Fetch a catalog we missed (or that changed) from the node itself."""
@@ -268,40 +344,88 @@ class Registry:
 
     # -- liveness --------------------------------------------------------------------------------
     async def _liveness(self) -> None:
+        """Judge nodes by their heartbeats, on a clock that stops while this registry is cut off.
+
+        While the registry's own connection is down it hears nothing, which says nothing about
+        the nodes; after it reconnects, every node and process gets a fresh ttl to be heard.
+        """
         ttl = self.settings.liveness_ttl
+        reconnects = self.nc.stats["reconnects"]
+        outage = False
         while True:
             await asyncio.sleep(min(self.settings.heartbeat, ttl) / 2)
-            died, flipped = self.view.expire(time.time(), ttl)
-            if flipped:
-                self._mark(*flipped)
-            for node in died:
+            if not self.nc.is_connected:
+                if not outage:
+                    log.warning("cut off from NATS: no node is judged until it is back")
+                outage = True
+                continue
+            if outage or self.nc.stats["reconnects"] != reconnects:
+                outage = False
+                reconnects = self.nc.stats["reconnects"]
+                changed = self.view.refresh(time.time())
+                log.info("back on NATS: every node has %g s to be heard from again", ttl)
+                self._mark(*changed)
+                if self._dirty:
+                    self._flush.set()  # writes that failed during the outage
+                continue
+            expired = self.view.expire(time.time(), ttl)
+            if expired.changed:
+                self._mark(*expired.changed)
+            for node in expired.died:
                 log.warning("node %s is offline (silent for more than %g s)", node, ttl)
-                self.tasks.spawn(_mark_lost(self.nc, node, ttl), f"mark lost {node}")
+                if node not in self.view.replicas:  # no process of it was ever heard
+                    self.tasks.spawn(self._confirm(node, None, 0), f"lost? {node}")
+            for node, instance, suspicion in expired.silent:
+                log.warning(
+                    "node %s: replica %s silent for more than %g s", node, instance or "?", ttl
+                )
+                self.tasks.spawn(self._confirm(node, instance, suspicion), f"lost? {node}")
+
+    async def _confirm(self, node: str, instance: str | None, suspicion: int) -> None:
+        """End the executions of a silent process (`instance` None: of a node whose processes
+        were never heard) as `lost`, once it is surely dead.
+
+        Silence alone is not death: a process whose event loop stalled (say, while Ray starts)
+        beats again. So it gets `grace` more to be heard, and it is judged only if this
+        registry was connected the whole time — proven by a round trip to the server and an
+        unchanged reconnect count. A suspicion dropped for an outage is raised again after a
+        fresh ttl (see `_liveness`).
+        """
+        reconnects = self.nc.stats["reconnects"]
+        await asyncio.sleep(max(LOST_GRACE, self.settings.liveness_ttl))
+        try:
+            await self.nc.flush(timeout=int(LOST_GRACE))
+        except (nats.errors.Error, TimeoutError):
+            return
+        if not self.nc.is_connected or self.nc.stats["reconnects"] != reconnects:
+            return
+        if instance is None:
+            if not self.view.silent_node(node):
+                return
+        elif not self.view.forget(node, instance, suspicion):
+            return
+        who = f"node {node}" if instance is None else f"node {node} replica {instance or '?'}"
+        await _mark_lost(self.nc, node, instance, who)
 
 
-async def _mark_lost(nc: NATS, node: str, ttl: float) -> None:
-    """End the executions of a dead node as `lost` (when the execution layer is installed).
+LOST_GRACE = 2.0
+"""Seconds, at least, a silent process gets past the ttl before its executions end `lost`."""
 
-    Silence alone is not death: a node whose event loop stalled (say, while Ray starts) still
-    answers a direct request, and its executions go on. Only a node that also fails that
-    request has its executions ended.
-    """
-    with contextlib.suppress(KodoError):
-        await request(nc, subjects.svc_info(node), Empty(), ServiceInfo, timeout=max(2.0, ttl))
-        log.warning("node %s is slow but answers: its executions are not marked lost", node)
-        return
+
+async def _mark_lost(nc: NATS, node: str, instance: str | None, who: str) -> None:
+    """End the executions of a dead process (when the execution layer is installed)."""
     try:
-        module: Any = importlib.import_module(".executions", __package__)
+        module: Any = importlib.import_module(".lifecycle", __package__)
     except ImportError:
         return
     try:
-        count = await module.mark_lost(nc.jetstream(), node)
+        count = await module.mark_lost(nc.jetstream(), node, instance)
         if count:
-            log.info("%d executions of %s marked lost", count, node)
+            log.info("%d executions of %s marked lost", count, who)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # never let the execution layer crash the registry
-        log.error("cannot mark executions of %s lost: %r", node, exc)
+        log.error("cannot mark executions of %s lost: %r", who, exc)
 
 
 class _KvMsg:

@@ -9,6 +9,7 @@ endpoints on the `kodo.svc.<id>.*` subjects, so standard tooling sees their stat
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -65,6 +66,8 @@ class KodoService:
         self.flows = flows
         self.rejects = Rejects()
         self.started = time.time()
+        self.instance = secrets.token_hex(4)
+        """This process, told apart from other processes serving the same id (replicas)."""
         self.nc: NATS | None = None
         self.node: Node | None = None
         self.registry: Registry | None = None
@@ -79,9 +82,13 @@ class KodoService:
 
     async def start(self) -> None:
         s = self.settings
-        self.nc = nc = await connect(s.connect_settings())
+        self.nc = nc = await connect(
+            s.connect_settings(),
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
         if s.is_node:
-            self.node = Node(nc, s, self.flows, self.rejects)
+            self.node = Node(nc, s, self.flows, self.rejects, instance=self.instance)
         if s.is_registry:
             local = self.node.catalog if self.node else None
             self.registry = Registry(nc, s, self.rejects, local)
@@ -109,7 +116,25 @@ class KodoService:
             )
         if self.node is not None:
             await self.node.start()
-        log.info("%s %s ready (%d flows) on %s", s.role, s.id, len(self.flows), ", ".join(s.nats))
+        log.info(
+            "%s %s ready (%d flows) on %s; instance %s",
+            s.role,
+            s.id,
+            len(self.flows),
+            ", ".join(s.nats),
+            self.instance,
+        )
+
+    async def _disconnected(self) -> None:
+        if self.nc is not None and not (self.nc.is_closed or self.nc.is_draining):
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def _reconnected(self) -> None:
+        """Announce again at once (registries may have missed announcements); the registry
+        restarts its liveness clock by itself (it watches the connection)."""
+        log.info("reconnected to NATS")
+        if self.node is not None:
+            self.node.reconnected()
 
     async def stop(self) -> None:
         """Take no new requests, stop the parts (node first: its bye is the last word), drain."""
@@ -167,7 +192,10 @@ class KodoService:
         elif self.node is not None:
             from .models import NodeEntry
 
-            item = node_item(NodeEntry(catalog=self.node.catalog, heartbeat=self.node.heartbeat()))
+            entry = NodeEntry(
+                catalog=self.node.catalog, heartbeat=self.node.heartbeat(), replicas=1
+            )
+            item = node_item(entry)
             await respond(msg, NodesPage(total=1, items=[item]))
 
     async def _catalog(self, msg: Msg) -> None:

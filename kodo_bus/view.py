@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from itertools import chain, repeat
+from typing import NamedTuple
 
 import msgpack
 
@@ -199,6 +201,7 @@ def node_item(entry: NodeEntry) -> NodeItem:
         cpu=hb.cpu if hb else 0.0,
         memory=hb.memory if hb else 0,
         urls=cat.urls,
+        replicas=entry.replicas,
     )
 
 
@@ -297,6 +300,40 @@ def encode_page(
     return body, {CONTENT_TYPE: content_type}
 
 
+MAX_REPLICAS = 256
+"""Processes tracked per node id; a further one is refused, so made-up instance ids cannot grow
+the registry's memory."""
+
+
+@dataclass(slots=True)
+class _Replica:
+    """One process serving a node id, as its own announcements show it (kept in memory only:
+    the liveness of processes means nothing to a registry restarted later)."""
+
+    seen: float
+    revision: int
+    heartbeat: Heartbeat | None = None
+    suspect: int = 0
+    """Non-zero while silent past the ttl and not yet judged dead: the number of the suspicion,
+    so a judgement made for an older suspicion never applies to a newer one."""
+
+
+class Expired(NamedTuple):
+    """What one liveness tick found."""
+
+    died: list[str]
+    """Direct nodes that just went offline (every process silent)."""
+    changed: list[str]
+    """Nodes whose persisted entry changed (status, replica count)."""
+    silent: list[tuple[str, str, int]]
+    """Processes that just fell silent past the ttl: (node, instance, suspicion)."""
+
+
+def same_content(a: Catalog, b: Catalog) -> bool:
+    """Whether two announcements offer the same node (replicas differ in instance and start)."""
+    return a == b.model_copy(update={"instance": a.instance, "started": a.started})
+
+
 class View:
     """Nodes known to one registry, keyed by node id."""
 
@@ -305,6 +342,10 @@ class View:
         self.local = local
         """A hybrid's own node: always listed, always online, never touched by announcements."""
         self.entries: dict[str, NodeEntry] = {}
+        self.replicas: dict[str, dict[str, _Replica]] = {}
+        """The processes heard serving each direct node, by instance id: a node lives while one
+        does, and each one's executions end `lost` when it alone dies."""
+        self._suspicions = 0
         self.source_seen: dict[str, float] = {}
         """Last time each registry we take in from republished its view."""
         self._values = _Values()
@@ -321,24 +362,147 @@ class View:
         """Position of each node in view order (None: to recompute, the order changed)."""
         self._local: NodeEntry | None = None
 
+    # -- replicas --------------------------------------------------------------------------------
+    def replica(self, node: str, instance: str) -> _Replica | None:
+        return self.replicas.get(node, {}).get(instance)
+
+    def has_room(self, node: str, instance: str) -> bool:
+        """Whether a process may be tracked for `node` (it is, or there are fewer than the cap)."""
+        known = self.replicas.get(node, {})
+        return instance in known or len(known) < MAX_REPLICAS
+
+    def rivals(self, node: str, instance: str, revision: int) -> list[str]:
+        """Live processes other than `instance` serving the catalog the view holds for `node`,
+        when `revision` is another catalog: two different processes claim one node id."""
+        entry = self.entries.get(node)
+        if entry is None or entry.via or entry.catalog.revision == revision:
+            return []
+        held = entry.catalog.revision
+        return [
+            i
+            for i, r in self.replicas.get(node, {}).items()
+            if i != instance and not r.suspect and r.revision == held
+        ]
+
+    def see(
+        self, node: str, instance: str, revision: int, now: float, hb: Heartbeat | None
+    ) -> None:
+        """Note a sign of life of one process of `node` (a suspicion of it ends)."""
+        known = self.replicas.setdefault(node, {})
+        rep = known.get(instance)
+        if rep is None:
+            if len(known) < MAX_REPLICAS:
+                known[instance] = _Replica(now, revision, hb)
+            return
+        rep.seen = now
+        rep.revision = revision
+        rep.suspect = 0
+        if hb is not None:
+            rep.heartbeat = hb
+
+    def join(self, catalog: Catalog, now: float) -> bool:
+        """Track a process whose catalog the view does not take (a rival): its executions are
+        real ones, judged by its own heartbeats. True when the persisted entry changed."""
+        self.see(catalog.node, catalog.instance, catalog.revision, now, None)
+        entry = self.entries.get(catalog.node)
+        return entry is not None and self._count(entry)
+
+    def _count(self, entry: NodeEntry) -> bool:
+        """Bring `entry.replicas` up to date; whether it changed."""
+        live = sum(1 for r in self.replicas.get(entry.catalog.node, {}).values() if not r.suspect)
+        if entry.replicas == live:
+            return False
+        entry.replicas = live
+        return True
+
+    def _load_of(self, node: str, hb: Heartbeat) -> Heartbeat:
+        """The node's load as one heartbeat: the sums over its live processes."""
+        beats = [
+            r.heartbeat
+            for r in self.replicas.get(node, {}).values()
+            if r.heartbeat is not None and not r.suspect
+        ]
+        if len(beats) <= 1:
+            return hb
+        return Heartbeat.model_construct(
+            node=node,
+            revision=hb.revision,
+            ts=max(b.ts for b in beats),
+            running=sum(b.running for b in beats),
+            queued=sum(b.queued for b in beats),
+            capacity=sum(b.capacity for b in beats),
+            cpu=sum(b.cpu for b in beats),
+            memory=sum(b.memory for b in beats),
+            instance="",
+        )
+
+    def refresh(self, now: float) -> list[str]:
+        """After this registry's own outage: every direct node and process gets a fresh ttl.
+
+        Nothing was heard while the registry itself was cut off, so that silence says nothing
+        about the nodes; a suspicion raised before is dropped and judged again from now on.
+        Returns the nodes whose replica count changed.
+        """
+        changed: list[str] = []
+        for node, entry in self.entries.items():
+            if entry.via:
+                continue
+            if entry.status == "online":
+                entry.last_seen = now
+            for rep in self.replicas.get(node, {}).values():
+                rep.seen = now
+                rep.suspect = 0
+            if self._count(entry):
+                changed.append(node)
+        return changed
+
+    def forget(self, node: str, instance: str, suspicion: int) -> bool:
+        """Drop a process judged dead; False when it was heard again since `suspicion`."""
+        known = self.replicas.get(node, {})
+        rep = known.get(instance)
+        if rep is None or rep.suspect != suspicion:
+            return False
+        del known[instance]
+        if not known:
+            del self.replicas[node]
+        return True
+
+    def silent_node(self, node: str) -> bool:
+        """Whether `node` is direct, offline and without any process heard: a node that died
+        while this registry was not listening (its processes were never known)."""
+        entry = self.entries.get(node)
+        return (
+            entry is not None
+            and entry.via == ""
+            and entry.status == "offline"
+            and not self.replicas.get(node)
+        )
+
     # -- changes (each returns whether the persisted state changed) ------------------------------
     def put_catalog(self, catalog: Catalog, now: float) -> bool:
-        old = self.entries.get(catalog.node)
-        same = old is not None and old.via == "" and old.catalog == catalog
+        node, instance, revision = catalog.node, catalog.instance, catalog.revision
+        old = self.entries.get(node)
+        direct = old is not None and old.via == ""
+        same = direct and old is not None and same_content(old.catalog, catalog)
         if same:
             assert old is not None
             catalog = old.catalog  # the same object keeps the node's index and cached bodies
         else:
-            self._dirty.add(catalog.node)
+            self._dirty.add(node)
         if old is None:
             self._rank = None
-        self.entries[catalog.node] = NodeEntry(
+        if not direct:
+            self.replicas.pop(node, None)
+        self.see(node, instance, revision, now, None)  # the announcer, not the kept catalog's
+        entry = self.entries[node] = NodeEntry(
             catalog=catalog,
             status="online",
             last_seen=now,
             heartbeat=old.heartbeat if old and not old.via else None,
+            replicas=old.replicas if direct and old is not None else 0,
         )
-        return not same or old is None or old.status != "online"
+        counted = self._count(entry)
+        return not same or old is None or old.status != "online" or counted
 
     def needs_catalog(self, hb: Heartbeat) -> bool:
         """Whether a heartbeat shows we lack the node's current catalog (missed or changed)."""
@@ -346,24 +510,39 @@ class View:
         return entry is None or entry.via != "" or entry.catalog.revision != hb.revision
 
     def beat(self, hb: Heartbeat, now: float) -> bool:
-        """Record a heartbeat of a known node; True when it came back online."""
+        """Record a heartbeat of a known node; True when the persisted entry changed (the node
+        came back online, or a process joined)."""
         entry = self.entries[hb.node]
+        self.see(hb.node, hb.instance, hb.revision, now, hb)
         entry.last_seen = now
-        entry.heartbeat = hb
+        entry.heartbeat = self._load_of(hb.node, hb)
+        counted = self._count(entry)
         if entry.status == "offline":
             entry.status = "online"
             return True
-        return False
+        return counted
 
-    def stopped(self, node: str) -> bool:
-        """A node stopped on purpose: keep listing it, offline (it may come back)."""
+    def stopped(self, node: str, instance: str | None = None) -> bool:
+        """A process stopped on purpose (None: every one). The node stays listed, offline once
+        no process of it is left (it may come back)."""
         entry = self.entries.get(node)
-        if entry is None or entry.via or entry.status == "offline":
+        if entry is None or entry.via:
             return False
+        known = self.replicas.get(node, {})
+        if instance is None:
+            known.clear()
+        else:
+            known.pop(instance, None)
+        if not known:
+            self.replicas.pop(node, None)
+        counted = self._count(entry)
+        if any(not r.suspect for r in known.values()) or entry.status == "offline":
+            return counted
         entry.status = "offline"
         return True
 
     def remove(self, node: str) -> bool:
+        self.replicas.pop(node, None)
         if self.entries.pop(node, None) is None:
             return False
         self._dirty.add(node)
@@ -404,6 +583,7 @@ class View:
                 last_seen=entry.last_seen,
                 heartbeat=entry.heartbeat,
                 via=source,
+                replicas=entry.replicas,
             )
             changed.add(node)
         self._dirty.update(before)  # gone from that registry's view
@@ -426,23 +606,30 @@ class View:
             self._dirty.add(entry.catalog.node)
             self._rank = None
 
-    def expire(self, now: float, ttl: float) -> tuple[list[str], list[str]]:
-        """Mark silent nodes offline: (direct nodes that just died, every node that flipped)."""
+    def expire(self, now: float, ttl: float) -> Expired:
+        """Suspect processes silent past `ttl`, and mark nodes offline once every process of
+        theirs (or the registry they came from) is."""
         stale = {s for s, seen in self.source_seen.items() if now - seen > ttl}
-        died: list[str] = []
-        flipped: list[str] = []
+        out = Expired([], [], [])
         for node, entry in self.entries.items():
-            if entry.status == "offline":
-                continue
             if entry.via == "":
-                if now - entry.last_seen <= ttl:
+                fell = False
+                for instance, rep in self.replicas.get(node, {}).items():
+                    if not rep.suspect and now - rep.seen > ttl:
+                        self._suspicions += 1
+                        rep.suspect = self._suspicions
+                        out.silent.append((node, instance, rep.suspect))
+                        fell = True
+                if fell and self._count(entry):
+                    out.changed.append(node)
+                if entry.status == "offline" or now - entry.last_seen <= ttl:
                     continue
-                died.append(node)
-            elif entry.via not in stale:
+                out.died.append(node)
+            elif entry.status == "offline" or entry.via not in stale:
                 continue
             entry.status = "offline"
-            flipped.append(node)
-        return died, flipped
+            out.changed.append(node)
+        return out
 
     # -- queries ---------------------------------------------------------------------------------
     def all_entries(self) -> list[NodeEntry]:
