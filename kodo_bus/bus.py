@@ -38,6 +38,8 @@ M = TypeVar("M", bound=BaseModel)
 
 STREAM_NAME_IN_USE = 10058
 """JetStream API error code: a stream with that name exists with another configuration."""
+MAX_CONSUMERS_REACHED = 10026
+"""JetStream API error code: the stream (or account) is at its consumer limit."""
 
 _MAX_BACKOFF = 5.0
 

@@ -4,6 +4,13 @@ Everything an execution says travels as events on `kodo.events.<user>.<id>.<kind
 the `KODO_EVENTS` stream. Reading them through an ordered JetStream consumer gives history then
 live events in one sequence, so `events()` needs no separate "catch up" phase and `result()` is
 just the last event of that sequence.
+
+A follower never waits on nothing: an id with neither a record nor an event is
+`ExecutionNotFound` within `NOT_FOUND_WITHIN` seconds, and a follower that hears nothing for
+`STALL_CHECK` seconds looks at its consumer, the record and the stream, so an execution whose
+record ended without a terminal event in the stream ends the follow with the record's outcome.
+Each follow deletes the consumers it made when it ends (a consumer left to the server's reaping
+made a busy bus hit its consumer limit), with a short inactivity threshold as the backstop.
 """
 
 from __future__ import annotations
@@ -11,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from . import subjects
-from .bus import JETSTREAM_TRANSIENT, consumer_config, js_retry
-from .codec import decode, decode_many
+from .bus import JETSTREAM_TRANSIENT, MAX_CONSUMERS_REACHED, consumer_config, js_retry
+from .codec import decode_many
 from .errors import (
     ExecutionCancelled,
     ExecutionError,
@@ -32,12 +42,52 @@ from .errors import (
     KodoTimeout,
     WireError,
 )
-from .models import TERMINAL_STATUSES, Ack, AnswerRequest, Empty, Event, ExecutionRecord
+from .models import (
+    TERMINAL_STATUSES,
+    Ack,
+    AnswerRequest,
+    Empty,
+    Event,
+    ExecutionRecord,
+    ExecutionStatus,
+)
+from .publisher import ACK_WAIT, RESEND_WITHIN
 
 if TYPE_CHECKING:
     from .client import Client
 
 log = logging.getLogger("kodo_bus.client")
+
+STALL_CHECK = 5.0
+"""Seconds without an event after which a follower checks its consumer, the record and the
+stream."""
+GAP_WAIT = ACK_WAIT + RESEND_WITHIN
+"""Seconds, from when the first event behind a gap was stored, that the missing event may still
+come: its publisher waits `ACK_WAIT` for an ack, then re-sends it for up to `RESEND_WITHIN`."""
+GAP_QUIET = 0.5
+"""Seconds without a message before a gap whose time is up is skipped (so what the stream holds
+behind it, a late re-send included, is delivered first)."""
+EARLY_MAX = 10_000
+"""Events held back behind a gap at most; beyond that the gap is skipped at once."""
+NOT_FOUND_WITHIN = 1.2
+"""Seconds an id with neither a record nor an event is looked for before `ExecutionNotFound`
+(a launch writes both within milliseconds, in either order)."""
+FIRST_CHECK = 0.5
+"""Seconds of silence after which a new follow first checks that the execution exists."""
+END_GRACE = 2 * ACK_WAIT
+"""Seconds a follower waits for the terminal event of an execution whose record already says it
+ended (the record is written after its terminal events are acknowledged)."""
+FOLLOW_INACTIVE = 2.0
+"""Inactivity threshold of a follow's consumer: the server deletes it this long after nobody
+listens. A backstop only: a follow deletes its consumer itself when it ends."""
+CONSUMER_LIMIT_WITHIN = 30.0
+"""Seconds a follow retries while the stream is at its consumer limit (other follows end and
+free theirs) before giving up."""
+EXECUTION_STATUSES: frozenset[str] = frozenset(get_args(ExecutionStatus))
+
+NAMES_KEPT = 8
+"""Consumer names of one follow remembered for deletion: the ordered consumer takes a new one
+each time it re-creates itself; older ones are left to the inactivity threshold."""
 
 
 def status_of(event: Event) -> str | None:
@@ -86,23 +136,17 @@ class Execution:
         """The current record, its status brought up to the last `status` event.
 
         The node writes the record just after the events it stands for (so a crash in between
-        is repaired from the stream), which means a reader may see the events first. The last
-        message on the execution's status subject is therefore the truth for `status`.
+        is repaired from the stream), which means a reader may see the events first: the last
+        message on the execution's status subject is the truth for `status`, and an execution
+        with events but no record yet gets a record made from its events.
         """
-        record = await self._client._record(self.id, self.launcher)
-        if record is None:
-            raise ExecutionNotFound(f"no execution {self.id!r} is known to the bus")
+        record = await self._find_record(self.launcher or self._client.user)
         self.launcher, self.node, self.flow = record.launcher, record.node, record.flow
         if record.status in TERMINAL_STATUSES:
             return record
-        subject = subjects.events(record.launcher, self.id, "status")
-        try:
-            msg = await self._client.js.get_last_msg(subjects.STREAM_EVENTS, subject, direct=True)
-            event = decode(subject, msg.data or b"", msg.headers, Event)
-        except (nats.js.errors.NotFoundError, WireError):
-            return record
-        status = status_of(event)
-        if status is None or status == record.status:
+        event = await self._last_event(record.launcher, "status")
+        status = None if event is None else status_of(event)
+        if event is None or status is None or status == record.status:
             return record
         return record.model_copy(
             update={"status": status, "last_seq": max(record.last_seq, event.seq)}
@@ -112,85 +156,105 @@ class Execution:
         """Current status: pending, starting, running, awaiting, or a terminal one."""
         return (await self.record()).status
 
+    async def _find_record(self, launcher: str) -> ExecutionRecord:
+        """The record, else one made from the events; `ExecutionNotFound` when neither exists
+        after `NOT_FOUND_WITHIN` seconds (a launch writes both, in either order)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NOT_FOUND_WITHIN
+        while True:
+            record = await self._stored_record(launcher)
+            if record is not None:
+                return record
+            if loop.time() >= deadline:
+                made = await self._record_from_events(launcher)
+                if made is None:
+                    raise ExecutionNotFound(f"no execution {self.id!r} is known to the bus")
+                return made
+            await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))
+
+    async def _stored_record(self, launcher: str) -> ExecutionRecord | None:
+        try:
+            return await self._client._record(self.id, launcher)
+        except nats.js.errors.BucketNotFoundError:
+            return None  # a bus that never ran an execution
+        except nats.js.errors.KeyDeletedError:
+            return None  # deleted or purged (not a KeyNotFoundError in nats-py)
+
+    async def _record_from_events(self, launcher: str) -> ExecutionRecord | None:
+        """What the events say of an execution whose record is not (yet) written."""
+        last = await self._last_event(launcher, "*")
+        if last is None:
+            return None
+        status_event = await self._last_event(launcher, "status")
+        meta = await self._last_event(launcher, "meta")
+        status = (status_event and status_of(status_event)) or "pending"
+        return ExecutionRecord.model_validate(
+            {
+                "execution": self.id,
+                "flow": last.flow,
+                "node": last.node,
+                "launcher": last.launcher,
+                "status": status if status in EXECUTION_STATUSES else "pending",
+                "created": (meta or last).ts,
+                "updated": max(last.ts, status_event.ts if status_event else 0.0),
+                "parent": last.parent,
+                "root": last.root,
+                "last_seq": max(last.seq, status_event.seq if status_event else 0),
+            }
+        )
+
+    async def _last_event(self, launcher: str, kind: str) -> Event | None:
+        """The last event stored on one of the execution's subjects (`*`: any of them); the
+        last of a burst. None when there is none or it does not decode."""
+        msg = await self._last_msg(launcher, kind)
+        if msg is None:
+            return None
+        try:
+            events = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)
+        except WireError:
+            return None
+        return max(events, key=lambda e: e.seq) if events else None
+
+    async def _last_msg(self, launcher: str, kind: str) -> api.RawStreamMsg | None:
+        subject = subjects.events(launcher, self.id, kind)
+        try:
+            return await self._client.js.get_last_msg(subjects.STREAM_EVENTS, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def _exists(self, launcher: str) -> bool:
+        """Whether the bus holds a record or an event of this execution."""
+        if await self._stored_record(launcher) is not None:
+            return True
+        return await self._last_msg(launcher, "*") is not None
+
     # -- events --------------------------------------------------------------------------------
     async def events(
         self, kinds: Iterable[str] | None = None, replay: bool = True
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event]:
         """Events in order, without gaps or duplicates: history first (if `replay`), then live.
 
-        Ends after the terminal status event.
+        With `replay`, reading starts at seq 1. Without it, reading starts right after the
+        highest seq of the last message stored when the follow begins (seq 1 when nothing is
+        stored yet); an older event re-sent later is not shown. Ends after the terminal status
+        event; raises `ExecutionNotFound` for an id the bus does not know, and the record's
+        outcome (`ExecutionLost`, `ExecutionFailed`...) when the record ended but the stream
+        never gets a terminal status event.
         """
         wanted = set(kinds) if kinds else None
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_msg(msg: Msg) -> None:
-            queue.put_nowait(msg)
-
-        policy = api.DeliverPolicy.ALL if replay else api.DeliverPolicy.NEW
         # The launcher's token in the filter is what a client's permissions allow (its own).
-        launcher = self.launcher or self._client.user
-        sub = await self._subscribe(launcher, on_msg, policy, 0)
-        stream_seq = 0
-        order = _InOrder()
+        follower = _Follower(self, self.launcher or self._client.user)
         try:
+            await follower.open(replay)
             while True:
-                try:
-                    if queue.empty():  # a wait_for per message cost more than the message
-                        msg = await asyncio.wait_for(queue.get(), STALL_CHECK)
-                    else:
-                        msg = queue.get_nowait()
-                except TimeoutError:
-                    if await _stalled(sub):
-                        # Its server died and nats-py could not re-create it (no stream leader
-                        # yet): a new consumer goes on from the last message received.
-                        log.info("events of %s: consumer lost, resubscribing", self.id)
-                        with contextlib.suppress(nats.errors.Error):
-                            await sub.unsubscribe()
-                        sub = await self._subscribe(launcher, on_msg, policy, stream_seq)
-                        continue
-                    order.skip_gap(self.id)
-                else:
-                    stream_seq = max(stream_seq, _stream_seq(msg))
-                    try:
-                        order.add(decode_many(msg.subject, msg.data, msg.headers, Event))
-                    except WireError as exc:
-                        log.warning("skipping undecodable event: %s", exc)
-                        continue
-                for event in order.ready():
+                for event in await follower.next_ready():
                     self.launcher, self.node, self.flow = event.launcher, event.node, event.flow
                     if wanted is None or event.kind in wanted:
                         yield event
                     if status_of(event) in TERMINAL_STATUSES:
                         return
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-
-    async def _subscribe(
-        self,
-        launcher: str,
-        on_msg: Callable[[Msg], Awaitable[None]],
-        policy: api.DeliverPolicy,
-        after: int,
-    ) -> JetStreamContext.PushSubscription:
-        """A consumer of the execution's events from the start (`policy`), or from stream seq
-        `after` + 1; retried while JetStream fails over."""
-        js = self._client.js
-        start: dict[str, Any] = {}
-        if after:
-            start = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE}
-            start["opt_start_seq"] = after + 1
-        return await js_retry(
-            lambda: js.subscribe(
-                subjects.events(launcher, self.id, "*"),
-                stream=subjects.STREAM_EVENTS,
-                cb=on_msg,
-                ordered_consumer=True,
-                deliver_policy=None if after else policy,
-                config=consumer_config(flow_control=True, idle_heartbeat=2.0, **start),
-            ),
-            f"read the events of {self.id}",
-        )
+            await follower.close()
 
     async def result(self, timeout: float | None = None) -> Any:
         """The final value, or the typed error of how the execution ended."""
@@ -201,9 +265,23 @@ class Execution:
         except TimeoutError:
             if not deadline.expired():
                 raise  # ExecutionTimeout: the execution itself timed out
+            state = await self._state_note()
             raise KodoTimeout(
-                f"execution {self.id} did not end within {timeout:g} s (it goes on running)"
+                f"execution {self.id} did not end within {timeout:g} s ({state})"
             ) from None
+
+    async def _state_note(self) -> str:
+        """What the record says of an execution whose follow timed out, for the message."""
+        try:
+            async with asyncio.timeout(2.0):
+                record = await self._stored_record(self.launcher or self._client.user)
+        except (TimeoutError, nats.errors.Error) as exc:
+            return f"its record could not be read: {exc!r}"
+        if record is None:
+            return "the bus holds no record of it"
+        if record.status in TERMINAL_STATUSES:
+            return f"its record says {record.status}, but its terminal event was not read"
+        return f"it goes on running: its record says {record.status}"
 
     async def _ending(self) -> Any:
         return self._outcome(*await self._conclusion())
@@ -212,21 +290,25 @@ class Execution:
         """Terminal status, final value and failure data, read from the events themselves.
 
         The events (not the record, which is written just after them) are the truth of how an
-        execution ended.
+        execution ended. The follow is closed before this returns, so its consumer is gone.
         """
         final: Any = None
         failure: dict[str, Any] = {}
-        async for event in self.events(kinds=("final", "error", "status")):
-            if event.kind == "final":
-                final = event.data
-            elif event.kind == "error":
-                failure = event.data if isinstance(event.data, dict) else {"message": event.data}
-            elif (status := status_of(event)) in TERMINAL_STATUSES:
-                return status or "", final, failure
+        events = self.events(kinds=("final", "error", "status"))
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if event.kind == "final":
+                    final = event.data
+                elif event.kind == "error":
+                    failure = (
+                        event.data if isinstance(event.data, dict) else {"message": event.data}
+                    )
+                elif (status := status_of(event)) in TERMINAL_STATUSES:
+                    return status or "", final, failure
         raise ExecutionLost(self.id, f"execution {self.id} ended without a terminal status")
 
     def _outcome(self, status: str, final: Any, failure: dict[str, Any]) -> Any:
-        message = str(failure.get("message", ""))
+        message = str(failure.get("message") or "")
         if status == "finished":
             return final
         if status == "cancelled":
@@ -235,11 +317,23 @@ class Execution:
             raise ExecutionTimeout(self.id, f"execution {self.id} timed out: {message}")
         if status == "lost":
             raise ExecutionLost(
-                self.id, f"execution {self.id} was lost: its node {self.node!r} went offline"
+                self.id,
+                f"execution {self.id} was lost: "
+                + (message or f"its node {self.node!r} went offline"),
             )
         raise ExecutionFailed(
             self.id, str(failure.get("type", "Error")), message, str(failure.get("traceback", ""))
         )
+
+    def _record_outcome(self, record: ExecutionRecord) -> None:
+        """Raise how `record` says the execution ended (its terminal event is not stored)."""
+        if record.status == "finished":
+            raise ExecutionLost(
+                self.id,
+                f"execution {self.id} finished (its record says so) but its final event is "
+                "not in the stream: its result is lost",
+            )
+        self._outcome(record.status, None, {"message": record.error or ""})
 
     # -- control -------------------------------------------------------------------------------
     async def _launcher(self) -> str:
@@ -289,31 +383,247 @@ class Execution:
         )
 
 
-STALL_CHECK = 5.0
-"""Seconds without an event after which `events()` checks that its consumer still exists."""
+class _Follower:
+    """One follow of an execution's events: its consumer, the order of what it read, and what
+    it does when the stream falls silent."""
+
+    def __init__(self, execution: Execution, launcher: str) -> None:
+        self.ex = execution
+        self.launcher = launcher
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.sub: JetStreamContext.PushSubscription | None = None
+        self.names: deque[str] = deque(maxlen=NAMES_KEPT)
+        self.order = _InOrder()
+        self.stream_seq = 0
+        self.loop = asyncio.get_running_loop()
+        self.heard = self.loop.time()
+        """When the last message came (or the follow began)."""
+        self.known = False
+        """A record or an event of the execution exists."""
+        self.ended_at: float | None = None
+        """When the follower first saw a terminal record with no terminal event stored."""
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.queue.put_nowait(msg)
+
+    async def open(self, replay: bool) -> None:
+        """Subscribe: from seq 1 (`replay`), or after what is stored now."""
+        await self._open(replay)
+        self.heard = self.loop.time()  # silence counts from here (a subscribe may be retried)
+
+    async def _open(self, replay: bool) -> None:
+        if replay:
+            await self._subscribe(0)
+            return
+        msg = await self.ex._last_msg(self.launcher, "*")
+        if msg is None:
+            await self._subscribe(0)  # nothing stored yet: everything is new
+            return
+        self.known = True
+        try:
+            events = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)
+            self.order = _InOrder(max(e.seq for e in events) + 1)
+        except (WireError, ValueError):
+            self.order = _InOrder(None)  # an undecodable last message: from the first read
+        self.stream_seq = int(msg.seq or 0)
+        await self._subscribe(self.stream_seq)
+
+    async def next_ready(self) -> list[Event]:
+        """Wait for a message (or for silence to be dealt with); the events now in order."""
+        try:
+            if self.queue.empty():  # a wait_for per message cost more than the message
+                msg = await asyncio.wait_for(self.queue.get(), self._patience())
+            else:
+                msg = self.queue.get_nowait()
+        except TimeoutError:
+            await self._on_silence()
+        else:
+            self._on_message(msg)
+        return list(self.order.ready())
+
+    def _on_message(self, msg: Msg) -> None:
+        self.heard = self.loop.time()
+        self.known = True
+        self.ended_at = None
+        if self.sub is not None and self.sub._consumer not in self.names:
+            self.names.append(self.sub._consumer)  # re-created by the ordered consumer
+        self.stream_seq = max(self.stream_seq, _stream_seq(msg))
+        try:
+            events = decode_many(msg.subject, msg.data, msg.headers, Event)
+        except WireError as exc:
+            log.warning("skipping undecodable event: %s", exc)
+            return
+        self.order.add(events, _stored_at(msg))
+        if len(self.order.early) > EARLY_MAX:
+            self.order.skip_gap(self.ex.id)
+
+    def _patience(self) -> float:
+        """Seconds of silence before the next check."""
+        now = self.loop.time()
+        if not self.known:
+            first = self.heard + FIRST_CHECK
+            return max(0.05, (first if now < first else self.heard + NOT_FOUND_WITHIN) - now)
+        wait = STALL_CHECK
+        if self.ended_at is not None:
+            wait = min(wait, max(0.05, self.ended_at + END_GRACE - now))
+        gap = self.order.gap_deadline()
+        if gap is not None:
+            wait = min(wait, max(GAP_QUIET, gap - time.time()))
+        return wait
+
+    async def _on_silence(self) -> None:
+        if not self.known:
+            if await self.ex._exists(self.launcher):
+                self.known = True
+            elif self.loop.time() - self.heard >= NOT_FOUND_WITHIN:
+                raise ExecutionNotFound(f"no execution {self.ex.id!r} is known to the bus")
+            return
+        if self.sub is not None and await _stalled(self.sub):
+            # Its server died and nats-py could not re-create it (no stream leader yet), or it
+            # holds messages it does not deliver: a new consumer goes on from the last received.
+            log.info("events of %s: consumer lost, resubscribing", self.ex.id)
+            await self._release()
+            await self._subscribe(self.stream_seq)
+            return
+        gap = self.order.gap_deadline()
+        if gap is not None and gap <= time.time():
+            self.order.skip_gap(self.ex.id)
+            return
+        if self.loop.time() - self.heard >= STALL_CHECK - 0.01 or self.ended_at is not None:
+            await self._check_record()
+
+    async def _check_record(self) -> None:
+        """A silent follow: has the execution ended (or vanished) without telling the stream?"""
+        record = await self.ex._stored_record(self.launcher)
+        if record is None:
+            if not self.order.read and await self.ex._last_msg(self.launcher, "*") is None:
+                raise ExecutionNotFound(f"no execution {self.ex.id!r} is known to the bus")
+            return
+        if record.status not in TERMINAL_STATUSES:
+            self.ended_at = None
+            return
+        last = await self.ex._last_event(self.launcher, "status")
+        if last is not None and status_of(last) in TERMINAL_STATUSES:
+            return  # stored: the follow reads it (behind a gap, or from a new consumer)
+        now = self.loop.time()
+        if self.ended_at is None:
+            self.ended_at = now
+            return
+        if now - self.ended_at >= END_GRACE:
+            log.warning(
+                "execution %s: record says %s but no terminal event is stored",
+                self.ex.id,
+                record.status,
+            )
+            self.ex.launcher, self.ex.node, self.ex.flow = (
+                record.launcher,
+                record.node,
+                record.flow,
+            )
+            self.ex._record_outcome(record)
+
+    async def _subscribe(self, after: int) -> None:
+        """A consumer of the execution's events from the start, or from stream seq `after` + 1;
+        retried while JetStream fails over or the stream is at its consumer limit."""
+        js = self.ex._client.js
+        start: dict[str, Any] = {}
+        if after:
+            start = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE}
+            start["opt_start_seq"] = after + 1
+        deadline = self.loop.time() + CONSUMER_LIMIT_WITHIN
+        delay = 0.05
+        while True:
+            try:
+                self.sub = await js_retry(
+                    lambda: js.subscribe(
+                        subjects.events(self.launcher, self.ex.id, "*"),
+                        stream=subjects.STREAM_EVENTS,
+                        cb=self._on_msg,
+                        ordered_consumer=True,
+                        deliver_policy=None if after else api.DeliverPolicy.ALL,
+                        config=consumer_config(
+                            flow_control=True,
+                            idle_heartbeat=2.0,
+                            inactive_threshold=FOLLOW_INACTIVE,
+                            **start,
+                        ),
+                    ),
+                    f"read the events of {self.ex.id}",
+                )
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != MAX_CONSUMERS_REACHED or self.loop.time() > deadline:
+                    raise
+                log.debug("events of %s: stream at its consumer limit, retrying", self.ex.id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self.names.append(self.sub._consumer)
+            return
+
+    async def _release(self) -> None:
+        """Unsubscribe and delete every consumer this follow made that may still exist.
+
+        The deletions are sent without waiting for their replies: a follow ends without a
+        round trip more, and a user whose permissions lack the deletion (the secure profile's
+        monitors) loses nothing but an async error; the inactivity threshold reaps what a
+        deletion missed (a consumer the ordered consumer re-creates at that very moment).
+        """
+        sub, self.sub = self.sub, None
+        names = list(dict.fromkeys([*self.names, *([sub._consumer] if sub else [])]))
+        self.names.clear()
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        nc, js = self.ex._client._nc, self.ex._client._js
+        if nc is None or js is None:
+            return  # the client closed: the inactivity threshold reaps them
+        for name in names:
+            # The JetStream API prefix of this context (it names the domain, if any).
+            subject = f"{js._prefix}.CONSUMER.DELETE.{subjects.STREAM_EVENTS}.{name}"
+            with contextlib.suppress(nats.errors.Error):
+                await nc.publish(subject)
+
+    async def close(self) -> None:
+        await self._release()
 
 
 class _InOrder:
     """Puts events back in seq order, without duplicates (a re-sent event is stored after later
-    ones, and JetStream's de-duplication window may miss a copy)."""
+    ones, and JetStream's de-duplication window may miss a copy).
 
-    def __init__(self) -> None:
-        self.last = 0
-        self.early: dict[int, Event] = {}
+    Reading starts at `start` (seq 1 for a replay): whatever is read first, nothing is given out
+    until `start` is. `None` trusts the first event read (the last resort of a live follow
+    whose start could not be read). A gap is waited for until `GAP_WAIT` after the first event
+    behind it was stored, the longest a re-send of the missing one can take; an old gap (history
+    that expired, an event never stored) is skipped once the stream has nothing more to give.
+    """
 
-    def add(self, events: list[Event]) -> None:
+    def __init__(self, start: int | None = 1) -> None:
+        self.last = -1 if start is None else start - 1
+        self.early: dict[int, tuple[Event, float]] = {}
+        self.read = False
+        """An event of the execution was read."""
+
+    def add(self, events: list[Event], stored_at: float) -> None:
         for event in events:
+            self.read = True
+            if self.last < 0:
+                self.last = event.seq - 1
             if event.seq <= self.last or event.seq in self.early:
                 continue
-            if not self.last and not self.early:
-                self.last = event.seq - 1  # the first one read (history may have expired)
-            self.early[event.seq] = event
+            self.early[event.seq] = (event, stored_at)
 
     def ready(self) -> Iterator[Event]:
         while self.last + 1 in self.early:
-            event = self.early.pop(self.last + 1)
+            event, _ = self.early.pop(self.last + 1)
             self.last = event.seq
             yield event
+
+    def gap_deadline(self) -> float | None:
+        """Wall-clock time after which the missing events can no longer come (None: no gap)."""
+        if not self.early:
+            return None
+        return min(stored for _, stored in self.early.values()) + GAP_WAIT
 
     def skip_gap(self, execution: str) -> None:
         """The gap is not being filled: go on without it."""
@@ -340,3 +650,11 @@ def _stream_seq(msg: Msg) -> int:
         return int(msg.metadata.sequence.stream)
     except (ValueError, AttributeError, nats.errors.Error):
         return 0
+
+
+def _stored_at(msg: Msg) -> float:
+    """When the stream stored a message (server clock, epoch seconds; now when unknown)."""
+    try:
+        return float(msg.metadata.timestamp.timestamp())
+    except (ValueError, AttributeError, nats.errors.Error):
+        return time.time()
