@@ -75,6 +75,7 @@ class Client:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._other_buses: dict[tuple[str, ...], NATS] = {}
+        self._other_js: dict[int, JetStreamContext] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
     async def connect(self) -> Self:
@@ -89,6 +90,7 @@ class Client:
         connections = [c for c in (self._nc, *self._other_buses.values()) if c is not None]
         self._nc, self._js = None, None
         self._other_buses.clear()
+        self._other_js.clear()
         for nc in connections:
             with contextlib.suppress(nats.errors.Error):
                 await nc.drain()
@@ -229,9 +231,18 @@ class Client:
             self._other_buses[key] = await bus.connect(settings)
         return self._other_buses[key]
 
-    async def _record(self, execution: str, launcher: str | None = None) -> ExecutionRecord | None:
-        """The record of an execution launched by `launcher` (default: this client's user)."""
-        kv = await self.js.key_value(subjects.BUCKET_EXECUTIONS)
+    def _jetstream(self, nc: NATS) -> JetStreamContext:
+        """JetStream of another bus this client reached (one context per connection)."""
+        if nc is self._nc:
+            return self.js
+        return self._other_js.setdefault(id(nc), nc.jetstream())
+
+    async def _record(
+        self, execution: str, launcher: str | None = None, js: JetStreamContext | None = None
+    ) -> ExecutionRecord | None:
+        """The record of an execution launched by `launcher` (default: this client's user), on
+        this bus or the one `js` reaches."""
+        kv = await (js or self.js).key_value(subjects.BUCKET_EXECUTIONS)
         key = subjects.record_key(launcher or self.user, execution)
         try:
             entry = await kv.get(key)
@@ -242,7 +253,10 @@ class Client:
         return decode(f"{subjects.BUCKET_EXECUTIONS}.{key}", entry.value, None, ExecutionRecord)
 
     async def _records(
-        self, keep: Callable[[ExecutionRecord], bool], launcher: str | None = None
+        self,
+        keep: Callable[[ExecutionRecord], bool],
+        launcher: str | None = None,
+        js: JetStreamContext | None = None,
     ) -> list[ExecutionRecord]:
         """Current records of `launcher`'s executions (default: this client's user; `*` for
         everyone's, which needs monitor or admin rights) passing `keep`.
@@ -251,13 +265,14 @@ class Client:
         allow (a whole-bucket watch would be refused on a secure bus).
         """
         bucket = subjects.BUCKET_EXECUTIONS
+        js = js or self.js
         try:
-            await self.js.key_value(bucket)
+            await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             return []
         keys = subjects.kv_subject(bucket, subjects.record_key(launcher or self.user, ">"))
         records: list[ExecutionRecord] = []
-        async for msg in snapshot.current(self.js, subjects.kv_stream(bucket), keys):
+        async for msg in snapshot.current(js, subjects.kv_stream(bucket), keys):
             if not msg.data:
                 continue  # a deleted or purged key
             try:

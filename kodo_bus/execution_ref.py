@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -121,8 +122,13 @@ class Execution:
         launcher: str | None = None,
         node: str = "",
         flow: str = "",
+        *,
+        nc: NATS | None = None,
     ) -> None:
         self._client = client
+        self._bus = nc
+        """The bus of the node that runs it, when not the client's (a flow reached through
+        `connect` or a leaf node): its events, record and control live there."""
         self.id = execution
         self.launcher = launcher
         self.node = node
@@ -130,6 +136,15 @@ class Execution:
 
     def __repr__(self) -> str:
         return f"Execution({self.id!r}, flow={self.flow!r}, node={self.node!r})"
+
+    @property
+    def _nc(self) -> NATS:
+        """The connection to the bus the execution runs on."""
+        return self._bus or self._client.nc
+
+    @property
+    def _js(self) -> JetStreamContext:
+        return self._client.js if self._bus is None else self._client._jetstream(self._bus)
 
     # -- state ---------------------------------------------------------------------------------
     async def record(self) -> ExecutionRecord:
@@ -174,7 +189,7 @@ class Execution:
 
     async def _stored_record(self, launcher: str) -> ExecutionRecord | None:
         try:
-            return await self._client._record(self.id, launcher)
+            return await self._client._record(self.id, launcher, self._js)
         except nats.js.errors.BucketNotFoundError:
             return None  # a bus that never ran an execution
         except nats.js.errors.KeyDeletedError:
@@ -218,7 +233,7 @@ class Execution:
     async def _last_msg(self, launcher: str, kind: str) -> api.RawStreamMsg | None:
         subject = subjects.events(launcher, self.id, kind)
         try:
-            return await self._client.js.get_last_msg(subjects.STREAM_EVENTS, subject, direct=True)
+            return await self._js.get_last_msg(subjects.STREAM_EVENTS, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
 
@@ -345,18 +360,23 @@ class Execution:
     async def cancel(self) -> None:
         """Ask the node to stop the execution; it ends `cancelled` within about 2 s."""
         subject = subjects.exec_cancel(await self._launcher(), self.id)
-        await self._client._request(subject, Empty(), Ack)
+        await self._client._request(subject, Empty(), Ack, nc=self._nc)
 
     async def answer(self, data: Any) -> None:
         """Answer the question an `awaiting` execution asked (validated by the node)."""
         subject = subjects.exec_answer(await self._launcher(), self.id)
-        await self._client._request(subject, AnswerRequest(data=data), Ack)
+        await self._client._request(subject, AnswerRequest(data=data), Ack, nc=self._nc)
 
     # -- workflows -----------------------------------------------------------------------------
     async def children(self) -> list[Execution]:
         """Executions this one launched (its next flows)."""
-        records = await self._client._records(lambda r: r.parent == self.id, self.launcher)
-        return [Execution(self._client, r.execution, r.launcher, r.node, r.flow) for r in records]
+        records = await self._client._records(
+            lambda r: r.parent == self.id, self.launcher, self._js
+        )
+        return [
+            Execution(self._client, r.execution, r.launcher, r.node, r.flow, nc=self._bus)
+            for r in records
+        ]
 
     async def workflow(self, timeout: float | None = None) -> WorkflowNode:
         """The tree under this execution, once every execution in it has ended."""
@@ -525,7 +545,7 @@ class _Follower:
     async def _subscribe(self, after: int) -> None:
         """A consumer of the execution's events from the start, or from stream seq `after` + 1;
         retried while JetStream fails over or the stream is at its consumer limit."""
-        js = self.ex._client.js
+        js = self.ex._js
         start: dict[str, Any] = {}
         if after:
             start = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE}
@@ -574,9 +594,9 @@ class _Follower:
         if sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        nc, js = self.ex._client._nc, self.ex._client._js
-        if nc is None or js is None:
+        if self.ex._client._nc is None:
             return  # the client closed: the inactivity threshold reaps them
+        nc, js = self.ex._nc, self.ex._js
         for name in names:
             # The JetStream API prefix of this context (it names the domain, if any).
             subject = f"{js._prefix}.CONSUMER.DELETE.{subjects.STREAM_EVENTS}.{name}"

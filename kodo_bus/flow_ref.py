@@ -107,7 +107,10 @@ class Flow:
                         f"{exc}, {attempt} times: execution {request.execution} may have "
                         f"started; follow it, or launch again with that execution id",
                     ) from None
-        return Execution(self._client, reply.execution, reply.launcher, reply.node, reply.flow)
+        bus = None if nc is self._client.nc else nc  # the node's own bus: the execution is there
+        return Execution(
+            self._client, reply.execution, reply.launcher, reply.node, reply.flow, nc=bus
+        )
 
 
 def _as_data(inputs: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:

@@ -10,12 +10,18 @@ live status to a terminal one owns the ending, and only the owner publishes the 
 (`final` or `error`, then the terminal `status`). Everyone else gets `Ending(won=False)` with the
 status that won.
 
-The record is written first and the terminal events right after, so a crash in between leaves a
-terminal record and no terminal event. `end` repairs that when it finds it (any later ender, the
-node's runner after a worker death, a registry): it publishes the terminal events the record
-stands for. Terminal events carry the Msg-Id `<execution>:<seq>:end` whoever publishes them, so
-a repair racing the owner's own publish stores one copy — and they never collide with the ids of
-the worker's ordinary events (`<execution>:<seq>`), so no real event is dropped as a duplicate.
+Only the owner of a `final` value has it, so an owner (the worker; the runner before the
+hand-over) stores its `final`/`error` first, then claims, then stores the status; an outsider
+claims first (its `error` can be made again from the record) and then stores both. A crash
+between the claim and the events leaves a terminal record without its terminal status; `repair`
+(run by any later ender, e.g. the runner after a worker death or a registry) stores what the
+record stands for. Terminal events carry the Msg-Id `<execution>:<seq>:end` whoever stores
+them, so a repair racing the ender, or an owner's `final` and an outsider's `error` numbered
+alike, keep one copy — and they never collide with the ids of ordinary events
+(`<execution>:<seq>`), so no real event is dropped as a duplicate. One case this cannot fence:
+an outsider that ends an execution whose worker is alive and still emitting (a registry that
+wrongly judged a node dead) can have that worker's next events stored after the end; readers
+stop at the terminal status. Liveness (`registry.py`) is built so that this does not happen.
 
 An outside ender numbers its events after the last *valid* event stored for the execution
 (`stored_tail`): a message that does not decode, or whose envelope names another execution or
@@ -151,22 +157,33 @@ async def stored_events(js: JetStreamContext, record: ExecutionRecord) -> list[E
 
 @dataclass(frozen=True)
 class Tail:
-    """What the stream holds of an execution: its last seq and its terminal status, if any."""
+    """What the stream holds of an execution: its last seq, the kind of each seq, and its
+    terminal status if one is stored."""
 
     last_seq: int
+    kinds: dict[int, str]
     terminal: str | None
     terminal_seq: int = 0
+
+    def ending_at(self, seq: int) -> bool:
+        """Whether the event at `seq` is a `final` or `error` (an ending under way)."""
+        return self.kinds.get(seq) in ENDING_KINDS
+
+
+ENDING_KINDS = frozenset({"final", "error"})
 
 
 async def stored_tail(js: JetStreamContext, record: ExecutionRecord) -> Tail:
     last, terminal, terminal_seq = 0, None, 0
+    kinds: dict[int, str] = {}
     for event in await stored_events(js, record):
         last = max(last, event.seq)
+        kinds.setdefault(event.seq, event.kind)
         if event.kind == "status" and isinstance(event.data, dict):
             status = event.data.get("status")
             if status in TERMINAL_STATUSES and terminal is None:
                 terminal, terminal_seq = str(status), event.seq
-    return Tail(last, terminal, terminal_seq)
+    return Tail(last, kinds, terminal, terminal_seq)
 
 
 # -- the decision --------------------------------------------------------------------------------
@@ -219,13 +236,12 @@ async def conclude(
     known: Stored | None = None,
     store: Store | None = None,
 ) -> Ending:
-    """End the execution with `status` after seq `after`, unless someone else ended it first.
+    """End, as its owner, the execution with `status` after seq `after` (the owner numbers its
+    events), unless someone else ended it first.
 
-    Order: the `final`/`error` event is stored, then the record is claimed, then the terminal
-    status is stored. So a claimed record always has its `final`/`error` stored (a repair only
-    adds the status), and a caller that loses the claim leaves at most that one event behind —
-    numbered before the winner's, so readers, who stop at the terminal status, never see it as
-    the ending.
+    Order: the `final`/`error` is stored, then the record claimed, then the terminal status
+    stored. The `final` goes first because only the owner has it: a claimed record always has
+    its `final`/`error` stored, so a repair only adds the status.
     """
     store = store or functools.partial(publish, js)
     first, last = ending_messages(record, after, status, error, final)
@@ -237,10 +253,7 @@ async def conclude(
     if decided.won:
         await store([last])
         return Ending(status, True, after + 2)
-    if decided.record is None:
-        log.warning("cannot end %s: it has no record", record.execution)
-        return Ending(status, False)
-    return await repair(js, decided.record)
+    return await _lost(js, record, decided)
 
 
 async def end_from_outside(
@@ -252,9 +265,13 @@ async def end_from_outside(
 ) -> Ending:
     """End an execution whose worker cannot (it died, its node did, it never got it).
 
-    Numbers after the last valid stored event. When the record is terminal already, this
-    caller lost: it repairs the stream if the terminal status is missing, and returns the
-    status that won.
+    Numbers after the last valid stored event, claims the record, then stores its events (an
+    outsider's `error` can be made again from the record, so it need not go first). If the
+    last stored event is an owner's `final`/`error` (an ending under way, whose owner may have
+    died), that stays the ending event and only the status follows it. If the owner stores its
+    `final` meanwhile, it takes the seq of this `error` and the same Msg-Id: one of the two is
+    kept, either way one ending event. When the record is terminal already, this caller lost:
+    it repairs the stream if the terminal status is missing.
     """
     current = await read_record(kv, record_key(record))
     if current is None:
@@ -264,23 +281,51 @@ async def end_from_outside(
     if found.status in TERMINAL_STATUSES:
         return await repair(js, found)
     tail = await stored_tail(js, found)
-    if tail.terminal is not None:
+    if tail.terminal is not None:  # stored without a claim: not by this protocol; keep it
         return Ending(tail.terminal, False, tail.terminal_seq)
-    return await conclude(js, kv, found, tail.last_seq, status, error=error, known=current)
+    after = tail.last_seq
+    if tail.ending_at(after):
+        messages = ending_messages(found, after, status)
+    else:
+        messages = ending_messages(found, after, status, error)
+    last = after + len(messages)
+    decided = await claim(
+        kv, record_key(found), status, last_seq=last, error=error["message"], known=current
+    )
+    if not decided.won:
+        return await _lost(js, found, decided)
+    await publish(js, messages)
+    return Ending(status, True, last)
+
+
+async def _lost(js: JetStreamContext, record: ExecutionRecord, decided: Claim) -> Ending:
+    if decided.record is None:
+        log.warning("cannot end %s: it has no record", record.execution)
+        return Ending(record.status, False)
+    return await repair(js, decided.record)
 
 
 async def repair(js: JetStreamContext, record: ExecutionRecord) -> Ending:
-    """A terminal record: make sure its terminal status is stored too (its ender may have died
-    between the claim and the status; its `final`/`error` was stored before the claim)."""
+    """A terminal record: make sure the events it stands for are stored (its ender may have
+    died between the claim and storing them). The same seqs and Msg-Ids as the ender's, so a
+    repair racing the ender stores one copy."""
     tail = await stored_tail(js, record)
     if tail.terminal is not None:
         return Ending(tail.terminal, False, tail.terminal_seq)
     if not record.last_seq:
         return Ending(record.status, False)
-    status = ending_messages(record, record.last_seq - 1, record.status)
+    if tail.ending_at(record.last_seq - 1):
+        messages = ending_messages(record, record.last_seq - 1, record.status)
+    else:
+        error = error_of(_ERROR_TYPES.get(record.status, "Error"), record.error or "")
+        messages = ending_messages(record, record.last_seq - 2, record.status, error)
     log.warning("execution %s: storing the %s its record holds", record.execution, record.status)
-    await publish(js, status)
+    await publish(js, messages)
     return Ending(record.status, False, record.last_seq)
+
+
+_ERROR_TYPES = {"lost": "ExecutionLost", "cancelled": "Cancelled", "timeout": "Timeout"}
+"""`error` type of an ending an outsider made, when a repair has to store it again."""
 
 
 async def publish(js: JetStreamContext, messages: list[Message]) -> None:

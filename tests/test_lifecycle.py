@@ -1,0 +1,179 @@
+"""`lifecycle`: the races between enders, played step by step on a real nats-server.
+
+Each test interleaves an owner (the worker, which stores its `final` before it claims the
+record) and an outsider (a registry or runner, which claims first) at one precise point, then
+checks what the stream and the record hold: one `final`/`error`, then one terminal status, the
+record equal to it — whoever wins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from kodo_bus.bus import connect, ensure_execution_storage
+from kodo_bus.config import ConnectSettings
+from kodo_bus.executions import create_record, event_message, read_record, record_key
+from kodo_bus.lifecycle import (
+    Message,
+    claim,
+    conclude,
+    end_from_outside,
+    error_of,
+    publish,
+    repair,
+    stored_events,
+)
+from kodo_bus.models import TERMINAL_STATUSES, Event, ExecutionRecord
+from kodo_bus.server import NatsServer
+
+from .test_execution_support import check_well_formed
+
+Bus = tuple[NATS, JetStreamContext, KeyValue]
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    nc = await connect(ConnectSettings(nats=[nats_server.url]))
+    try:
+        js = nc.jetstream()
+        yield nc, js, await ensure_execution_storage(js, max_age=3600)
+    finally:
+        await nc.close()
+
+
+async def _running(js: JetStreamContext, kv: KeyValue) -> tuple[ExecutionRecord, int]:
+    """A running execution with events 1..3 stored (meta, inputs, status running)."""
+    now = time.time()
+    record = ExecutionRecord(
+        execution=os.urandom(16).hex(),
+        flow="f",
+        node=f"n-{time.monotonic_ns()}",
+        launcher="local",
+        status="running",
+        created=now,
+        updated=now,
+    )
+    revision = await create_record(kv, record)
+    for seq, kind, data in (
+        (1, "meta", {}),
+        (2, "inputs", {}),
+        (3, "status", {"status": "running"}),
+    ):
+        event = Event(
+            seq=seq,
+            ts=now,
+            kind=kind,
+            data=data,
+            execution=record.execution,
+            node=record.node,
+            flow=record.flow,
+            launcher="local",
+        )
+        await publish(js, [event_message(event)])
+    return record, revision
+
+
+async def _check(js: JetStreamContext, kv: KeyValue, record: ExecutionRecord, status: str) -> None:
+    events = sorted(await stored_events(js, record), key=lambda e: e.seq)
+    check_well_formed(events)
+    terminal = [e for e in events if e.kind == "status" and e.data["status"] in TERMINAL_STATUSES]
+    assert [e.data["status"] for e in terminal] == [status]
+    stored = await read_record(kv, record_key(record))
+    assert stored is not None
+    assert (stored[0].status, stored[0].last_seq) == (status, events[-1].seq)
+
+
+LOST = error_of("ExecutionLost", "node gone")
+
+
+async def test_an_outsider_ends_between_the_owners_final_and_its_claim(bus: Bus) -> None:
+    """The owner stored `final` (seq 4) and is about to claim; a registry ends it `lost`."""
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+
+    async def store_then_race(messages: list[Message]) -> None:
+        await publish(js, messages)
+        if b'"final"' in messages[0][1]:
+            outside = await end_from_outside(js, kv, record, "lost", LOST)
+            assert outside.won
+
+    owner = await conclude(
+        js, kv, record, 3, "finished", final=42, known=(record, revision), store=store_then_race
+    )
+    assert (owner.won, owner.status) == (False, "lost")
+    await _check(js, kv, record, "lost")
+
+
+async def test_an_outsider_ends_before_the_owner_stores_its_final(bus: Bus) -> None:
+    """The outsider numbered its `error` 4 before the owner's `final` 4 was stored: one of the
+    two copies of seq 4 is kept (same Msg-Id), the outsider's status 5 ends it."""
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+
+    async def race_then_store(messages: list[Message]) -> None:
+        if b'"final"' in messages[0][1]:
+            assert (await end_from_outside(js, kv, record, "lost", LOST)).won
+        await publish(js, messages)
+
+    owner = await conclude(
+        js, kv, record, 3, "finished", final=42, known=(record, revision), store=race_then_store
+    )
+    assert (owner.won, owner.status) == (False, "lost")
+    await _check(js, kv, record, "lost")
+
+
+async def test_the_owner_wins_and_the_outsider_learns_it(bus: Bus) -> None:
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+    owner = await conclude(js, kv, record, 3, "finished", final=42, known=(record, revision))
+    assert owner.won and owner.last_seq == 5
+    outside = await end_from_outside(js, kv, record, "lost", LOST)
+    assert (outside.won, outside.status, outside.last_seq) == (False, "finished", 5)
+    await _check(js, kv, record, "finished")
+
+
+async def test_an_owner_that_died_after_its_claim_is_repaired(bus: Bus) -> None:
+    """`final` stored and the record claimed, then the owner died: the next ender stores the
+    status the record holds (and the outsider's own ending is not used)."""
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+    final = Event(
+        seq=4,
+        ts=time.time(),
+        kind="final",
+        data=42,
+        execution=record.execution,
+        node=record.node,
+        flow="f",
+        launcher="local",
+    )
+    await publish(js, [event_message(final, f"{record.execution}:4:end")])
+    won = await claim(
+        kv, record_key(record), "finished", last_seq=5, error=None, known=(record, revision)
+    )
+    assert won.won
+    outside = await end_from_outside(js, kv, record, "lost", LOST)
+    assert (outside.won, outside.status) == (False, "finished")
+    await _check(js, kv, record, "finished")
+
+
+async def test_an_outsider_that_died_after_its_claim_is_repaired(bus: Bus) -> None:
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+    won = await claim(
+        kv, record_key(record), "lost", last_seq=5, error="node gone", known=(record, revision)
+    )
+    assert won.won
+    stored = await read_record(kv, record_key(record))
+    assert stored is not None
+    again = await repair(js, stored[0])
+    assert (again.won, again.status, again.last_seq) == (False, "lost", 5)
+    await repair(js, stored[0])  # twice: nothing more stored
+    await _check(js, kv, record, "lost")
