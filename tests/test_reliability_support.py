@@ -11,9 +11,9 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import yaml
 
@@ -86,7 +86,7 @@ async def online_flow(kb: Client, name: str, timeout: float = 60.0) -> Flow:
 async def first_event(ex: Execution, kind: str, timeout: float = 60.0) -> Event:
     """The first event of `kind` (a worker's PID, say), read with a deadline."""
     async with asyncio.timeout(timeout):
-        stream = cast(AsyncGenerator[Event], ex.events(kinds=[kind]))
+        stream = ex.events(kinds=[kind])
         async with contextlib.aclosing(stream) as events:
             async for event in events:
                 return event
