@@ -53,6 +53,8 @@ CONF_PORTS = {"hub": ("hub", "hub_http", "leafnode"), "leaf": ("leaf", "leaf_htt
 ORG = "Leaf Org"
 NODE, PROVIDER, REGISTRY = "leaf-node", "leaf-provider", "hub-registry"
 FLOWS = "tests.flowpkg.basic"
+NAME, INPUTS, RESULT = "add", {"a": 2, "b": 3}, 5
+"""A flow of FLOWS launched from the hub, its inputs and its result."""
 
 
 def render(name: str, ports: dict[str, int], out: Path, bind: str = "FEDERATION") -> Path:
@@ -195,7 +197,7 @@ class Markers:
 
 
 async def test_provider_view_crosses_the_leaf_link_and_nothing_else(
-    pair: Pair, procs: Processes, tmp_path: Path
+    pair: Pair, procs: Processes, tmp_path: Path, ray_address: str
 ) -> None:
     hub_tap, leaf_tap = Tap(), Tap()
     try:
@@ -204,7 +206,8 @@ async def test_provider_view_crosses_the_leaf_link_and_nothing_else(
         # A trap on the hub: its own events stream would capture any event that crossed.
         await ensure_execution_storage(hub_nc.jetstream(), max_age=3600)
         leaf, hub = [pair.leaf.url], [pair.hub.url]
-        service(procs, tmp_path, leaf, id=NODE, organization=ORG, flows=[{"module": FLOWS}])
+        node = {"id": NODE, "organization": ORG, "flows": [{"module": FLOWS}]}
+        service(procs, tmp_path, leaf, ray_address, **node)
         service(procs, tmp_path, leaf, id=PROVIDER, role="provider", organization=ORG)
         service(procs, tmp_path, hub, id=REGISTRY, role="registry")
 
@@ -215,9 +218,21 @@ async def test_provider_view_crosses_the_leaf_link_and_nothing_else(
         hub_saw_the_view_only(hub_tap, m)
         leaf_saw_nothing_of_the_hub(leaf_tap, m)
         await two_jetstreams(hub_nc, leaf_nc, m)
+        await launched_from_the_hub_followed_on_the_leaf(pair)
     finally:
         await hub_tap.close()
         await leaf_tap.close()
+
+
+async def launched_from_the_hub_followed_on_the_leaf(pair: Pair) -> None:
+    """(e) A client of the hub launches a flow the hub lists at the leaf's URL: the launch goes
+    to the leaf, and the handle follows the execution there (its events, record and JetStream
+    domain are the leaf's), instead of waiting on the hub for events that never come."""
+    async with Client(pair.hub.url) as on_hub:
+        flow = await on_hub.flow(f"{NODE}/{NAME}", via=REGISTRY)
+        ex = await flow.launch(INPUTS)
+        assert await ex.result(timeout=60) == RESULT
+        assert await ex.status() == "finished"
 
 
 async def view_reaches_the_hub(pair: Pair, procs: Processes) -> None:
