@@ -21,6 +21,7 @@ from .errors import (
     FieldProblem,
     InputsInvalid,
     RemoteError,
+    UnsupportedVersion,
     WireError,
     problems_from,
 )
@@ -70,13 +71,20 @@ def content_type_of(data: bytes, headers: Mapping[str, str] | None) -> str:
     return JSON if stripped[:1] in (b"{", b"[") else MSGPACK
 
 
+_MSGPACK_MAPS = frozenset({*range(0x80, 0x90), 0xDE, 0xDF})
+"""First bytes of a msgpack map: the only msgpack body a request can be."""
+
+
 def reply_content_type(request: _Msg) -> str:
-    """A reply mirrors its request's content type; an empty request, or one in a type we do
-    not speak (the error reply must still be encodable), gets msgpack."""
-    if not request.data:
-        return MSGPACK
-    kind = content_type_of(request.data, request.headers)
-    return kind if kind in (JSON, MSGPACK) else MSGPACK
+    """A reply mirrors its request's content type. JSON when that type is unknown (an empty
+    body without a header, a body that is neither a JSON nor a msgpack object) or not one we
+    speak (`text/plain`): JSON is what any requester can read, a client in another language
+    included, and the error reply it gets must be readable."""
+    declared = (request.headers or {}).get(CONTENT_TYPE)
+    if declared:
+        kind = declared.split(";", 1)[0].strip()
+        return MSGPACK if kind == MSGPACK else JSON
+    return MSGPACK if request.data[:1] and request.data[0] in _MSGPACK_MAPS else JSON
 
 
 def loads(subject: str, data: bytes, headers: Mapping[str, str] | None) -> Any:
@@ -93,7 +101,8 @@ def loads(subject: str, data: bytes, headers: Mapping[str, str] | None) -> Any:
 
 
 def decode(subject: str, data: bytes, headers: Mapping[str, str] | None, model: type[M]) -> M:
-    """Decode and validate one message as `model`, or raise WireError naming the subject."""
+    """Decode and validate one message as `model`, or raise WireError naming the subject
+    (`UnsupportedVersion` for a request whose `v` this code does not speak)."""
     if not data:
         data = b"\x80"  # an empty body is an empty msgpack map: every field takes its default
     try:
@@ -102,8 +111,22 @@ def decode(subject: str, data: bytes, headers: Mapping[str, str] | None, model: 
         payload = loads(subject, data, headers)
         return model.model_validate(payload)
     except ValidationError as exc:
-        detail = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
-        raise WireError(subject, f"not a valid {model.__name__}: {detail}") from None
+        raise _invalid(subject, model, exc) from None
+
+
+def _invalid(subject: str, model: type[BaseModel], exc: ValidationError) -> WireError:
+    """The WireError for a body that does not validate, naming unknown keys as such."""
+    errors = exc.errors(include_url=False)
+    for error in errors:
+        if error["type"] == "unsupported_version":
+            return UnsupportedVersion(subject, f"{model.__name__}: {error['msg']}")
+    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and e["loc"]]
+    pairs = zip(problems_from(exc), errors, strict=True)
+    parts = [f"{p.field}: {p.message}" for p, e in pairs if e["type"] != "extra_forbidden"]
+    if unknown:
+        known = ", ".join(model.model_fields)
+        parts.insert(0, f"unknown field(s) {', '.join(unknown)} (a {model.__name__} has {known})")
+    return WireError(subject, f"not a valid {model.__name__}: {'; '.join(parts)}")
 
 
 def decode_many(

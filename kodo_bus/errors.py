@@ -32,10 +32,19 @@ class AuthError(ConnectError):
 class WireError(KodoError):
     """A message failed to decode or validate; names the subject and the reason."""
 
+    kind = "invalid_request"
+    """The error kind a service answers a request that fails this way with."""
+
     def __init__(self, subject: str, reason: str) -> None:
         super().__init__(f"bad message on {subject!r}: {reason}")
         self.subject = subject
         self.reason = reason
+
+
+class UnsupportedVersion(WireError):
+    """A request carries a schema version `v` this code does not speak."""
+
+    kind = "unsupported_version"
 
 
 class KodoTimeout(KodoError, TimeoutError):

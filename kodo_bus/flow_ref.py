@@ -11,7 +11,8 @@ from pydantic import BaseModel, ValidationError
 
 from . import subjects
 from .config import LAUNCH_ATTEMPTS
-from .errors import InputsInvalid, KodoTimeout, LaunchUnanswered, problems_from
+from .errors import FieldProblem, InputsInvalid, KodoTimeout, LaunchUnanswered, problems_from
+from .flows import unknown_inputs
 from .models import FlowItem, LaunchReply, LaunchRequest
 from .schema_model import model_from_schema
 
@@ -60,14 +61,25 @@ class Flow:
         return model_from_schema(self.schema, f"{self.name}_inputs")
 
     def validate(self, inputs: Mapping[str, Any] | BaseModel | None = None) -> dict[str, Any]:
-        """Check inputs here, with the node's messages; returns them as JSON-ready data."""
+        """Check inputs here, with the node's messages; returns them as JSON-ready data.
+
+        The node's rule for unknown inputs, read from the schema: refused unless the schema
+        takes extra properties (`additionalProperties` true, from `extra="allow"`).
+        """
         data = _as_data(inputs)
         if self._model is None:
             return data
+        accepted = self.schema.get("properties", {}).keys()
+        unknown: list[FieldProblem] = []
+        if not self.schema.get("additionalProperties", False):
+            unknown = unknown_inputs(data, accepted)
+        checked = {k: v for k, v in data.items() if k in accepted} if unknown else data
         try:
-            self._model.model_validate(data)
+            self._model.model_validate(checked)
         except ValidationError as exc:
-            raise InputsInvalid(problems_from(exc), flow=self.name) from None
+            raise InputsInvalid(unknown + problems_from(exc), flow=self.name) from None
+        if unknown:
+            raise InputsInvalid(unknown, flow=self.name)
         return data
 
     async def launch(

@@ -8,18 +8,20 @@ modules import cheaply and the same spec can be rebuilt inside a Ray worker from
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import importlib
 import inspect
 import os
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, AliasPath, BaseModel, ValidationError
 
 from .config import FlowDecl
-from .errors import ConfigError, InputsInvalid, problems_from
+from .errors import ConfigError, FieldProblem, InputsInvalid, problems_from
 from .models import FlowInfo
 from .subjects import check_token
 
@@ -49,7 +51,8 @@ class FlowSpec:
         return inspect.iscoroutinefunction(self.func)
 
     def info(self) -> FlowInfo:
-        """The catalog entry: metadata plus the input model's JSON schema."""
+        """The catalog entry: metadata plus the input model's JSON schema, which says whether
+        unknown inputs are refused (`additionalProperties: false`, the default) or taken."""
         return FlowInfo(
             name=self.name,
             summary=self.summary,
@@ -57,20 +60,80 @@ class FlowSpec:
             tags=list(self.tags),
             version=self.version,
             author=self.author,
-            input_schema=self.inputs.model_json_schema() if self.inputs else {},
+            input_schema=input_schema(self.inputs) if self.inputs else {},
             timeout=self.timeout,
         )
 
     def validate(self, data: Mapping[str, Any] | BaseModel) -> BaseModel | dict[str, Any]:
-        """Inputs as the flow will receive them; InputsInvalid lists every bad field."""
+        """Inputs as the flow will receive them; InputsInvalid lists every bad field, unknown
+        ones included (unless the input model takes extra inputs: `extra="allow"`)."""
         if self.inputs is None:
             return data.model_dump() if isinstance(data, BaseModel) else dict(data)
+        if isinstance(data, BaseModel):
+            data = data.model_dump()
+        accepted = _accepted_keys(self.inputs)
+        unknown: list[FieldProblem] = []
+        if accepted is not None:
+            unknown = unknown_inputs(data, accepted)
+            if unknown:  # validated without them: each is reported once, as unknown
+                data = {k: v for k, v in data.items() if k in accepted}
         try:
-            if isinstance(data, BaseModel):
-                data = data.model_dump()
-            return self.inputs.model_validate(data)
+            value = self.inputs.model_validate(data)
         except ValidationError as exc:
-            raise InputsInvalid(problems_from(exc), flow=self.name) from None
+            raise InputsInvalid(unknown + problems_from(exc), flow=self.name) from None
+        if unknown:
+            raise InputsInvalid(unknown, flow=self.name)
+        return value
+
+
+def input_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of an input model as the catalog publishes it: closed to unknown inputs
+    (`additionalProperties: false`) unless the model takes extra ones, so a client in any
+    language applies the node's rule from the schema alone."""
+    schema = model.model_json_schema()
+    if _accepted_keys(model) is not None:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def unknown_inputs(data: Mapping[str, Any], accepted: Collection[str]) -> list[FieldProblem]:
+    """One problem per input key the flow does not have, with a "did you mean".
+
+    Shared by the node (`FlowSpec.validate`) and the client (`Flow.validate`, from the
+    schema's properties), so both refuse the same keys with the same message.
+    """
+    problems = []
+    for key in data:
+        if key in accepted:
+            continue
+        close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.6)
+        hint = f"'{close[0]}'" if close else f"one of {', '.join(sorted(accepted)) or '(none)'}"
+        problems.append(FieldProblem(key, f"the flow has no input {key!r}; did you mean {hint}?"))
+    return problems
+
+
+@functools.cache
+def _accepted_keys(model: type[BaseModel]) -> frozenset[str] | None:
+    """Top-level keys the model validates (aliases, and names when allowed by its config);
+    None when it takes extra keys (`extra="allow"`)."""
+    config = model.model_config
+    if config.get("extra") == "allow":
+        return None
+    by_name = bool(config.get("populate_by_name") or config.get("validate_by_name"))
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        alias = info.validation_alias if info.validation_alias is not None else info.alias
+        if alias is None or by_name:
+            keys.add(name)
+        if isinstance(alias, str):
+            keys.add(alias)
+        elif isinstance(alias, AliasChoices | AliasPath):
+            choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+            for choice in choices:
+                path = choice.path if isinstance(choice, AliasPath) else [choice]
+                if path and isinstance(path[0], str):
+                    keys.add(path[0])
+    return frozenset(keys)
 
 
 def flow(

@@ -1,18 +1,30 @@
-"""Pydantic models of every message on the wire.
+"""Pydantic models of every message on the wire (and the source of `schemas/`: see `schemas.py`).
 
 Every message carries `v`, the schema version, so a reader can refuse or adapt to a newer writer.
-Unknown fields are ignored (a newer writer may add some); missing or ill-typed ones fail
-validation and surface as `WireError`. Timestamps are float seconds since the epoch: cheap to
-encode in both msgpack and JSON, and unambiguous across languages.
+Two rules for unknown fields, by who reads the message:
+
+- **Requests** a client sends to a service (`Request`: `LaunchRequest`, `AnswerRequest`,
+  `FlowsQuery`, `Empty`) are strict: an unknown key is refused as `invalid_request` naming it,
+  and a `v` this code does not speak as `unsupported_version` — a guessed or misspelt key must
+  never pass silently and run with defaults. The requester is there to read the refusal.
+- **Broadcast and stored** messages (events, catalogs, heartbeats, views, records, replies)
+  ignore unknown fields: a newer writer may add some, and nobody would hear a refusal.
+
+Missing or ill-typed fields fail validation and surface as `WireError` either way. Timestamps
+are float seconds since the Unix epoch: cheap to encode in both msgpack and JSON, and
+unambiguous across languages. Attribute docstrings are the fields' descriptions in the schemas.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1})
+"""Schema versions a service accepts in requests; any other `v` gets `unsupported_version`."""
 
 EXECUTION_ID = r"^[A-Za-z0-9_-]{16,64}$"
 """A client-chosen execution id: one subject token, long enough to be unguessable."""
@@ -52,19 +64,55 @@ EventKind = Literal[
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 
+ERROR_KINDS: dict[str, str] = {
+    "invalid_request": "the body is not the documented request: undecodable, a field missing "
+    "or ill-typed, an unknown key (named), a bad subject, or an id taken by another flow",
+    "unsupported_version": "the request's `v` is not a schema version this service speaks",
+    "invalid_inputs": "flow inputs (or an answer to a question) failed validation, or name an "
+    "input the flow does not have; `fields` holds one entry per field",
+    "busy": "the node's queue is full, or the node is stopping: retry later or elsewhere",
+    "not_found": "no such flow on the node, no such execution, or it already ended",
+    "internal": "the service failed while answering (a bug or an outage): its message says why",
+}
+"""Every `ErrorReply.error` a service sends, with what it means (subjects.md has the table)."""
+
+
 class Message(BaseModel):
     """Base of every wire message."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     v: int = SCHEMA_VERSION
+    """Schema version of the writer."""
+
+
+class Request(Message):
+    """Base of what a client sends to a service: strict (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: int = Field(
+        default=SCHEMA_VERSION, json_schema_extra={"enum": [*sorted(SUPPORTED_VERSIONS)]}
+    )
+    """Schema version of the request; another one is refused as `unsupported_version`."""
+
+    @field_validator("v")
+    @classmethod
+    def _supported(cls, v: int) -> int:
+        if v not in SUPPORTED_VERSIONS:
+            raise PydanticCustomError(
+                "unsupported_version",  # the error type `codec.decode` turns into its own kind
+                "schema version {v} is not supported (this service speaks {supported})",
+                {"v": v, "supported": ", ".join(map(str, sorted(SUPPORTED_VERSIONS)))},
+            )
+        return v
 
 
 # -- flows and nodes -----------------------------------------------------------------------------
 class FlowInfo(BaseModel):
     """What a node tells the federation about one of its flows."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     name: str
     summary: str = ""
@@ -73,7 +121,10 @@ class FlowInfo(BaseModel):
     version: str = ""
     author: str = ""
     input_schema: dict[str, Any] = Field(default_factory=dict)
-    """JSON schema of the flow's pydantic input model (clients build forms and validate from it)."""
+    """JSON schema of the flow's pydantic input model (clients build forms and validate from it).
+    `additionalProperties: false` (the default) means an unknown input is refused as
+    `invalid_inputs`; a flow that takes extra inputs says `true`. Empty: the flow takes any
+    object."""
     timeout: float | None = None
 
 
@@ -86,6 +137,7 @@ class Catalog(Message):
     revision: int = 0
     """Changes whenever the flow list changes; heartbeats carry it so registries spot a miss."""
     started: float = 0.0
+    """When the node process started (Unix seconds)."""
     flows: list[FlowInfo] = Field(default_factory=list)
     urls: list[str] = Field(default_factory=list)
     """Where to reach the node's bus; empty means the bus this message travelled on."""
@@ -100,6 +152,7 @@ class Heartbeat(Message):
     node: str
     revision: int = 0
     ts: float = 0.0
+    """When the heartbeat was sent (Unix seconds)."""
     running: int = 0
     queued: int = 0
     capacity: int = 0
@@ -131,11 +184,12 @@ class SyncRequest(Message):
 class NodeEntry(BaseModel):
     """One node as a registry sees it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     catalog: Catalog
     status: NodeStatus = "online"
     last_seen: float = 0.0
+    """When the registry last heard the node (Unix seconds)."""
     heartbeat: Heartbeat | None = None
     via: str = ""
     """Registry the entry was taken in from ('' when the node announced on this bus itself)."""
@@ -154,8 +208,8 @@ class RegistryView(Message):
 
 
 # -- request/reply on every service --------------------------------------------------------------
-class Empty(Message):
-    """A request or reply without fields."""
+class Empty(Request):
+    """A request without fields (info, nodes, catalog, cancel, disconnect)."""
 
 
 class ServiceInfo(Message):
@@ -174,7 +228,7 @@ class ServiceInfo(Message):
     """Messages dropped because they failed to decode or validate."""
 
 
-class FlowsQuery(Message):
+class FlowsQuery(Request):
     """Request of `kodo.svc.<id>.flows`; every filter is optional."""
 
     q: str | None = None
@@ -205,6 +259,8 @@ class FlowsPage(Message):
 
 class NodeItem(BaseModel):
     """One node in a `kodo.svc.<id>.nodes` reply."""
+
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     id: str
     organization: str = ""
@@ -238,7 +294,10 @@ class Ack(Message):
 class FieldError(BaseModel):
     """One invalid field of a request."""
 
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+
     field: str
+    """Dotted path of the field (`(root)` for the whole body)."""
     message: str
 
 
@@ -246,23 +305,32 @@ class ErrorReply(Message):
     """Any request that fails gets this instead of its normal reply (header `Kodo-Error`)."""
 
     error: str
-    """Kind: invalid_inputs, invalid_request, busy, not_found, forbidden, internal."""
+    """Kind: invalid_request, unsupported_version, invalid_inputs, busy, not_found, internal
+    (`ERROR_KINDS` says what each means; a reader takes an unknown kind as a plain failure)."""
     message: str
+    """For a human: what was wrong, naming the fields."""
     fields: list[FieldError] = Field(default_factory=list)
+    """Per field problems (`invalid_inputs`)."""
 
 
 # -- executions ----------------------------------------------------------------------------------
-class LaunchRequest(Message):
+class LaunchRequest(Request):
     """Request on `kodo.launch.<user>.<node>.<flow>`."""
 
-    inputs: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, Any]
+    """The flow's inputs, as its `input_schema` describes them (required: `{}` for none), so a
+    body with the inputs not wrapped is refused instead of run with defaults."""
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Seconds before the execution is stopped (ends `timeout`); default: the flow's."""
     execution: str | None = Field(default=None, pattern=EXECUTION_ID)
     """The execution's id, chosen by the client (so a launch whose reply was lost can be sent
     again: the same id is the same execution). The node makes one when it is absent."""
     parent: str | None = None
+    """The execution that launched this one (chained flows); absent for a top-level one."""
     root: str | None = None
+    """The top execution of the chain; absent for a top-level one."""
     depth: int = Field(default=0, ge=0)
+    """Chain depth (0 for a top-level launch); refused at the node's `max_depth`."""
 
 
 class LaunchReply(Message):
@@ -282,21 +350,30 @@ class Event(Message):
     """One event of one execution (JSON by default so `nats sub` prints it readably)."""
 
     execution: str
+    """The execution's id (also the subject's `<execution>` token)."""
     seq: int
+    """1, 2, 3... per execution, without gaps: readers order and de-duplicate by it."""
     ts: float
+    """When the event was made: float seconds since the Unix epoch (UTC)."""
     kind: EventKind
+    """What the event is (also the subject's last token)."""
     node: str
     flow: str
     launcher: str
+    """The user who launched the execution (the subject's `<user>` token)."""
     data: Any = None
+    """What the event says; its shape depends on `kind` (subjects.md, "Event data per kind")."""
     parent: str | None = None
+    """The launching execution of a chained flow; absent (not null) on the wire otherwise."""
     root: str | None = None
+    """The top execution of the chain (the execution itself for a top-level one)."""
 
 
-class AnswerRequest(Message):
+class AnswerRequest(Request):
     """Request on `kodo.exec.<user>.<id>.answer`: the human's answer to `tracer.ask`."""
 
     data: Any = None
+    """The answer, validated against the `schema` of the open question's `lock` event."""
 
 
 class ExecutionRecord(Message):
@@ -307,12 +384,18 @@ class ExecutionRecord(Message):
     node: str
     launcher: str
     status: ExecutionStatus
+    """Trails the events (see subjects.md): the live status is the last `status` event's."""
     created: float
+    """Unix seconds."""
     updated: float
+    """Unix seconds of the last write."""
     parent: str | None = None
     root: str | None = None
     depth: int = 0
     last_seq: int = 0
+    """Seq of the last event known at the record's last write (the terminal status event's
+    once the execution ended)."""
     error: str | None = None
+    """Why it ended, when not `finished`."""
     instance: str = ""
     """The node process (replica) that holds the execution ('' before replicas were told apart)."""

@@ -46,7 +46,7 @@ from .errors import InputsInvalid, WireError
 from .executions import create_record, jsonable, read_record, record_key
 from .flows import FlowSpec
 from .lifecycle import Message, conclude, end_from_outside, envelope, error_of
-from .models import TERMINAL_STATUSES, Ack, ExecutionRecord, LaunchReply, LaunchRequest
+from .models import TERMINAL_STATUSES, Ack, Empty, ExecutionRecord, LaunchReply, LaunchRequest
 from .publisher import EventPublisher
 from .tracer import Emitter
 
@@ -215,9 +215,9 @@ class Runner:
             return
         try:
             request = decode_msg(msg, LaunchRequest)
-        except WireError as exc:
+        except WireError as exc:  # invalid_request, or unsupported_version
             self.rejected += 1
-            await respond_error(msg, "invalid_request", str(exc))
+            await respond_error(msg, exc.kind, str(exc))
             return
         if request.depth >= self._settings.max_depth:
             await respond_error(
@@ -484,6 +484,11 @@ class Runner:
         if len(parts) != 5:
             return
         user, execution = parts[2], parts[3]
+        try:
+            decode_msg(msg, Empty)
+        except WireError as exc:  # any node can tell (the requester takes the first reply)
+            await respond_error(msg, exc.kind, str(exc))
+            return
         ex = self._live.get(execution)
         # The user in the subject is what NATS permissions checked: it must be the launcher's.
         if ex is None or ex.state == "done" or ex.record.launcher != user:

@@ -171,13 +171,15 @@ class KodoService:
         )
 
     async def _info(self, msg: Msg) -> None:
+        if await _refused(msg):
+            return
         await respond(msg, self.info())
 
     async def _flows(self, msg: Msg) -> None:
         try:
             query = decode_msg(msg, FlowsQuery)
         except WireError as exc:
-            await respond_error(msg, "invalid_request", exc.reason)
+            await respond_error(msg, exc.kind, exc.reason)
             return
         if self.registry is not None:
             if msg.reply:  # the page from the items' cached bodies, as `respond` would encode it
@@ -187,6 +189,8 @@ class KodoService:
             await respond(msg, self.node.flows_page(query))
 
     async def _nodes(self, msg: Msg) -> None:
+        if await _refused(msg):
+            return
         if self.registry is not None:
             await respond(msg, self.registry.view.nodes())
         elif self.node is not None:
@@ -200,13 +204,12 @@ class KodoService:
 
     async def _catalog(self, msg: Msg) -> None:
         assert self.node is not None
+        if await _refused(msg):
+            return
         await respond(msg, self.node.catalog)
 
     async def _disconnect(self, msg: Msg) -> None:
-        try:
-            decode_msg(msg, Empty)
-        except WireError as exc:
-            await respond_error(msg, "invalid_request", exc.reason)
+        if await _refused(msg):
             return
         if self.registry is not None:
             await self.registry.disconnect()
@@ -214,6 +217,17 @@ class KodoService:
             await self.node.disconnect()
         log.info("%s disconnected from the federation (still serving)", self.settings.id)
         await respond(msg, Ack(message=f"{self.settings.id} disconnected"))
+
+
+async def _refused(msg: Msg) -> bool:
+    """Whether a request that takes no fields (`Empty`) was refused for its body: unknown keys
+    (`invalid_request`) or an unsupported `v` (`unsupported_version`)."""
+    try:
+        decode_msg(msg, Empty)
+    except WireError as exc:
+        await respond_error(msg, exc.kind, exc.reason)
+        return True
+    return False
 
 
 def _guarded(handler: Callable[[Msg], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:

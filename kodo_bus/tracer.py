@@ -273,7 +273,7 @@ class Tracer:
                 request = decode_msg(msg, AnswerRequest)
                 value = model.model_validate(request.data)
             except WireError as exc:
-                await respond_error(msg, "invalid_request", str(exc))
+                await respond_error(msg, exc.kind, str(exc))
                 return
             except ValidationError as exc:
                 await respond_error(msg, "invalid_inputs", "invalid answer", problems_from(exc))
