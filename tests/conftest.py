@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -18,8 +18,17 @@ import pytest
 from kodo_bus.config import ServerSettings
 from kodo_bus.server import NatsServer
 
+from .invariants import Watch
+
 REPO = Path(__file__).resolve().parent.parent
 KODO_BUS = [sys.executable, "-m", "kodo_bus"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "invariants(allow_running=False): how the `invariants` fixture judges this test",
+    )
 
 
 def _server(store: Path) -> NatsServer:
@@ -36,6 +45,27 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def invariants(
+    request: pytest.FixtureRequest, nats_server: NatsServer
+) -> AsyncIterator[Watch]:
+    """At test end, the execution invariants (tests/invariants.py) over every execution the test
+    added to the session's nats-server.
+
+    Request it before anything that starts nodes (modules apply it with `usefixtures` in
+    `pytestmark`, which pytest sets up before the test's own fixtures): set up first, it is
+    torn down last, once the test's nodes have stopped and their executions had to end.
+    """
+    watch = await Watch.start(nats_server.url)
+    marker = request.node.get_closest_marker("invariants")
+    watch.allow_running = bool(marker and marker.kwargs.get("allow_running"))
+    try:
+        yield watch
+        (await watch.check()).assert_ok()
+    finally:
+        await watch.close()
 
 
 @pytest.fixture

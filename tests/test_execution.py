@@ -12,7 +12,7 @@ from .test_execution_support import NodeFactory, check_well_formed, read_events,
 
 make_node = support.make_node
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("invariants")]
 
 
 async def test_round_trip(make_node: NodeFactory) -> None:

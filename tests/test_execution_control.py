@@ -24,7 +24,7 @@ from .test_execution_support import (
 )
 
 make_node = support.make_node
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("invariants")]
 
 
 async def test_200_concurrent_launches_max_running_2(make_node: NodeFactory) -> None:

@@ -28,6 +28,7 @@ from kodo_bus.server import NatsServer
 from .test_execution_support import check_well_formed, read_events
 
 NOOP = "kodo_bus.bench.flows:noop"
+pytestmark = pytest.mark.usefixtures("invariants")
 
 
 @pytest.fixture

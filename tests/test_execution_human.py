@@ -22,7 +22,7 @@ from . import test_execution_support as support
 from .test_execution_support import NodeFactory, check_well_formed, read_events, status_of
 
 make_node = support.make_node
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("invariants")]
 REPO = Path(__file__).resolve().parent.parent
 
 

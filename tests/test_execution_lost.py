@@ -19,10 +19,15 @@ from kodo_bus.models import Event, ExecutionRecord, LaunchReply, LaunchRequest
 from kodo_bus.server import NatsServer
 
 from .conftest import REPO, Processes
+from .invariants import Watch
 from .test_execution_support import check_well_formed, read_events, status_of
 
+pytestmark = pytest.mark.usefixtures("invariants")
 
-async def test_mark_lost_ends_unfinished_records_once(nats_server: NatsServer) -> None:
+
+async def test_mark_lost_ends_unfinished_records_once(
+    nats_server: NatsServer, invariants: Watch
+) -> None:
     nc = await connect(ConnectSettings(nats=[nats_server.url]))
     try:
         js = nc.jetstream()
@@ -58,6 +63,7 @@ async def test_mark_lost_ends_unfinished_records_once(nats_server: NatsServer) -
                 subject, body, headers = event_message(ev)
                 await js.publish(subject, body, headers=headers)
             ids.append(execution)
+        invariants.ignore(ids[2], "hand-made: `finished` without a `final` event")
         # two registries racing: one set of events, each record ended once
         counts = await asyncio.gather(mark_lost(js, node), mark_lost(js, node))
         assert sum(counts) == 2

@@ -21,6 +21,7 @@ from kodo_bus.models import Ack, Empty, FlowsPage, FlowsQuery, NodesPage, Servic
 from kodo_bus.server import NatsServer
 
 from .conftest import REPO, Processes
+from .invariants import check_bus
 
 EXAMPLES = REPO / "examples" / "federation"
 BEAT = "0.3"
@@ -116,6 +117,7 @@ async def test_walkthrough(procs: Processes, fresh_server: NatsServer, nc: NATS)
     await wait_totals(nc, {"node": 0, "registry": 0, "hybrid": 50})
     hybrid_flows = await flows(nc, "hybrid", limit=1000)
     assert {f.node for f in hybrid_flows.items} == {"hybrid"}
+    (await check_bus(fresh_server.url)).assert_ok()
 
 
 @pytest.mark.parametrize("order", [("hybrid", "node", "registry"), ("registry", "hybrid", "node")])
@@ -126,6 +128,7 @@ async def test_totals_do_not_depend_on_start_order(
         run(procs, fresh_server, f"{name}.yaml")
         await eventually(lambda n=name: info(nc, n), lambda i: True)  # type: ignore[misc]
     await wait_totals(nc, {"node": 5, "registry": 55, "hybrid": 50})
+    (await check_bus(fresh_server.url)).assert_ok()
 
 
 async def test_killed_node_turns_offline_and_stays_listed(
@@ -144,6 +147,7 @@ async def test_killed_node_turns_offline_and_stays_listed(
     listed = await flows(nc, "registry")
     assert listed.total == 5
     assert {f.status for f in listed.items} == {"offline"}
+    (await check_bus(fresh_server.url)).assert_ok()
 
 
 async def test_cache_reset_rebuilds_from_live_nodes(
@@ -158,6 +162,7 @@ async def test_cache_reset_rebuilds_from_live_nodes(
     run(procs, fresh_server, "registry.yaml", "--cache-reset")
     # The dead node is forgotten; the live hybrid answers kodo.sync within its random delay.
     await wait_totals(nc, {"registry": 50}, timeout=5)
+    (await check_bus(fresh_server.url)).assert_ok()
 
 
 async def test_bad_config_fails_at_start_with_file_key_and_reason(
@@ -171,3 +176,4 @@ async def test_bad_config_fails_at_start_with_file_key_and_reason(
     assert str(bad) in out.replace("\n", "")
     assert "heartbeat" in out
     assert "bogus" in out
+    (await check_bus(fresh_server.url)).assert_ok()

@@ -19,6 +19,7 @@ from kodo_bus.models import Ack, Catalog, Empty, FlowInfo, Heartbeat, SyncReques
 from kodo_bus.server import NatsServer
 
 from .conftest import Processes
+from .invariants import check_bus
 from .test_federation import eventually, flows, info, nc, run, wait_totals
 
 __all__ = ["nc"]
@@ -51,6 +52,7 @@ async def test_missed_catalog_is_repaired_from_heartbeats(
     await eventually(beat, lambda total: total == 3, timeout=10)
     current = catalog("ghost", 8, 1)  # the node changed; its new catalog got lost too
     await eventually(beat, lambda total: total == 1, timeout=10)
+    (await check_bus(fresh_server.url)).assert_ok()
 
 
 async def test_bad_messages_are_counted_and_dropped(
@@ -82,6 +84,7 @@ async def test_bad_messages_are_counted_and_dropped(
     log = registry.stdout.read()
     assert log.count("dropped a bad message from noisy") == 1
     assert "announcement for node 'node' on node 'impostor'" in log
+    (await check_bus(fresh_server.url)).assert_ok()
 
 
 async def test_services_are_nats_micro_services(
@@ -115,6 +118,7 @@ async def test_services_are_nats_micro_services(
         timeout=2,
     )
     assert json.loads(ping.data)["name"] == subjects.MICRO_SERVICE_NAME
+    (await check_bus(fresh_server.url)).assert_ok()
 
 
 async def test_two_buses_joined_by_connect(
@@ -145,3 +149,5 @@ async def test_two_buses_joined_by_connect(
     finally:
         await nca.drain()
         await ncb.drain()
+    for bus in (a, b):
+        (await check_bus(bus.url)).assert_ok()

@@ -14,6 +14,7 @@ from kodo_bus.models import Catalog, FlowInfo, Heartbeat
 from kodo_bus.server import NatsServer
 
 from .conftest import REPO, Processes
+from .invariants import check_bus
 from .test_federation import EXAMPLES, eventually, info, nc, nodes
 
 __all__ = ["nc"]
@@ -61,3 +62,4 @@ async def test_registry_holds_a_thousand_nodes(
     page = await nodes(nc, "registry")
     assert page.total == NODES
     assert {n.status for n in page.items} == {"online"}
+    (await check_bus(fresh_server.url)).assert_ok()

@@ -19,6 +19,7 @@ from kodo_bus.config import ConnectSettings, ServerSettings
 from kodo_bus.server import NatsServer
 
 from .conftest import REPO, Processes, free_ports
+from .invariants import check_bus
 from .test_reliability_support import (
     all_events,
     check_complete,
@@ -129,3 +130,4 @@ async def test_cluster_server_killed_mid_run_loses_nothing(
         again = await eventually(lambda: echo.launch({"after": "s1"}), lambda _: True)
         assert await again.result(timeout=60) == {"after": "s1"}
         print(f"carried on {time.monotonic() - t0:.1f} s after s1 was killed")
+    (await check_bus(urls)).assert_ok()

@@ -45,6 +45,7 @@ from kodo_bus.models import (
 from kodo_bus.server import NatsServer
 
 from .conftest import Processes
+from .invariants import check_bus
 from .test_reliability_support import eventually, node_body, online_flow, service
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -294,3 +295,4 @@ async def test_fuzz_every_subject(
         print(f"{len(corpus)} messages, {expected} counted rejects")
     finally:
         await nc.close()
+    (await check_bus(urls)).assert_ok()

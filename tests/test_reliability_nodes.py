@@ -34,7 +34,7 @@ from .test_reliability_support import (
     service,
 )
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("invariants")]
 TTL = 1.5
 
 

@@ -21,6 +21,7 @@ from kodo_bus.models import Empty, FlowsPage, FlowsQuery, ServiceInfo
 from kodo_bus.server import NatsServer
 
 from .conftest import Processes
+from .invariants import check_bus
 from .test_reliability_support import (
     all_events,
     check_complete,
@@ -73,8 +74,10 @@ async def test_server_sigkill_mid_execution_loses_no_event(
         # the node and the registry reconnected by themselves and serve a new launch
         again = await (await online_flow(kb, "srv-node/echo")).launch({"after": "restart"})
         assert await again.result(timeout=60) == {"after": "restart"}
+    (await check_bus(urls)).assert_ok()
 
 
+@pytest.mark.usefixtures("invariants")
 async def test_registry_killed_restarts_with_its_view_at_once(
     nats_server: NatsServer, procs: Processes, tmp_path: Path
 ) -> None:
