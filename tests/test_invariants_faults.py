@@ -22,6 +22,7 @@ from typing import Any
 
 import nats.errors
 import pytest
+import ray
 from hypothesis import HealthCheck, Phase, given, note, reject, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
@@ -70,7 +71,7 @@ ops = st.one_of(
     st.just(("kill-worker",)),
     st.just(("stop-node",)),
     st.just(("server-outage",)),
-    st.just(("mark-lost",)),
+    st.just(("kill-node",)),
 )
 launches = st.tuples(st.just("launch"), st.sampled_from(LAUNCHES))
 programs = st.lists(st.one_of(launches, ops), min_size=2, max_size=8)
@@ -109,6 +110,24 @@ class Run:
             await asyncio.wait_for(runner.stop(), 60)
         finally:
             await nc.close()
+
+    async def kill_node(self) -> None:
+        """The node process dies at once (SIGKILL): its connection drops and its Ray actors die
+        with it (Ray kills the actors of a dead driver); then a registry that saw it fall
+        silent ends its executions. (A registry ending the executions of a node that is in
+        fact alive is what liveness exists to prevent: `test_liveness.py`, `test_replicas.py`.)"""
+        if self.node is None or self.node_nc is None:
+            return
+        runner, nc = self.node, self.node_nc
+        self.node = self.node_nc = None
+        pool = runner._pool
+        if pool is not None:
+            workers, pool._workers = pool._workers, []  # no replacement is started
+            for worker in workers:
+                ray.kill(worker.handle)
+        await nc.close()
+        self.stopped.append((runner, nc))
+        await _mark_lost()(self.nc.jetstream(), self.node_id)
 
     async def launch(self, flow: str, inputs: dict[str, Any]) -> LaunchReply | None:
         if self.node is None:
@@ -189,8 +208,8 @@ class Run:
         elif kind == "server-outage":
             await asyncio.to_thread(self.server.restart)
             await self.jetstream_back()
-        elif kind == "mark-lost" and self.node_id:  # a registry ends the node's executions
-            await _mark_lost()(self.nc.jetstream(), self.node_id)
+        elif kind == "kill-node":
+            await self.kill_node()
 
 
 def _mark_lost() -> Callable[[JetStreamContext, str], Awaitable[int]]:
