@@ -71,7 +71,9 @@ ERROR_KINDS: dict[str, str] = {
     "invalid_inputs": "flow inputs (or an answer to a question) failed validation, or name an "
     "input the flow does not have; `fields` holds one entry per field",
     "busy": "the node's queue is full, or the node is stopping: retry later or elsewhere",
-    "not_found": "no such flow on the node, no such execution, or it already ended",
+    "not_found": "no such flow on the node, no such execution, or (a cancel) it already ended",
+    "closed": "an answer that no question takes: the execution asked none, its question was "
+    "answered already, or it ended",
     "internal": "the service failed while answering (a bug or an outage): its message says why",
 }
 """Every `ErrorReply.error` a service sends, with what it means (subjects.md has the table)."""
@@ -305,8 +307,9 @@ class ErrorReply(Message):
     """Any request that fails gets this instead of its normal reply (header `Kodo-Error`)."""
 
     error: str
-    """Kind: invalid_request, unsupported_version, invalid_inputs, busy, not_found, internal
-    (`ERROR_KINDS` says what each means; a reader takes an unknown kind as a plain failure)."""
+    """Kind: invalid_request, unsupported_version, invalid_inputs, busy, not_found, closed,
+    internal (`ERROR_KINDS` says what each means; a reader takes an unknown kind as a plain
+    failure)."""
     message: str
     """For a human: what was wrong, naming the fields."""
     fields: list[FieldError] = Field(default_factory=list)

@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -42,11 +43,19 @@ from . import subjects
 from .bus import ensure_execution_storage, js_retry, respond, respond_error
 from .codec import decode_msg
 from .config import ServiceSettings
-from .errors import InputsInvalid, WireError
+from .errors import ConfigError, InputsInvalid, WireError
 from .executions import create_record, jsonable, read_record, record_key
 from .flows import FlowSpec
 from .lifecycle import Message, conclude, end_from_outside, envelope, error_of
-from .models import TERMINAL_STATUSES, Ack, Empty, ExecutionRecord, LaunchReply, LaunchRequest
+from .models import (
+    TERMINAL_STATUSES,
+    Ack,
+    AnswerRequest,
+    Empty,
+    ExecutionRecord,
+    LaunchReply,
+    LaunchRequest,
+)
 from .publisher import EventPublisher
 from .tracer import Emitter
 
@@ -59,6 +68,11 @@ ACCEPT_RETRY = 3.0
 """Seconds a launch's first writes are retried while JetStream fails over (requests wait 5 s)."""
 ACCEPT_AT_ONCE = 64
 """Launches being accepted concurrently; more wait in the subscription (back-pressure)."""
+ANSWER_RELAY = 5.0
+"""Seconds the node waits for the worker's reply to an answer it relays (the worker only
+validates it, so this bounds a stuck actor, not a human)."""
+RELAYS_AT_ONCE = 16
+"""Answers being relayed concurrently; more wait in the subscription (back-pressure)."""
 
 
 @dataclass
@@ -108,6 +122,12 @@ class Runner:
         self._cancel_sub: Subscription | None = None
         """Every cancel on the bus, once: one subscription per execution cost more CPU (SUB,
         UNSUB, a task) than a no-op execution's events."""
+        self._answer_sub: Subscription | None = None
+        """Every answer on the bus, once: the holder relays it to its worker's open question."""
+        self._record_sub: Subscription | None = None
+        """Every cancel and answer, in the queue group all nodes share: exactly one node
+        answers, from the record, for the executions nobody holds."""
+        self._relay_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = None
         self._js: JetStreamContext | None = None
@@ -131,6 +151,10 @@ class Runner:
         self._pub = EventPublisher(self._nc, asyncio.get_running_loop())
         node = self._settings.id
         self._cancel_sub = await self._nc.subscribe(subjects.EXEC_CANCEL_ALL, cb=self._on_cancel)
+        self._answer_sub = await self._nc.subscribe(subjects.EXEC_ANSWER_ALL, cb=self._on_answer)
+        self._record_sub = await self._nc.subscribe(
+            subjects.EXEC_CONTROL_ALL, queue=subjects.EXEC_QUEUE, cb=self._on_unheld
+        )
         self._launch_sub = await self._nc.subscribe(
             subjects.launch_node(node), queue=node, cb=self._on_launch
         )
@@ -163,10 +187,11 @@ class Runner:
         for ex in list(self._live.values()):  # whatever did not end in time (Ray still starting)
             with contextlib.suppress(Exception):
                 await self._end_outside(ex, "cancelled", "Cancelled", "the node stopped")
-        if self._cancel_sub is not None:  # cancels were honoured through the grace period
-            with contextlib.suppress(Exception):
-                await self._cancel_sub.unsubscribe()
-            self._cancel_sub = None
+        for sub in (self._cancel_sub, self._answer_sub, self._record_sub):
+            if sub is not None:  # cancels and answers were honoured through the grace period
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        self._cancel_sub = self._answer_sub = self._record_sub = None
         if self._pool is not None:
             await self._pool.stop()
             self._pool = None
@@ -479,42 +504,133 @@ class Runner:
         self._live.pop(ex.record.execution, None)
 
     # -- control -----------------------------------------------------------------------------
-    async def _on_cancel(self, msg: Msg) -> None:
+    # Every cancel and answer gets exactly one reply: the process holding the execution gives
+    # it (on the plain subscriptions, which every node has), and for an execution nobody holds
+    # one node of the `EXEC_QUEUE` group gives it from the record — `not_found` when there is
+    # none, `not_found` (cancel) or `closed` (answer) when it ended — and stays silent when the
+    # record says it is live (its holder answers).
+    def _held(self, msg: Msg) -> _Execution | None:
+        """The execution this process holds for a control subject, if any."""
         parts = msg.subject.split(".")
         if len(parts) != 5:
+            return None
+        ex = self._live.get(parts[3])
+        # The user in the subject is what NATS permissions checked: it must be the launcher's.
+        if ex is None or ex.state == "done" or ex.record.launcher != parts[2]:
+            return None
+        return ex
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        ex = self._held(msg)
+        if ex is None:  # the holder, or the record, answers
             return
-        user, execution = parts[2], parts[3]
         try:
             decode_msg(msg, Empty)
-        except WireError as exc:  # any node can tell (the requester takes the first reply)
+        except WireError as exc:
             await respond_error(msg, exc.kind, str(exc))
-            return
-        ex = self._live.get(execution)
-        # The user in the subject is what NATS permissions checked: it must be the launcher's.
-        if ex is None or ex.state == "done" or ex.record.launcher != user:
-            await self._cancel_elsewhere(msg, user, execution)
             return
         if ex.state == "pending":
             with contextlib.suppress(ValueError):
                 self._queue.remove(ex)
             await self._end_pending(ex, "cancelled while pending")
+        elif (status := await self._ended(ex)) is not None:
+            # Its worker ended it and its outcome is on the way: a client that saw the
+            # terminal status is told so, as by the nodes that read the record.
+            execution = ex.record.execution
+            await respond_error(msg, "not_found", f"execution {execution} already ended ({status})")
+            return
         else:
             await self._cancel_running(ex)
         await respond(msg, Ack(message="cancel requested"))
 
-    async def _cancel_elsewhere(self, msg: Msg, user: str, execution: str) -> None:
-        """Not held here: another node (or replica) answers — unless the execution ended,
-        which any node can tell from its record. Else silence: the holder is the one to reply."""
+    async def _ended(self, ex: _Execution) -> str | None:
+        """The terminal status the record of a held execution already says, if any."""
         if self._kv is None:
+            return None
+        try:
+            stored = await read_record(self._kv, record_key(ex.record))
+        except Exception as exc:  # cancelled anyway: a cancel of an ended execution is a no-op
+            log.debug("cancel of %s: cannot read its record: %r", ex.record.execution, exc)
+            return None
+        if stored is not None and stored[0].status in TERMINAL_STATUSES:
+            return stored[0].status
+        return None
+
+    async def _on_answer(self, msg: Msg) -> None:
+        """Relay an answer to the held execution's open question (the worker validates and
+        replies); its no responders is the answer `closed`. Relayed in tasks: a stuck actor
+        must not hold up the answers to the node's other executions."""
+        ex = self._held(msg)
+        if ex is None:
+            return
+        await self._relay_slots.acquire()
+        task = asyncio.create_task(self._relay(msg, ex), name=f"answer-{ex.record.execution}")
+        self._tasks.add(task)
+        task.add_done_callback(self._relayed)
+
+    def _relayed(self, task: asyncio.Task[Any]) -> None:
+        self._relay_slots.release()
+        self._done(task)
+
+    async def _relay(self, msg: Msg, ex: _Execution) -> None:
+        execution = ex.record.execution
+        try:
+            decode_msg(msg, AnswerRequest)
+        except WireError as exc:
+            await respond_error(msg, exc.kind, str(exc))
             return
         try:
-            stored = await read_record(self._kv, subjects.record_key(user, execution))
-        except Exception as exc:  # the holder still answers; this one has nothing to say
-            log.debug("cancel of %s: cannot read its record: %r", execution, exc)
+            reply = await self._nc.request(
+                subjects.work_ask(self._settings.id, execution),
+                msg.data,
+                timeout=ANSWER_RELAY,
+                headers=msg.headers,
+            )
+        except nats.errors.NoRespondersError:
+            await respond_error(msg, "closed", f"execution {execution} has no open question")
             return
-        if stored is not None and stored[0].status in TERMINAL_STATUSES:
+        except (TimeoutError, nats.errors.TimeoutError):
+            message = f"the worker of {execution} did not take the answer in {ANSWER_RELAY:g} s"
+            await respond_error(msg, "internal", message)
+            return
+        if msg.reply:
+            await self._nc.publish(msg.reply, reply.data, headers=reply.headers)
+
+    async def _on_unheld(self, msg: Msg) -> None:
+        """Answer, from its record, for an execution no process holds — here one node of all
+        gets each request (the queue group), so the reply is one whatever the fleet's size."""
+        parts = msg.subject.split(".")
+        if len(parts) != 5 or parts[4] not in ("cancel", "answer") or self._held(msg):
+            return  # not a documented subject, or held here: the plain subscription answers
+        user, execution, action = parts[2], parts[3], parts[4]
+        try:
+            key = subjects.record_key(
+                subjects.check_token(user, "user"), subjects.check_token(execution, "execution")
+            )
+        except ConfigError:
+            key = None
+        stored = None
+        if key is not None and self._kv is not None:
+            try:
+                stored = await read_record(self._kv, key)
+            except Exception as exc:  # the request times out: better than a wrong answer
+                log.warning("%s of %s: cannot read its record: %r", action, execution, exc)
+                return
+        if stored is not None and stored[0].status not in TERMINAL_STATUSES:
+            return  # live: its holder answers (a dead one's is ended `lost` by a registry)
+        try:
+            decode_msg(msg, Empty if action == "cancel" else AnswerRequest)
+        except WireError as exc:
+            await respond_error(msg, exc.kind, str(exc))
+            return
+        if stored is None:
+            await respond_error(msg, "not_found", f"no execution {execution} of {user}")
+        elif action == "cancel":
             status = stored[0].status
             await respond_error(msg, "not_found", f"execution {execution} already ended ({status})")
+        else:
+            status = stored[0].status
+            await respond_error(msg, "closed", f"execution {execution} already ended ({status})")
 
     async def _cancel_running(self, ex: _Execution) -> None:
         ex.cancel_requested = True

@@ -48,6 +48,10 @@ EXEC_CANCEL = "kodo.exec.{user}.{execution}.cancel"
 EXEC_ANSWER = "kodo.exec.{user}.{execution}.answer"
 EXEC_CONTROL_ALL = "kodo.exec.*.*.*"
 EXEC_CANCEL_ALL = "kodo.exec.*.*.cancel"
+EXEC_ANSWER_ALL = "kodo.exec.*.*.answer"
+EXEC_QUEUE = "kodo-exec"
+"""The queue group every node joins on `kodo.exec.*.*.*` to answer, from the record, for the
+executions nobody holds (ended or unknown): one reply per request whatever the number of nodes."""
 
 EVENTS = "kodo.events.{user}.{execution}.{kind}"
 EVENTS_ALL = "kodo.events.>"
@@ -61,6 +65,9 @@ WORK_JOBS = "kodo.work.{node}.{pool}.{worker}.jobs"
 """A node's runner hands jobs to one of its Ray workers (the worker de-duplicates re-sends)."""
 WORK_OUTCOMES = "kodo.work.{node}.{pool}.outcomes"
 """A node's Ray workers report ended executions to their runner (request/reply)."""
+WORK_ASK = "kodo.work.{node}.ask.{execution}"
+"""Where `tracer.ask` listens while its question is open; the node holding the execution relays
+the public answer there, and no responders means no open question (the reply is `closed`)."""
 WORK_OF_NODE = "kodo.work.{node}.>"
 """All of one node's internal work traffic (its permissions)."""
 
@@ -208,6 +215,7 @@ ALL_PATTERNS: tuple[str, ...] = (
     EXEC_ANSWER,
     EXEC_CONTROL_ALL,
     EXEC_CANCEL_ALL,
+    EXEC_ANSWER_ALL,
     EVENTS,
     EVENTS_ALL,
     EVENTS_OF_EXECUTION,
@@ -216,6 +224,7 @@ ALL_PATTERNS: tuple[str, ...] = (
     EVENTS_LOG_ALL,
     WORK_JOBS,
     WORK_OUTCOMES,
+    WORK_ASK,
     WORK_OF_NODE,
 )
 """Every subject pattern above; the documentation test walks this tuple."""
@@ -229,6 +238,10 @@ def work_jobs(node: str, pool: str, worker: int) -> str:
 
 def work_outcomes(node: str, pool: str) -> str:
     return WORK_OUTCOMES.format(node=node, pool=pool)
+
+
+def work_ask(node: str, execution: str) -> str:
+    return WORK_ASK.format(node=node, execution=execution)
 
 
 def work_of_node(node: str) -> str:

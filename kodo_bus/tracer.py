@@ -260,11 +260,11 @@ class Tracer:
     async def ask(self, model: type[M], prompt: str = "", timeout: float = 300.0) -> M:
         """Wait (status `awaiting`) for an answer that validates against `model`.
 
-        Answers arrive as requests on the execution's answer subject; an invalid one is told
-        field by field what is wrong and the question stays open.
+        Answers arrive as requests on the execution's answer subject, relayed here by the node
+        holding the execution (whose no responders on this subject means no open question); an
+        invalid one is told field by field what is wrong and the question stays open.
         """
-        launcher = str(self._em.base["launcher"])
-        subject = subjects.exec_answer(launcher, self.execution)
+        subject = subjects.work_ask(str(self._em.base["node"]), self.execution)
         lock = secrets.token_hex(8)
         answered: asyncio.Future[M] = self._loop.create_future()
 
@@ -279,7 +279,7 @@ class Tracer:
                 await respond_error(msg, "invalid_inputs", "invalid answer", problems_from(exc))
                 return
             if answered.done():
-                await respond_error(msg, "not_found", "the question was already answered")
+                await respond_error(msg, "closed", "the question was already answered")
                 return
             answered.set_result(value)
             await respond(msg, Ack(message="answer accepted"))

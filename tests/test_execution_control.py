@@ -10,7 +10,7 @@ import pytest
 
 from kodo_bus import subjects
 from kodo_bus.bus import request
-from kodo_bus.errors import Busy, KodoTimeout, RemoteError
+from kodo_bus.errors import Busy, RemoteError
 from kodo_bus.executions import read_record
 from kodo_bus.models import Ack, Empty
 
@@ -110,10 +110,11 @@ async def test_cancel_only_by_the_launcher_and_an_ended_one_says_so(
     sub = await node.nc.subscribe(subjects.events("local", reply.execution, "status"))
     while (await sub.next_msg(timeout=20)).data.find(b'"running"') < 0:
         pass
-    with pytest.raises(KodoTimeout):  # nobody holds mallory's execution of that id
+    with pytest.raises(RemoteError) as foreign:  # mallory has no execution of that id
         await request(
-            node.nc, subjects.exec_cancel("mallory", reply.execution), Empty(), Ack, timeout=1
+            node.nc, subjects.exec_cancel("mallory", reply.execution), Empty(), Ack, timeout=5
         )
+    assert foreign.value.kind == "not_found"
     assert node.runner.load()[0] == 1  # still running
     await _cancel(node, reply.execution)
     events = await read_events(node.js, reply.execution, timeout=5)

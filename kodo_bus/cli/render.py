@@ -10,6 +10,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from pydantic_core import to_json
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.markup import escape
@@ -40,8 +41,11 @@ STATUS_STYLES = {
 
 
 def event_json(event: Event) -> str:
-    """One event as one JSON line (the wire shape, so scripts read what `nats sub` shows)."""
-    return event.model_dump_json()
+    """One event as one JSON line (the wire shape, so scripts read what `nats sub` shows):
+    like kodo-bus writers, it leaves out the envelope fields that are null (`parent` of a
+    top-level execution, `data` of an event without any), never a value inside `data`."""
+    wire = {key: value for key, value in event.model_dump(mode="json").items() if value is not None}
+    return to_json(wire).decode()
 
 
 def status_text(status: str) -> Text:
