@@ -52,7 +52,7 @@ def test_same_message_as_the_event_model(kind: str, data: Any) -> None:
     assert emitter.emit(kind, data) == 5
     subject, body, headers = sent[0]
     event = Event.model_validate_json(body)
-    expected = Event(seq=5, ts=event.ts, kind=kind, data=jsonable(data), **BASE)  # type: ignore[arg-type]
+    expected = Event(seq=5, ts=event.ts, kind=kind, data=jsonable(data), **BASE)
     assert (subject, headers) == event_message(expected)[::2]
     assert json.loads(body) == json.loads(event_message(expected)[1])
     assert subject == subjects.events("ada", "e" * 32, kind)
