@@ -30,6 +30,9 @@ from kodo_bus.flow_ref import Flow
 from kodo_bus.lifecycle import mark_lost, stored_events
 from kodo_bus.models import (
     TERMINAL_STATUSES,
+    Ack,
+    AnswerRequest,
+    Empty,
     Event,
     ExecutionRecord,
     FlowItem,
@@ -256,3 +259,43 @@ async def test_a_graceful_stop_ends_everything_it_accepted(make_node: NodeFactor
         events = await read_events(node.js, reply.execution, timeout=10)
         check_well_formed(events)
         assert status_of(events)[-1] in {"finished", "cancelled"}
+
+
+async def test_cancel_and_answer_reach_the_replica_that_holds_the_execution(
+    make_node: NodeFactory,
+) -> None:
+    """Two processes serving one node id share its launches (a queue group); a cancel or an
+    answer must reach the one that holds the execution, whichever it is."""
+    first = await make_node(id=f"rep-{os.urandom(3).hex()}", max_running=16)
+    second = await make_node(id=first.id, max_running=16)
+
+    def on_both(replies: list[LaunchReply]) -> bool:
+        ids = {r.execution for r in replies}
+        return bool(ids & set(first.runner._live)) and bool(ids & set(second.runner._live))
+
+    held: list[LaunchReply] = []
+    while not on_both(held):  # the queue group picks at random: 2**-11 to miss after 12
+        assert len(held) < 12, "the queue group gave every launch to one replica"
+        held.append(await first.launch("sleeper", {"seconds": 30, "tag": str(len(held))}))
+    for reply in held:
+        await request(first.nc, subjects.exec_cancel("local", reply.execution), Empty(), Ack)
+    for reply in held:
+        events = await read_events(first.js, reply.execution, timeout=30)
+        check_well_formed(events)
+        assert status_of(events)[-1] == "cancelled"
+
+    asked: list[LaunchReply] = []
+    while not on_both(asked):
+        assert len(asked) < 12, "the queue group gave every launch to one replica"
+        execution = os.urandom(16).hex()  # chosen first: subscribed before the launch
+        status = await first.nc.subscribe(subjects.events("local", execution, "status"))
+        asked.append(await first.launch("asker", {}, execution=execution))
+        while b'"awaiting"' not in (await status.next_msg(timeout=30)).data:
+            pass
+        await status.unsubscribe()
+    for reply in asked:
+        answer = AnswerRequest(data={"colour": "red", "count": 2})
+        await request(second.nc, subjects.exec_answer("local", reply.execution), answer, Ack)
+    for reply in asked:
+        events = await read_events(first.js, reply.execution, timeout=30)
+        assert events[-2].data == {"colour": "red", "count": 2}
