@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ctypes
+import functools
 import gc
 import inspect
 import logging
@@ -43,7 +44,7 @@ from .bus import connect, deliver, respond
 from .chain import ChainContext, WorkflowError, launch_next
 from .codec import JSON, decode_msg
 from .config import ConnectSettings
-from .errors import WireError
+from .errors import EventsNotStored, WireError
 from .executions import Change, Stored, error_data, record_key, set_status, update_record
 from .flows import Next, import_object, input_model, spec_of
 from .lifecycle import NOTHING, Message, conclude, envelope, error_of
@@ -342,30 +343,32 @@ class ExecActor:
         return "finished", None, {**nxt.model_dump(), "children": children}
 
     async def _end(self, job: Job, emitter: Emitter, record: _RecordWriter, how: _How) -> Outcome:
-        """The one ending (`lifecycle.conclude`), after every event the flow emitted."""
+        """The one ending (`lifecycle.conclude`), after every event the flow emitted.
+
+        The ending's first store also waits for all the flow's events: if some could not be
+        stored (`EventsNotStored`, the server gone longer than the publisher retries), the
+        execution ends `error` with that reason instead, numbered after the ending event that
+        may or may not have been stored.
+        """
+        assert self._pub is not None
         status, failure, final = how
         after = emitter.close()
+        execution = job.record.execution
+        pub = self._pub
+
+        async def store(messages: list[Message]) -> None:
+            await pub.store(messages, execution)
+
         known = await record.settle()
-        ending = await conclude(
-            self._js,
-            self._kv,
-            job.record,
-            after,
-            status,
-            error=failure,
-            final=final,
-            known=known,
-            store=self._store,
-        )
+        end = functools.partial(conclude, self._js, self._kv, job.record, store=store)
+        try:
+            ending = await end(after, status, error=failure, final=final, known=known)
+        except EventsNotStored as exc:
+            log.error("execution %s: %s", execution, exc)
+            status, failure = "error", error_data(exc)
+            ending = await end(after + 1, status, error=failure)
         message = failure["message"] if failure and ending.won else None
         return Outcome(status=ending.status, last_seq=ending.last_seq, error=message, ended=True)
-
-    async def _store(self, messages: list[Message]) -> None:
-        """Store events behind everything this actor queued before them."""
-        assert self._pub is not None
-        for message in messages:
-            self._pub.put(*message)
-        await self._pub.drain()
 
     async def _call(self, job: Job, tracer: Tracer) -> Any:
         func, model, is_async = self._entries.get(job.entry) or self._resolve(job.entry)

@@ -220,6 +220,13 @@ class EventPublisher:
         self._record_loss(execution, None, 1, reason)
 
     # -- the owner (the loop) ------------------------------------------------------------------
+    async def store(self, messages: list[_Message], execution: str | None = None) -> None:
+        """Queue `messages` behind everything queued before, and return once all is stored
+        (`drain`: `EventsNotStored` if any of `execution`'s events were given up on)."""
+        for message in messages:
+            self.put(*message)
+        await self.drain(execution)
+
     async def drain(self, execution: str | None = None) -> None:
         """Return once everything queued before this call is stored.
 

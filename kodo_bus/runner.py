@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -43,7 +44,7 @@ from . import subjects
 from .bus import ensure_execution_storage, js_retry, respond, respond_error
 from .codec import decode_msg
 from .config import ServiceSettings
-from .errors import ConfigError, InputsInvalid, WireError
+from .errors import ConfigError, EventsNotStored, InputsInvalid, WireError
 from .executions import create_record, jsonable, read_record, record_key
 from .flows import FlowSpec
 from .lifecycle import Message, conclude, end_from_outside, envelope, error_of
@@ -348,7 +349,7 @@ class Runner:
         self._publish(ex, "status", {"status": record.status})
         self._live[execution] = ex
         try:
-            await self._pub.drain()
+            await self._pub.drain(execution)
         except Exception as exc:
             # Not accepted: the launcher gets an error reply; end what was claimed.
             self._forget(ex)
@@ -470,7 +471,8 @@ class Runner:
     async def _end_outside(self, ex: _Execution, status: str, type_name: str, message: str) -> None:
         """End an execution its worker cannot end (it died, or never got it)."""
         assert self._js is not None and self._kv is not None and self._pub is not None
-        await self._pub.drain()  # what the node published is stored: the ending numbers after it
+        with contextlib.suppress(EventsNotStored):  # the ending numbers after what is stored
+            await self._pub.drain(ex.record.execution)
         await end_from_outside(self._js, self._kv, ex.record, status, error_of(type_name, message))
 
     async def _end_pending(self, ex: _Execution, message: str) -> None:
@@ -491,14 +493,12 @@ class Runner:
             status,
             error=error,
             known=(ex.record, ex.revision),
-            store=self._store,
+            store=functools.partial(self._store, ex.record.execution),
         )
 
-    async def _store(self, messages: list[Message]) -> None:
+    async def _store(self, execution: str, messages: list[Message]) -> None:
         assert self._pub is not None
-        for message in messages:
-            self._pub.put(*message)
-        await self._pub.drain()
+        await self._pub.store(messages, execution)
 
     def _forget(self, ex: _Execution) -> None:
         self._live.pop(ex.record.execution, None)

@@ -14,7 +14,8 @@ import yaml
 from kodo_bus import subjects
 from kodo_bus.bus import connect, ensure_execution_storage, request
 from kodo_bus.config import ConnectSettings
-from kodo_bus.executions import create_record, event_message, mark_lost, read_record
+from kodo_bus.executions import create_record, event_message, read_record
+from kodo_bus.lifecycle import mark_lost
 from kodo_bus.models import Event, ExecutionRecord, LaunchReply, LaunchRequest
 from kodo_bus.server import NatsServer
 

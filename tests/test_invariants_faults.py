@@ -120,6 +120,11 @@ class Run:
             return
         runner, nc = self.node, self.node_nc
         self.node = self.node_nc = None
+        runner._stopping = True  # no queued execution is started by a cancelled one's end
+        tasks = [*runner._tasks, *runner._launching]
+        for task in tasks:  # the process is gone: none of its work goes on
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         pool = runner._pool
         if pool is not None:
             workers, pool._workers = pool._workers, []  # no replacement is started
