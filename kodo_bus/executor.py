@@ -360,7 +360,9 @@ class ExecActor:
             await pub.store(messages, execution)
 
         known = await record.settle()
-        end = functools.partial(conclude, self._js, self._kv, job.record, store=store)
+        end = functools.partial(
+            conclude, self._js, self._kv, job.record, store=store, send=pub.send
+        )
         try:
             ending = await end(after, status, error=failure, final=final, known=known)
         except EventsNotStored as exc:

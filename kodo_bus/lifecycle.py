@@ -222,6 +222,8 @@ async def claim(
 # -- ending ---------------------------------------------------------------------------------------
 Store = Callable[[list[Message]], Awaitable[None]]
 """Stores events, acknowledged, behind whatever the ender stored before (its publisher)."""
+Send = Callable[[list[Message]], None]
+"""Queues events behind whatever the ender queued before, without waiting for them."""
 
 
 async def conclude(
@@ -235,13 +237,18 @@ async def conclude(
     final: Any = NOTHING,
     known: Stored | None = None,
     store: Store | None = None,
+    send: Send | None = None,
 ) -> Ending:
     """End, as its owner, the execution with `status` after seq `after` (the owner numbers its
     events), unless someone else ended it first.
 
     Order: the `final`/`error` is stored, then the record claimed, then the terminal status
     stored. The `final` goes first because only the owner has it: a claimed record always has
-    its `final`/`error` stored, so a repair only adds the status.
+    its `final`/`error` stored, so a repair only adds the status. `send` hands the status over
+    without waiting for its acknowledgement (the owner's publisher stores it, re-sending as
+    needed): a wait there cost more CPU than the rest of a no-op execution's ending, and if it
+    is never stored (the owner died, the server stayed away longer than re-sends are tried),
+    the record holds the ending for `repair` and for followers.
     """
     store = store or functools.partial(publish, js)
     first, last = ending_messages(record, after, status, error, final)
@@ -251,7 +258,10 @@ async def conclude(
         kv, record_key(record), status, last_seq=after + 2, error=message, known=known
     )
     if decided.won:
-        await store([last])
+        if send is None:
+            await store([last])
+        else:
+            send([last])
         return Ending(status, True, after + 2)
     return await _lost(js, record, decided)
 

@@ -71,6 +71,7 @@ from nats.js.api import Header
 
 from .codec import MSG_ID
 from .errors import EventsNotStored
+from .execution_id import WRONG_LAST_SEQUENCE_ACK
 
 log = logging.getLogger("kodo_bus.publisher")
 
@@ -164,6 +165,9 @@ class EventPublisher:
         self._failing_since: float | None = None
         """When an event was first found unstored, in an unbroken run of failing bursts."""
         self._lost: OrderedDict[str, _Loss] = OrderedDict()
+        self._preceded: OrderedDict[str, None] = OrderedDict()
+        """Msg-Ids of conditional publishes refused because a message was on their subject
+        already (`execution_id`: someone holds the id); read and cleared by `preceded`."""
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._wake = asyncio.Event()
@@ -220,11 +224,20 @@ class EventPublisher:
         self._record_loss(execution, None, 1, reason)
 
     # -- the owner (the loop) ------------------------------------------------------------------
+    def preceded(self, msg_id: str) -> bool:
+        """Whether the conditional publish of `msg_id` (drained since) found a message on its
+        subject already; asking forgets it."""
+        return self._preceded.pop(msg_id, False) is None
+
+    def send(self, messages: list[_Message]) -> None:
+        """Queue `messages` (stored in order, re-sent as needed) without waiting for them."""
+        for message in messages:
+            self.put(*message)
+
     async def store(self, messages: list[_Message], execution: str | None = None) -> None:
         """Queue `messages` behind everything queued before, and return once all is stored
         (`drain`: `EventsNotStored` if any of `execution`'s events were given up on)."""
-        for message in messages:
-            self.put(*message)
+        self.send(messages)
         await self.drain(execution)
 
     async def drain(self, execution: str | None = None) -> None:
@@ -276,7 +289,14 @@ class EventPublisher:
         if message is None:
             return  # acked after its burst gave up on it: it is being re-sent
         if not msg.data.startswith(STORED):
-            self._failed[number] = (message, _refusal(msg))
+            if WRONG_LAST_SEQUENCE_ACK in msg.data:
+                # A conditional publish refused because its subject has a message already
+                # (`execution_id`): settled, not re-sent; its sender asks `preceded`.
+                self._preceded[message[2][MSG_ID]] = None
+                if len(self._preceded) > LOST_KEPT:
+                    self._preceded.popitem(last=False)
+            else:
+                self._failed[number] = (message, _refusal(msg))
         if not self._unacked:
             self._all_acked.set()
 

@@ -42,10 +42,19 @@ from nats.js.kv import KeyValue
 
 from . import subjects
 from .bus import ensure_execution_storage, js_retry, respond, respond_error
-from .codec import decode_msg
+from .codec import MSG_ID, decode_msg
 from .config import ServiceSettings
-from .errors import ConfigError, EventsNotStored, InputsInvalid, WireError
-from .executions import create_record, jsonable, read_record, record_key
+from .errors import ConfigError, EventsNotStored, InputsInvalid, RemoteError, WireError
+from .execution_id import first_of_its_kind, holder
+from .executions import (
+    Stored,
+    create_record,
+    jsonable,
+    read_record,
+    record_key,
+    set_status,
+    update_record,
+)
 from .flows import FlowSpec
 from .lifecycle import Message, conclude, end_from_outside, envelope, error_of
 from .models import (
@@ -274,15 +283,14 @@ class Runner:
         self._reserved += now
         try:
             ex = await self._accept(spec, launcher, request, inputs, now)
+        except RemoteError as exc:  # the id is somebody else's
+            await respond_error(msg, exc.kind, exc.message)
+            return
         finally:
             self._admitted -= 1
             self._reserved -= now
-        if isinstance(ex, ExecutionRecord):  # launched before: the same execution
-            if ex.flow != spec.name:
-                message = f"execution id {ex.execution!r} is taken by a launch of {ex.flow!r}"
-                await respond_error(msg, "invalid_request", message)
-            else:
-                await respond(msg, self._reply(ex, existing=True))
+        if isinstance(ex, LaunchReply):  # launched before: the same execution
+            await respond(msg, ex)
             return
         if now:
             self._start(ex)
@@ -298,15 +306,15 @@ class Runner:
         request: LaunchRequest,
         inputs: dict[str, Any],
         start_now: bool,
-    ) -> _Execution | ExecutionRecord:
-        """Record, then first events, of a new execution, stored before the launch is answered.
+    ) -> _Execution | LaunchReply:
+        """Record and first events of a new execution, stored before the launch is answered —
+        or the reply for an execution that already holds the id.
 
-        The record is created first: creating it is what claims the execution id (a client
-        may choose it, and launch it again when a reply was lost). A launch of an id that
-        exists gets that execution's record back instead.
+        The record's create and the first events go out together (one round trip). The first
+        events claim the id (`execution_id`): a launch that finds them stored already is the
+        same execution launched again (same user) or is refused (another user's id).
         """
-        assert self._kv is not None and self._pub is not None
-        kv = self._kv
+        assert self._js is not None and self._kv is not None and self._pub is not None
         execution = request.execution or secrets.token_hex(16)  # 128 random bits
         now = time.time()
         record = ExecutionRecord(
@@ -322,19 +330,9 @@ class Runner:
             depth=request.depth,
             instance=self._instance,
         )
-        created = await self._create(kv, record)
-        if isinstance(created, ExecutionRecord):
-            return created
         timeout = request.timeout or spec.timeout
         emitter = Emitter(envelope(record), 0, self._pub.put)
-        ex = _Execution(
-            record=record,
-            spec=spec,
-            inputs=inputs,
-            timeout=timeout,
-            emitter=emitter,
-            revision=created,
-        )
+        ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout, emitter=emitter)
         meta = {
             "flow": spec.name,
             "node": self._settings.id,
@@ -344,22 +342,83 @@ class Runner:
             "timeout": timeout,
             "depth": request.depth,
         }
-        self._publish(ex, "meta", meta)
-        self._publish(ex, "inputs", inputs)
-        self._publish(ex, "status", {"status": record.status})
+        first = [
+            (kind, emitter.message(kind, data))
+            for kind, data in (
+                ("meta", meta),
+                ("inputs", inputs),
+                ("status", {"status": record.status}),
+            )
+        ]
+        attempt = secrets.token_hex(4)
+        claims = [
+            first_of_its_kind(message, execution, kind, attempt)
+            for kind, message in first
+            if message is not None
+        ]
+        for message in claims:
+            self._pub.put(*message)
+        created, drained = await asyncio.gather(
+            self._create(self._kv, record), self._pub.drain(execution), return_exceptions=True
+        )
+        if self._pub.preceded(claims[0][2][MSG_ID]):  # the `meta` decides
+            return await self._taken(record, created)
+        if isinstance(created, BaseException):
+            # No record, so nobody else can end it: end the trail already stored, then fail.
+            failure = error_of(type(created).__name__, f"not accepted: {created}")
+            self._publish(ex, "error", failure)
+            self._publish(ex, "status", {"status": "error"})
+            with contextlib.suppress(Exception):
+                await self._pub.drain(execution)
+            raise created
+        if isinstance(created, tuple):  # a copy of this launch created it first: adopt it
+            adopted = await update_record(
+                self._kv,
+                record_key(record),
+                set_status(record.status, instance=self._instance),
+                known=created,
+            )
+            if adopted is None:
+                raise WireError(record_key(record), "the execution's record ended meanwhile")
+            created = adopted[1]
+        ex.revision = created
         self._live[execution] = ex
-        try:
-            await self._pub.drain(execution)
-        except Exception as exc:
+        if isinstance(drained, BaseException):
             # Not accepted: the launcher gets an error reply; end what was claimed.
             self._forget(ex)
-            await self._conclude(ex, "error", error_of(type(exc).__name__, f"not accepted: {exc}"))
-            raise
+            error = error_of(type(drained).__name__, f"not accepted: {drained}")
+            await self._conclude(ex, "error", error)
+            raise drained
         return ex
 
-    async def _create(self, kv: KeyValue, record: ExecutionRecord) -> int | ExecutionRecord:
+    async def _taken(
+        self, record: ExecutionRecord, created: int | Stored | BaseException
+    ) -> LaunchReply:
+        """The id is claimed already: this execution again, or somebody else's id (refused)."""
+        assert self._js is not None and self._kv is not None
+        stored = await holder(self._js, record.execution)
+        if stored is None or stored.launcher != record.launcher:
+            if isinstance(created, int):  # a record of ours for an id that is not ours
+                with contextlib.suppress(nats.js.errors.Error):
+                    await self._kv.delete(record_key(record))
+            raise RemoteError("invalid_request", f"execution id {record.execution!r} is taken")
+        if stored.flow != record.flow:
+            raise RemoteError(
+                "invalid_request",
+                f"execution id {record.execution!r} is taken by a launch of {stored.flow!r}",
+            )
+        return LaunchReply(
+            execution=stored.execution,
+            node=stored.node,
+            flow=stored.flow,
+            launcher=stored.launcher,
+            subject=subjects.events(stored.launcher, stored.execution, "*"),
+            existing=True,
+        )
+
+    async def _create(self, kv: KeyValue, record: ExecutionRecord) -> int | Stored:
         """Create the record (retried briefly while a cluster elects a stream leader, within the
-        launcher's request timeout); its revision, or the record that already holds the id."""
+        launcher's request timeout); its revision, or the record that holds the key already."""
         key = record_key(record)
         try:
             return await js_retry(
@@ -370,19 +429,17 @@ class Runner:
         stored = await read_record(kv, key)
         if stored is None:
             raise WireError(key, "the execution id is taken, but its record cannot be read")
-        found, revision = stored
-        if found == record:  # our own create, whose first reply was lost: it is ours
-            return revision
-        return found
+        if stored[0] == record:  # our own create, whose first reply was lost: it is ours
+            return stored[1]
+        return stored
 
-    def _reply(self, record: ExecutionRecord, existing: bool = False) -> LaunchReply:
+    def _reply(self, record: ExecutionRecord) -> LaunchReply:
         return LaunchReply(
             execution=record.execution,
             node=record.node,
             flow=record.flow,
             launcher=record.launcher,
             subject=subjects.events(record.launcher, record.execution, "*"),
-            existing=existing,
         )
 
     def _publish(self, ex: _Execution, kind: str, data: Any) -> None:
@@ -484,7 +541,7 @@ class Runner:
 
     async def _conclude(self, ex: _Execution, status: str, error: dict[str, str]) -> None:
         """End, as its owner, an execution the runner still numbers (before the hand-over)."""
-        assert self._js is not None and self._kv is not None
+        assert self._js is not None and self._kv is not None and self._pub is not None
         await conclude(
             self._js,
             self._kv,
@@ -494,6 +551,7 @@ class Runner:
             error=error,
             known=(ex.record, ex.revision),
             store=functools.partial(self._store, ex.record.execution),
+            send=self._pub.send,
         )
 
     async def _store(self, execution: str, messages: list[Message]) -> None:

@@ -102,6 +102,17 @@ async def test_the_same_id_launched_twice_is_one_execution(make_node: NodeFactor
             LaunchReply,
         )
     assert taken.value.kind == "invalid_request"
+    with pytest.raises(RemoteError, match="is taken") as elsewhere:  # another user's id
+        await request(
+            node.nc,
+            subjects.launch("mallory", node.id, "sleeper"),
+            LaunchRequest(inputs={"seconds": 0}, execution=execution),
+            LaunchReply,
+        )
+    assert elsewhere.value.kind == "invalid_request"
+    kv = await node.js.key_value(subjects.BUCKET_EXECUTIONS)
+    assert await read_record(kv, subjects.record_key("mallory", execution)) is None
+    assert await read_events(node.js, execution, timeout=5) == events  # nothing added
     for bad in ("short", "has.dot-in-it-0123456789", "x" * 65):
         body = json.dumps({"inputs": {"a": 1}, "execution": bad}).encode()
         msg = await node.nc.request(
