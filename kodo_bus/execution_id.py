@@ -39,7 +39,9 @@ def first_of_its_kind(message: Message, execution: str, kind: str, attempt: str)
 
     Its Msg-Id names the launch `attempt` too: a copy of the same launch sent again must meet
     the condition (and be refused), not be taken for a re-send of this one and acknowledged
-    as stored by JetStream's de-duplication; this attempt's own re-sends still de-duplicate.
+    as stored by JetStream's de-duplication. (The condition is checked before the Msg-Id: a
+    re-send of this very event, whose first copy was stored, is refused too — `holder` tells
+    it apart by its Msg-Id.)
     """
     subject, body, headers = message
     return (
@@ -54,8 +56,9 @@ def first_of_its_kind(message: Message, execution: str, kind: str, attempt: str)
     )
 
 
-async def holder(js: JetStreamContext, execution: str) -> Event | None:
-    """The stored `meta` event of an id (whose subject names the user it belongs to)."""
+async def holder(js: JetStreamContext, execution: str) -> tuple[Event, str] | None:
+    """The stored `meta` event of an id (its envelope names the user it belongs to) and its
+    Msg-Id (which names the launch attempt that stored it)."""
     try:
         msg = await js.get_last_msg(
             subjects.STREAM_EVENTS, subjects.events("*", execution, "meta"), direct=True
@@ -63,6 +66,7 @@ async def holder(js: JetStreamContext, execution: str) -> Event | None:
     except nats.js.errors.NotFoundError:
         return None
     try:
-        return decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)[-1]
+        event = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)[-1]
     except (WireError, IndexError):
         return None
+    return event, (msg.headers or {}).get(MSG_ID, "")

@@ -62,6 +62,7 @@ from .models import (
     Ack,
     AnswerRequest,
     Empty,
+    Event,
     ExecutionRecord,
     LaunchReply,
     LaunchRequest,
@@ -361,8 +362,11 @@ class Runner:
         created, drained = await asyncio.gather(
             self._create(self._kv, record), self._pub.drain(execution), return_exceptions=True
         )
-        if self._pub.preceded(claims[0][2][MSG_ID]):  # the `meta` decides
-            return await self._taken(record, created)
+        meta_id = claims[0][2][MSG_ID]
+        if self._pub.preceded(meta_id):  # the `meta` decides
+            stored = await holder(self._js, execution)
+            if stored is None or stored[1] != meta_id:  # (else: our own, re-sent)
+                return await self._taken(record, created, stored)
         if isinstance(created, BaseException):
             # No record, so nobody else can end it: end the trail already stored, then fail.
             failure = error_of(type(created).__name__, f"not accepted: {created}")
@@ -392,11 +396,14 @@ class Runner:
         return ex
 
     async def _taken(
-        self, record: ExecutionRecord, created: int | Stored | BaseException
+        self,
+        record: ExecutionRecord,
+        created: int | Stored | BaseException,
+        held: tuple[Event, str] | None,
     ) -> LaunchReply:
         """The id is claimed already: this execution again, or somebody else's id (refused)."""
-        assert self._js is not None and self._kv is not None
-        stored = await holder(self._js, record.execution)
+        assert self._kv is not None
+        stored = None if held is None else held[0]
         if stored is None or stored.launcher != record.launcher:
             if isinstance(created, int):  # a record of ours for an id that is not ours
                 with contextlib.suppress(nats.js.errors.Error):

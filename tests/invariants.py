@@ -201,6 +201,15 @@ async def _read_records(
             continue
         key = (msg.subject or "")[len(prefix) :]
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+        if not msg.data:  # a deleted key (another user's launch of a taken id): any live one?
+            kept = {}
+            for stored in await _scan(js, stream, prefix + f"*.{execution}", first, last):
+                kept[stored.subject] = stored
+            live = [m for m in kept.values() if m.data]
+            if live:
+                key = live[-1].subject[len(prefix) :]
+                out[execution] = (key, _record_of(key, live[-1].data, live[-1].headers))
+                continue
         out[execution] = (key, _record_of(key, msg.data or b"", headers))
     return out
 
