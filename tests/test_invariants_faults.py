@@ -130,6 +130,11 @@ class Run:
             workers, pool._workers = pool._workers, []  # no replacement is started
             for worker in workers:
                 ray.kill(worker.handle)
+            # Dead before the registry judges (as after a real death: it waits its ttl); a
+            # kill is asynchronous, and an actor that lived on would run what it was handed.
+            watches = [w.watch for w in workers if w.watch is not None]
+            if watches:
+                await asyncio.wait(watches, timeout=30)
         await nc.close()
         self.stopped.append((runner, nc))
         await _mark_lost()(self.nc.jetstream(), self.node_id)
