@@ -509,8 +509,23 @@ class _Follower:
         if gap is not None and gap <= time.time():
             self.order.skip_gap(self.ex.id)
             return
+        if self.loop.time() - self.heard >= STALL_CHECK - 0.01 and await self._undelivered():
+            # Stored, yet not delivered: a consumer that lived through a failover can say
+            # it has nothing pending and still deliver nothing. A new one goes on.
+            log.info("events of %s: stored but not delivered, resubscribing", self.ex.id)
+            await self._release()
+            await self._subscribe(self.stream_seq)
+            return
         if self.loop.time() - self.heard >= STALL_CHECK - 0.01 or self.ended_at is not None:
             await self._check_record()
+
+    async def _undelivered(self) -> bool:
+        """Whether the stream holds a later event of the execution than this follow read."""
+        try:
+            last = await self.ex._last_event(self.launcher, "*")
+        except JETSTREAM_TRANSIENT:  # a stream electing its leader: look again next time
+            return False
+        return last is not None and last.seq > max(self.order.last, *self.order.early, 0)
 
     async def _check_record(self) -> None:
         """A silent follow: has the execution ended (or vanished) without telling the stream?"""
