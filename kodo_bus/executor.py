@@ -345,10 +345,8 @@ class ExecActor:
     async def _end(self, job: Job, emitter: Emitter, record: _RecordWriter, how: _How) -> Outcome:
         """The one ending (`lifecycle.conclude`), after every event the flow emitted.
 
-        The ending's first store also waits for all the flow's events: if some could not be
-        stored (`EventsNotStored`, the server gone longer than the publisher retries), the
-        execution ends `error` with that reason instead, numbered after the ending event that
-        may or may not have been stored.
+        If events of the flow were given up on (`EventsNotStored`, the server gone longer than
+        the publisher retries), the execution ends `error` with that reason instead.
         """
         assert self._pub is not None
         status, failure, final = how
@@ -364,11 +362,11 @@ class ExecActor:
             conclude, self._js, self._kv, job.record, store=store, send=pub.send
         )
         try:
-            ending = await end(after, status, error=failure, final=final, known=known)
+            pub.raise_lost(execution)  # events of the flow given up on: it ends `error`
         except EventsNotStored as exc:
             log.error("execution %s: %s", execution, exc)
-            status, failure = "error", error_data(exc)
-            ending = await end(after + 1, status, error=failure)
+            status, failure, final = "error", error_data(exc), NOTHING
+        ending = await end(after, status, error=failure, final=final, known=known)
         message = failure["message"] if failure and ending.won else None
         return Outcome(status=ending.status, last_seq=ending.last_seq, error=message, ended=True)
 

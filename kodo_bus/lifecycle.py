@@ -243,16 +243,23 @@ async def conclude(
     events), unless someone else ended it first.
 
     Order: the `final`/`error` is stored, then the record claimed, then the terminal status
-    stored. The `final` goes first because only the owner has it: a claimed record always has
-    its `final`/`error` stored, so a repair only adds the status. `send` hands the status over
-    without waiting for its acknowledgement (the owner's publisher stores it, re-sending as
-    needed): a wait there cost more CPU than the rest of a no-op execution's ending, and if it
-    is never stored (the owner died, the server stayed away longer than re-sends are tried),
-    the record holds the ending for `repair` and for followers.
+    stored. The `final` goes first because only the owner has it: a claimed record has its
+    `final`/`error` stored, so a repair only adds the status. With `send` (the owner's
+    publisher: the events and the claim travel on one connection), the `final` and the status
+    are handed over without waiting for their acknowledgements: a nats-server stores what one
+    connection sends in order, so the `final` is stored before the claim is applied (on a
+    cluster, where the two streams have leaders of their own, only as good as likely), and
+    the publisher re-sends until stored. A wait for each cost more CPU than the rest of a no-op
+    execution's ending and put two round trips between its `final` and its status. If the
+    status is never stored (the owner died, the server stayed away longer than re-sends are
+    tried), the record holds the ending for `repair` and for followers.
     """
     store = store or functools.partial(publish, js)
     first, last = ending_messages(record, after, status, error, final)
-    await store([first])
+    if send is None:
+        await store([first])
+    else:
+        send([first])
     message = error.get("message") if error is not None else None
     decided = await claim(
         kv, record_key(record), status, last_seq=after + 2, error=message, known=known

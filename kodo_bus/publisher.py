@@ -254,6 +254,11 @@ class EventPublisher:
             await mark.future
         else:
             self._abandon("the event publisher is not running")
+        self.raise_lost(execution)
+
+    def raise_lost(self, execution: str | None = None) -> None:
+        """Raise `EventsNotStored` for events given up on so far (of `execution` only, when
+        named) — without waiting for what is still on its way (`drain` waits)."""
         if execution is None:
             lost, self._lost = self._lost, OrderedDict()
         else:
