@@ -6,6 +6,7 @@ The public API is what `__all__` lists; every other module is private.
 from .client import Client
 from .config import ConnectSettings, Credentials, ServerSettings, ServiceSettings
 from .errors import (
+    AmbiguousExecution,
     AmbiguousFlow,
     AuthError,
     Busy,
@@ -36,6 +37,7 @@ from .tracer import Tracer
 from .version import __version__
 
 __all__ = [
+    "AmbiguousExecution",
     "AmbiguousFlow",
     "AuthError",
     "Busy",

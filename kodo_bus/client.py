@@ -6,7 +6,9 @@ light. Registries are found by NATS micro discovery (`discovery.py`), like `kodo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import difflib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -16,6 +18,7 @@ from typing import Self, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
@@ -23,13 +26,28 @@ from . import bus, snapshot, subjects
 from .codec import JSON, decode, decode_msg
 from .config import ConnectSettings, Credentials, nats_urls
 from .discovery import find_registry
-from .errors import AmbiguousFlow, FlowNotFound, KodoError, WireError
+from .errors import (
+    AmbiguousExecution,
+    AmbiguousFlow,
+    ConfigError,
+    ExecutionNotFound,
+    FlowNotFound,
+    KodoError,
+    KodoTimeout,
+    WireError,
+)
 from .execution_ref import Execution
 from .flow_ref import Flow
 from .models import Event, ExecutionRecord, FlowItem, FlowsPage, FlowsQuery
 
 M = TypeVar("M", bound=BaseModel)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MIN_ID_PREFIX = 4
+"""Fewest characters of an execution id `Client.resolve` takes (like git's short hashes)."""
+STREAM_NOT_FOUND = 10059
+"""JetStream's err_code for a stream that does not exist (a bus no node or registry set up)."""
+STREAM_POLL = 1.0
+"""Seconds between looks for the events stream while following the log of a fresh bus."""
 
 
 async def flows_page(nc: NATS, registry: str, query: FlowsQuery, timeout: float) -> FlowsPage:
@@ -153,14 +171,41 @@ class Client:
                 return online[0]
             names = ", ".join(sorted(f.qualified_name for f in exact))
             raise AmbiguousFlow(f"{name!r} is offered by several nodes: {names} — name one")
-        near = sorted(f.qualified_name for f in found if flow_name.lower() in f.name.lower())
-        hint = f" — did you mean: {', '.join(near[:10])}?" if near else ""
-        raise FlowNotFound(f"no flow named {name!r}{hint}")
+        raise FlowNotFound(f"no flow named {name!r}{_did_you_mean(flow_name, found)}")
 
     # -- executions ----------------------------------------------------------------------------
     def execution(self, execution: str) -> Execution:
         """Re-attach to an execution by id, from any process."""
         return Execution(self, execution)
+
+    async def resolve(self, prefix: str) -> str:
+        """The full id of this client's user's execution whose id starts with `prefix` (at
+        least `MIN_ID_PREFIX` characters), so the short ids tables and logs print can be pasted
+        back, as git does with hashes.
+
+        An id that no record starts with is returned as given: its record may not be written
+        yet (a launch stores events first), and `Execution` looks at the events too. Raises
+        `ExecutionNotFound` on a bus that never held an execution, `AmbiguousExecution` when
+        several ids start with `prefix`, `ConfigError` for a prefix that is too short.
+        """
+        text = prefix.strip().rstrip("…")
+        if len(text) < MIN_ID_PREFIX:
+            raise ConfigError(
+                f"execution id {prefix!r}: give at least {MIN_ID_PREFIX} characters of it"
+            )
+        try:
+            await self.js.key_value(subjects.BUCKET_EXECUTIONS)
+        except nats.js.errors.BucketNotFoundError:
+            raise ExecutionNotFound(
+                f"no execution {text!r} is known: this bus has run no execution yet"
+            ) from None
+        matches = await self._records(lambda r: r.execution.startswith(text))
+        if not matches or any(r.execution == text for r in matches):
+            return text
+        if len(matches) == 1:
+            return matches[0].execution
+        matches.sort(key=lambda r: r.created, reverse=True)
+        raise AmbiguousExecution(text, [(r.execution, r.flow, r.status) for r in matches])
 
     async def executions(
         self,
@@ -195,15 +240,7 @@ class Client:
     ) -> AsyncIterator[Event]:
         """`log` events of every execution on the bus, oldest first; `follow` keeps listening."""
         floor = LOG_LEVELS.index(level.lower()) if level.lower() in LOG_LEVELS else 0
-        messages = snapshot.current(
-            self.js,
-            subjects.STREAM_EVENTS,
-            subjects.EVENTS_LOG_ALL,
-            last_per_subject=False,
-            start_time=_rfc3339(since) if since is not None else None,
-            follow=follow,
-        )
-        async for msg in messages:
+        async for msg in self._log_messages(since, follow):
             try:
                 event = decode_msg(msg, Event)
             except WireError:
@@ -214,6 +251,48 @@ class Client:
                 continue
             if node in (None, event.node) and flow in (None, event.flow):
                 yield event
+
+    async def _log_messages(self, since: float | None, follow: bool) -> AsyncIterator[Msg]:
+        """The stored `log` events, then (`follow`) the new ones. A bus no node or registry has
+        set up has no events stream: nothing to read, or (`follow`) wait until it is made.
+        A consumer the bus never answers is what a user without the right to read everyone's
+        log gets on a secure bus (the refusal itself only reaches the connection's error
+        callback), so it is told as such, in one line."""
+        while True:
+            messages = snapshot.current(
+                self.js,
+                subjects.STREAM_EVENTS,
+                subjects.EVENTS_LOG_ALL,
+                last_per_subject=False,
+                start_time=_rfc3339(since) if since is not None else None,
+                follow=follow,
+            )
+            try:
+                first = await anext(messages, None)
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code != STREAM_NOT_FOUND:
+                    raise
+                if not follow:
+                    return
+                await asyncio.sleep(STREAM_POLL)
+                continue
+            except nats.errors.TimeoutError:
+                raise KodoTimeout(
+                    f"the bus did not answer a read of the central log within {self.timeout:g} s: "
+                    f"on a secure bus only monitor and admin users ({self.user!r} is not one?) "
+                    "may read it"
+                ) from None
+            break
+        if first is None:
+            return
+        try:
+            yield first
+            async for msg in messages:
+                yield msg
+        finally:
+            close = getattr(messages, "aclose", None)  # an async generator: end its consumer
+            if close is not None:
+                await close()
 
     # -- internals shared with Flow and Execution ----------------------------------------------
     async def _request(
@@ -282,6 +361,24 @@ class Client:
             if keep(record):
                 records.append(record)
         return records
+
+
+def _did_you_mean(name: str, found: Sequence[Flow]) -> str:
+    """The " — did you mean 'greet'?" of an unknown flow: names close to `name` (difflib, like
+    the node's unknown-input problems) or containing it; `node/name` where several nodes offer
+    one."""
+    names = sorted({f.name for f in found})
+    near = set(difflib.get_close_matches(name, names, n=5, cutoff=0.6))
+    near |= {n for n in names if name.lower() in n.lower()}
+    shown: list[str] = []
+    for n in sorted(near):
+        offers = sorted(f.qualified_name for f in found if f.name == n)
+        shown.extend([n] if len(offers) == 1 else offers)
+    if not shown:
+        return ""
+    if len(shown) == 1:
+        return f" — did you mean {shown[0]!r}?"
+    return f" — did you mean: {', '.join(shown[:10])}?"
 
 
 def _rfc3339(ts: float) -> str:

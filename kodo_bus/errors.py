@@ -110,6 +110,20 @@ class ExecutionNotFound(KodoError):
     """No record of that execution id exists (wrong id, or expired past `events_max_age`)."""
 
 
+class AmbiguousExecution(KodoError):
+    """A short execution id matches several executions; `candidates` holds their records'
+    (id, flow, status), so the user can give more characters."""
+
+    def __init__(self, prefix: str, candidates: Sequence[tuple[str, str, str]]) -> None:
+        shown = "; ".join(f"{i} ({flow}, {status})" for i, flow, status in candidates[:10])
+        more = f"; and {len(candidates) - 10} more" if len(candidates) > 10 else ""
+        super().__init__(
+            f"execution id {prefix!r} is ambiguous, it starts {len(candidates)} ids: {shown}{more}"
+        )
+        self.prefix = prefix
+        self.candidates = list(candidates)
+
+
 class EventsNotStored(KodoError):
     """Events of running executions were given up on (JetStream never confirmed them, or the
     worker refused them to bound its memory); `executions` names whose. Such an execution must

@@ -180,7 +180,7 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err
     assert lines[0].startswith("error: "), err
-    assert len(lines) == 2 and "--debug" in lines[1], err
+    assert len(lines) <= 2, err  # the error, then maybe a hint naming the next command
     return lines[0]
 
 
@@ -267,7 +267,7 @@ def test_no_follow_events_cancel(bus: Bus) -> None:
     assert "waiting" in out and "cancelled" in out
 
     code, _, err = bus.cli("events", "0" * 32)
-    assert code == 1
+    assert code == 2  # an unknown id is bad input, like an unknown flow
     assert "no execution" in one_error_line(err)
     code, _, err = bus.cli("events", execution, "--kind", "nonsense")
     assert code == 2

@@ -1,8 +1,9 @@
 """The `kodo-bus` command line: one typer app, one module per group of commands.
 
 `main()` is the console-script entry point. It turns every `KodoError` into one red line with a
-hint and an exit code (2 for usage, input and config mistakes; 3 for an execution cancelled,
-timed out or lost; 1 otherwise); `--debug` shows the traceback instead.
+hint naming the next command to run, and an exit code (2 for usage, input and config mistakes,
+an unknown or ambiguous flow or execution id; 3 for an execution cancelled, timed out or lost;
+1 otherwise); `--debug` shows the traceback too, and is offered only where it could help.
 """
 
 from __future__ import annotations
@@ -12,15 +13,22 @@ import sys
 from rich.markup import escape
 
 from ..errors import (
+    AmbiguousExecution,
     AmbiguousFlow,
-    AuthError,
     ConfigError,
+    ConnectError,
     ExecutionCancelled,
+    ExecutionError,
     ExecutionLost,
+    ExecutionNotFound,
     ExecutionTimeout,
     FlowNotFound,
     InputsInvalid,
     KodoError,
+    KodoTimeout,
+    LaunchUnanswered,
+    NoResponders,
+    RemoteError,
 )
 from . import auth_cmd, bench_cmd, dashboard_cmd, exec_cmd, federation_cmd, run_cmd, server_cmd
 from .app import app, console, state
@@ -40,9 +48,59 @@ def exit_code_for(exc: KodoError) -> int:
     """The documented exit code of an error (see `kodo-bus --help`)."""
     if isinstance(exc, ConfigError | InputsInvalid | FlowNotFound | AmbiguousFlow):
         return 2
+    if isinstance(exc, ExecutionNotFound | AmbiguousExecution):
+        return 2
     if isinstance(exc, ExecutionCancelled | ExecutionTimeout | ExecutionLost):
         return 3
     return 1
+
+
+_NO_TRACEBACK = (
+    ConfigError,
+    InputsInvalid,
+    FlowNotFound,
+    AmbiguousFlow,
+    ExecutionNotFound,
+    AmbiguousExecution,
+    ExecutionError,
+    ConnectError,
+    NoResponders,
+    RemoteError,
+)
+"""Errors whose traceback tells a user nothing the message does not: their input, a state of
+the bus, or a service's answer (whose traceback, if any, is the service's)."""
+
+
+def _command(argv: list[str]) -> str:
+    """The sub-command being run (for hints), or '' when none is named."""
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    return next((a for a in argv if a in names), "")
+
+
+def hint_for(exc: KodoError, argv: list[str]) -> str | None:
+    """The next command to run after `exc` (None: the message already says it)."""
+    command = _command(argv)
+    if isinstance(exc, AmbiguousExecution):
+        return "give more characters of the id ('kodo-bus executions' lists yours)"
+    if isinstance(exc, ExecutionNotFound):
+        return "'kodo-bus executions' lists the executions you launched"
+    if isinstance(exc, FlowNotFound | AmbiguousFlow):
+        return "'kodo-bus flows' lists the flows on the bus (name one as node/flow)"
+    if isinstance(exc, InputsInvalid):
+        return "on a terminal, 'kodo-bus launch FLOW' asks for each input with its rules"
+    if isinstance(exc, ConfigError):
+        return f"'kodo-bus {command} --help' shows its options" if command else None
+    if isinstance(exc, ExecutionError):
+        return f"'kodo-bus events {exc.execution}' shows what it did"
+    if isinstance(exc, NoResponders):
+        return "'kodo-bus nodes' shows what runs on the bus; start a node with 'kodo-bus run'"
+    if isinstance(exc, RemoteError) and exc.kind in ("not_found", "closed"):
+        return "'kodo-bus executions' shows the state of your executions"
+    if isinstance(exc, LaunchUnanswered):
+        return f"'kodo-bus events {exc.execution}' shows whether it started"
+    if isinstance(exc, KodoTimeout):
+        return "'kodo-bus nodes' shows which services answer"
+    return None
 
 
 def main() -> None:
@@ -53,6 +111,9 @@ def main() -> None:
         if state.debug:
             console.print_exception()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        if not state.debug and not isinstance(exc, AuthError):  # auth failure: one line
+        hint = hint_for(exc, sys.argv[1:])
+        if hint:
+            console.print(f"[dim]{escape(hint)}[/]", highlight=False, soft_wrap=True)
+        if not state.debug and not isinstance(exc, _NO_TRACEBACK):
             console.print("[dim]run with --debug for the traceback[/]", highlight=False)
         sys.exit(exit_code_for(exc))

@@ -13,7 +13,9 @@ from ..version import __version__
 HELP = f"""kodo-bus {__version__} — a federation of agentic flows over NATS, run on Ray.
 
 Exit codes: 0 success · 1 error (service unreachable, execution failed) · 2 bad input, usage or
-config · 3 execution cancelled, timed out or lost.
+config (an unknown flow or execution id included) · 3 execution cancelled, timed out or lost.
+
+Execution ids: any unique prefix of 4 characters or more will do, as tables print them.
 """
 
 

@@ -35,7 +35,7 @@ from .app import console, out
 from .creds import with_credentials
 from .federation_cmd import JsonOpt, NatsOpt, ViaOpt
 from .prompts import ask_fields, parse_pairs
-from .render import EventRenderer, event_json, log_line, status_text
+from .render import EventRenderer, event_json, log_line, short_ids, status_text
 
 T = TypeVar("T")
 
@@ -43,6 +43,7 @@ PairsOpt = Annotated[
     list[str] | None,
     typer.Option("--input", "-i", help="One input as key=value (repeatable; JSON for non-text)."),
 ]
+ID_HELP = "Execution id, or a unique prefix of it (4 characters or more)."
 EXIT_BY_STATUS = {"finished": 0, "error": 1, "cancelled": 3, "timeout": 3, "lost": 3}
 INTERRUPTED = 130
 LAUNCH_HELP = """Launch a flow and follow its execution.
@@ -225,7 +226,7 @@ def launch(  # noqa: PLR0917 (typer options)
 
 @with_credentials
 def events(  # noqa: PLR0917 (typer options)
-    execution: Annotated[str, typer.Argument(help="Execution id.")],
+    execution: Annotated[str, typer.Argument(help=ID_HELP)],
     follow_: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep going until the execution ends.")
     ] = False,
@@ -243,11 +244,11 @@ def events(  # noqa: PLR0917 (typer options)
         raise ConfigError(f"--kind {', '.join(sorted(unknown))}: not an event kind")
 
     async def work(kb: Client) -> None:
-        handle = kb.execution(execution)
+        handle = kb.execution(await kb.resolve(execution))
         record = await handle.record()
         limit = None
         if not follow_ and record.status not in TERMINAL_STATUSES:
-            limit = await _events_so_far(kb, execution)
+            limit = await _events_so_far(kb, handle.id)
         renderer = EventRenderer(out)
         try:
             async with _closing(handle.events()) as stream:
@@ -291,12 +292,17 @@ def executions(  # noqa: PLR0917 (typer options)
 ) -> None:
     """Executions on the bus, newest first (from the KODO_EXECUTIONS bucket)."""
 
-    async def work(kb: Client) -> list[Any]:
-        return await kb.executions(
+    async def work(kb: Client) -> tuple[list[Any], dict[str, str]]:
+        records = await kb.executions(
             status=status or None, flow=flow, node=node, launcher=launcher, limit=limit
         )
+        if as_json:
+            return records, {}
+        # Unique among every execution of the launcher, as `kodo-bus events PREFIX` resolves.
+        every = await kb.executions(launcher=launcher, limit=sys.maxsize)
+        return records, short_ids(r.execution for r in [*every, *records])
 
-    records = _run(nats, credentials, work)
+    records, shown = _run(nats, credentials, work)
     if as_json:
         items = [r.model_dump(mode="json") for r in records]
         print(json.dumps({"total": len(items), "items": items}, indent=2))
@@ -307,7 +313,7 @@ def executions(  # noqa: PLR0917 (typer options)
         table.add_column(col)
     for r in records:
         table.add_row(
-            r.execution,
+            shown.get(r.execution, r.execution),
             r.flow,
             r.node,
             r.launcher,
@@ -320,21 +326,23 @@ def executions(  # noqa: PLR0917 (typer options)
 
 @with_credentials
 def cancel(
-    execution: Annotated[str, typer.Argument(help="Execution id.")],
+    execution: Annotated[str, typer.Argument(help=ID_HELP)],
     nats: NatsOpt = None,
     credentials: Credentials | None = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop an execution; it ends `cancelled` within about two seconds."""
 
-    async def work(kb: Client) -> None:
-        await kb.execution(execution).cancel()
+    async def work(kb: Client) -> str:
+        handle = kb.execution(await kb.resolve(execution))
+        await handle.cancel()
+        return handle.id
 
-    _run(nats, credentials, work)
+    full = _run(nats, credentials, work)
     if as_json:
-        print(json.dumps({"ok": True, "execution": execution}))
+        print(json.dumps({"ok": True, "execution": full}))
     else:
-        out.print(f"cancel requested for {execution}", highlight=False)
+        out.print(f"cancel requested for {full}", highlight=False)
 
 
 async def _pending_lock(kb: Client, handle: Execution) -> dict[str, Any]:
@@ -352,7 +360,7 @@ async def _pending_lock(kb: Client, handle: Execution) -> dict[str, Any]:
 
 @with_credentials
 def answer(  # noqa: PLR0917 (typer options)
-    execution: Annotated[str, typer.Argument(help="Execution id.")],
+    execution: Annotated[str, typer.Argument(help=ID_HELP)],
     value: Annotated[
         str | None, typer.Argument(help="The answer as a JSON object ('-': stdin).")
     ] = None,
@@ -363,12 +371,12 @@ def answer(  # noqa: PLR0917 (typer options)
 ) -> None:
     """Answer the question an `awaiting` execution asked; without a value, prompt for it."""
 
-    async def work(kb: Client) -> None:
-        handle = kb.execution(execution)
+    async def work(kb: Client) -> str:
+        handle = kb.execution(await kb.resolve(execution))
         record = await handle.record()
         if record.status != "awaiting":
             raise ConfigError(
-                f"execution {execution} is not awaiting an answer (it is {record.status})"
+                f"execution {handle.id} is not awaiting an answer (it is {record.status})"
             )
         lock = await _pending_lock(kb, handle)
         schema = lock.get("schema") if isinstance(lock.get("schema"), dict) else {}
@@ -386,12 +394,13 @@ def answer(  # noqa: PLR0917 (typer options)
                 ask_fields, schema, data, _checker(schema, "answer"), console
             )
         await handle.answer(data)
+        return handle.id
 
-    _run(nats, credentials, work)
+    full = _run(nats, credentials, work)
     if as_json:
-        print(json.dumps({"ok": True, "execution": execution}))
+        print(json.dumps({"ok": True, "execution": full}))
     else:
-        out.print(f"answer sent to {execution}", highlight=False)
+        out.print(f"answer sent to {full}", highlight=False)
 
 
 def _parse_json_object(text: str) -> dict[str, Any]:
@@ -443,16 +452,20 @@ def logs(  # noqa: PLR0917 (typer options)
         raise ConfigError(f"--level {level!r}: use one of {', '.join(LOG_LEVELS)}")
     start = parse_since(since) if since else None
 
-    async def work(kb: Client) -> None:
+    async def work(kb: Client) -> int:
+        shown = 0
         stream = kb.logs(level=level, node=node, flow=flow, since=start, follow=follow_)
         async with _closing(stream) as entries:
             async for event in entries:
+                shown += 1
                 if as_json:
                     print(event_json(event), flush=True)
                 else:
                     out.print(log_line(event, with_source=True), highlight=False)
+        return shown
 
-    _run(nats, credentials, work)
+    if not _run(nats, credentials, work):
+        console.print("[dim]no log events (yet) on this bus[/]", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic_core import to_json
@@ -46,6 +47,34 @@ def event_json(event: Event) -> str:
     top-level execution, `data` of an event without any), never a value inside `data`."""
     wire = {key: value for key, value in event.model_dump(mode="json").items() if value is not None}
     return to_json(wire).decode()
+
+
+SHORT_ID = 8
+"""Fewest characters of an execution id a table shows (`kodo-bus events` takes any unique
+prefix of 4 or more)."""
+
+
+def short_ids(ids: Iterable[str], shortest: int = SHORT_ID) -> dict[str, str]:
+    """Each id's shortest prefix of at least `shortest` characters that no other of `ids`
+    starts with (git's short hashes): what a table prints, and what can be pasted back."""
+    ordered = sorted(set(ids))
+    shown: dict[str, str] = {}
+    for i, full in enumerate(ordered):
+        shared = max(
+            (_common(full, ordered[j]) for j in (i - 1, i + 1) if 0 <= j < len(ordered)),
+            default=0,
+        )
+        shown[full] = full[: max(shortest, shared + 1)]
+    return shown
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def status_text(status: str) -> Text:
