@@ -188,12 +188,27 @@ class FlowDecl(BaseModel):
             raise ValueError("give exactly one of 'entry: module:function' or 'module: pkg.mod'")
         if self.module is not None and (self.name or self.inputs):
             raise ValueError("'name' and 'inputs' go with 'entry', not with 'module'")
+        if self.name is not None:
+            _token(self.name, "flow name")
         return self
+
+
+def _token(value: str, what: str) -> str:
+    """`subjects.check_token` as a pydantic validator wants it: a bad name fails the file's load
+    with its key, before anything announces it (a registry would refuse it anyway)."""
+    from .subjects import check_token
+
+    try:
+        return check_token(value, what)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def default_service_id(role: str) -> str:
     """A stable id when none is configured: role and host name, made subject-safe."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    host = "".join(
+        c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in socket.gethostname()
+    )
     return f"{role}-{host}"
 
 
@@ -234,14 +249,9 @@ class ServiceSettings(_Settings):
 
     @model_validator(mode="after")
     def _defaults(self) -> ServiceSettings:
-        from .subjects import check_token
-
         if not self.id:
             self.id = default_service_id(self.role)
-        try:
-            check_token(self.id, "service id")
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+        _token(self.id, "service id")
         return self
 
     @property

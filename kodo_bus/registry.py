@@ -38,7 +38,7 @@ from .models import (
 )
 from .peers import Peers
 from .tasks import TaskSet
-from .view import MAX_REPLICAS, View
+from .view import MAX_REPLICAS, View, catalog_problem
 
 if TYPE_CHECKING:
     from .service import Rejects
@@ -127,6 +127,7 @@ class Registry:
         assert self.kv is not None
         bucket = subjects.bucket_view(self.settings.id)
         entries: list[NodeEntry] = []
+        stale: list[str] = []
         stream = subjects.kv_stream(bucket)
         async for msg in snapshot.current(
             self.nc.jetstream(), stream, subjects.kv_subject(bucket, ">")
@@ -134,10 +135,21 @@ class Registry:
             if not msg.data:
                 continue  # a node removed from the view
             try:
-                entries.append(decode_msg(_KvMsg(msg.subject, msg.data), NodeEntry))
+                entry = decode_msg(_KvMsg(msg.subject, msg.data), NodeEntry)
             except WireError as exc:
                 log.warning("dropping unreadable view entry %s: %s", msg.subject, exc)
+                continue
+            problem = catalog_problem(entry.catalog)
+            if problem is not None:  # stored by a version that did not check names
+                log.warning("dropping view entry %s: %s", msg.subject, problem)
+                if subjects.is_token(entry.catalog.node):
+                    stale.append(entry.catalog.node)
+                continue
+            entries.append(entry)
         self.view.load(entries, time.time())
+        if stale:  # not in the view: the first flush deletes their keys
+            self._dirty.update(stale)
+            self._flush.set()
         log.info("view restored from %s: %d nodes", bucket, len(entries))
 
     def _mark(self, *nodes: str) -> None:
@@ -152,8 +164,17 @@ class Registry:
             await self._write_dirty()
 
     async def _write_dirty(self) -> None:
+        """Store every changed entry; one that cannot be stored never holds back the others.
+
+        An entry the KV can never take (a key it refuses, a value over the server's payload
+        limit) is dropped from the queue with an error; any other failure keeps the entry for
+        the next flush and goes on with the rest, unless the connection is down (then every
+        write would fail the same way: they all wait for the next change or the reconnect).
+        """
         if self.kv is None:
             return
+        retry: set[str] = set()
+        first: tuple[str, BaseException] | None = None
         while self._dirty:
             node = self._dirty.pop()
             key = KEY.format(node=node)
@@ -163,10 +184,21 @@ class Registry:
                     await self.kv.delete(key)
                 else:
                     await self.kv.put(key, encode(entry)[0])
+            except (nats.js.errors.InvalidKeyError, nats.errors.MaxPayloadError) as exc:
+                log.error("cannot persist %s, ever (it stays in memory only): %r", key, exc)
             except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("cannot persist %s (will retry on next change): %r", key, exc)
-                self._dirty.add(node)
-                return
+                retry.add(node)
+                first = first or (key, exc)
+                if not self.nc.is_connected:
+                    break
+        if first is not None:
+            log.warning(
+                "cannot persist %s and %d other(s) (will retry on next change): %r",
+                first[0],
+                len(retry) - 1,
+                first[1],
+            )
+        self._dirty |= retry
 
     # -- announcements ---------------------------------------------------------------------------
     async def _on_node(self, msg: Msg) -> None:
@@ -175,6 +207,12 @@ class Registry:
             self.rejects.reject(msg.subject, "not an announcement subject")
             return
         node, kind = parts[2], parts[3]
+        if not subjects.is_token(node):
+            # one sender name for every bad id: made-up ids must not grow the log throttle
+            self.rejects.reject(
+                "an invalid node id", f"{msg.subject!r}: the node id is not a subject token"
+            )
+            return
         if node == self.settings.id:
             return  # a hybrid's own node is kept in the view as `local`
         try:
@@ -207,6 +245,9 @@ class Registry:
                 subjects.node_catalog(node),
                 f"announcement for node {catalog.node!r} on node {node!r}'s subject",
             )
+        problem = catalog_problem(catalog)
+        if problem is not None:
+            raise WireError(subjects.node_catalog(node), problem)
         if not self._admits(catalog):
             if self.view.remove(node):
                 self._mark(node)
@@ -319,6 +360,8 @@ class Registry:
                 self.nc, subjects.svc_catalog(node), Empty(), Catalog, timeout=2.0
             )
             self._on_catalog(node, catalog)
+        except WireError as exc:
+            self.rejects.reject(node, exc)
         except (KodoError, nats.errors.Error) as exc:
             log.debug("cannot fetch the catalog of %s: %s", node, exc)
         finally:
@@ -330,6 +373,11 @@ class Registry:
         sender = subjects.token(msg.subject, 2)
         if sender == self.settings.id:
             return
+        if not subjects.is_token(sender):
+            self.rejects.reject(
+                "an invalid registry id", f"{msg.subject!r}: the registry id is not a subject token"
+            )
+            return
         try:
             view = decode_msg(msg, RegistryView)
         except WireError as exc:
@@ -338,6 +386,15 @@ class Registry:
         if view.registry != sender:
             self.rejects.reject(sender, f"view of {view.registry!r} on {sender!r}'s subject")
             return
+        kept: list[NodeEntry] = []
+        for entry in view.nodes:  # each entry is a catalog taken in: checked like one
+            problem = catalog_problem(entry.catalog)
+            if problem is None:
+                kept.append(entry)
+            else:
+                self.rejects.reject(sender, f"an entry of the view of {sender!r}: {problem}")
+        if len(kept) != len(view.nodes):
+            view = view.model_copy(update={"nodes": kept})
         changed = self.view.take_in(view, urls or [], time.time())
         if changed:
             self._mark(*changed)

@@ -89,12 +89,24 @@ under a prefix only that user may subscribe to, instead of the shared `_INBOX.>`
 DEFAULT_USER = "local"
 """The launcher's name when the bus runs without authentication."""
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
+"""What a node id, flow name, user name or execution id may hold: ASCII letters, digits, `_` and
+`-`. Narrower than NATS needs for a token, on purpose: the same names become KV keys (`node.<id>`
+in a registry's view, `<user>.<execution>` in the records), and a KV key may hold only
+`[-/_=.a-zA-Z0-9]`; a name NATS routes but the KV refuses would be taken in and then never
+stored (`nø@de`, `n+o:de`)."""
+
+
+def is_token(value: str) -> bool:
+    """Whether `value` can be one subject token and a KV key token (see `_TOKEN`)."""
+    return _TOKEN.fullmatch(value) is not None
 
 
 def check_token(value: str, what: str) -> str:
-    """Return `value` if it can be one subject token, else raise ConfigError naming `what`."""
-    if not _TOKEN.match(value):
+    """Return `value` if it can be one subject token, else raise ConfigError naming `what`.
+
+    Whole-string match: `re.match` with `$` would let a trailing newline through."""
+    if not is_token(value):
         raise ConfigError(
             f"{what} {value!r} cannot be used in NATS subjects: use letters, digits, '_' or '-'"
         )

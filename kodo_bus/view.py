@@ -31,6 +31,24 @@ from .models import (
     NodeStatus,
     RegistryView,
 )
+from .subjects import is_token
+
+
+def catalog_problem(catalog: Catalog) -> str | None:
+    """Why `catalog` may not enter a view, or None.
+
+    Its node id becomes a subject token and a KV key (`node.<id>` in the registry's bucket), its
+    flow names subject tokens of launches: a name NATS routes but the KV refuses would be listed
+    and then never stored (and, before, stopped every other entry from being stored)."""
+    if not is_token(catalog.node):
+        return f"node id {catalog.node!r} is not a subject token: use letters, digits, '_' or '-'"
+    for f in catalog.flows:
+        if not is_token(f.name):
+            return (
+                f"node {catalog.node!r}: flow name {f.name!r} is not a subject token: "
+                "use letters, digits, '_' or '-'"
+            )
+    return None
 
 
 def flow_items(entry: NodeEntry) -> list[FlowItem]:
