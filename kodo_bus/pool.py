@@ -129,7 +129,25 @@ class ActorPool:
             if self._ray_address:
                 ray.init(address=self._ray_address, include_dashboard=False)
             else:
-                ray.init(include_dashboard=False)
+                # A Ray of our own serves this process only: every part of it (GCS, raylet and
+                # object manager, dashboard and runtime-env agents, workers) listens on loopback
+                # when, and only when, its node address is 127.0.0.1. Ray 2.60 swaps 127.0.0.1
+                # for the machine's own address (so that other machines could join) unless its
+                # multi-machine switch is off. That switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER)
+                # is read once, when `ray` is first imported, which has happened by now (a flow
+                # module may import it, and the variable alone was seen not to work), and looked
+                # up on `ray_constants` at each call: so it is turned off there, for `init` only.
+                # Token authentication is untouched (on, as `ray.init` sets it up). "local": a
+                # Ray of our own, never one found through RAY_ADDRESS or a `ray start` of this
+                # machine (that is what `ray_address` is for).
+                from ray._private import ray_constants
+
+                clusters = ray_constants.ENABLE_RAY_CLUSTER
+                ray_constants.ENABLE_RAY_CLUSTER = False
+                try:
+                    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+                finally:
+                    ray_constants.ENABLE_RAY_CLUSTER = clusters
                 self._own_ray = True
         self.cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         # Importing Ray leaves a heap of objects that live as long as the process; every full
