@@ -298,7 +298,7 @@ class Runner:
         else:
             self._queue.append(ex)
             self._pump()
-        await respond(msg, self._reply(ex.record))
+        await respond(msg, _reply(ex.record))
 
     async def _accept(
         self,
@@ -414,14 +414,7 @@ class Runner:
                 "invalid_request",
                 f"execution id {record.execution!r} is taken by a launch of {stored.flow!r}",
             )
-        return LaunchReply(
-            execution=stored.execution,
-            node=stored.node,
-            flow=stored.flow,
-            launcher=stored.launcher,
-            subject=subjects.events(stored.launcher, stored.execution, "*"),
-            existing=True,
-        )
+        return _reply(stored, existing=True)
 
     async def _create(self, kv: KeyValue, record: ExecutionRecord) -> int | Stored:
         """Create the record (retried briefly while a cluster elects a stream leader, within the
@@ -439,15 +432,6 @@ class Runner:
         if stored[0] == record:  # our own create, whose first reply was lost: it is ours
             return stored[1]
         return stored
-
-    def _reply(self, record: ExecutionRecord) -> LaunchReply:
-        return LaunchReply(
-            execution=record.execution,
-            node=record.node,
-            flow=record.flow,
-            launcher=record.launcher,
-            subject=subjects.events(record.launcher, record.execution, "*"),
-        )
 
     def _publish(self, ex: _Execution, kind: str, data: Any) -> None:
         """Queue an event from the node (`self._pub.drain()` waits until it is stored)."""
@@ -701,3 +685,15 @@ class Runner:
         ex.cancel_requested = True
         if ex.state == "running" and self._pool is not None:
             self._pool.cancel(ex.record.execution)
+
+
+def _reply(launched: ExecutionRecord | Event, existing: bool = False) -> LaunchReply:
+    """The reply to a launch of the execution a record (or its stored `meta`) describes."""
+    return LaunchReply(
+        execution=launched.execution,
+        node=launched.node,
+        flow=launched.flow,
+        launcher=launched.launcher,
+        subject=subjects.events(launched.launcher, launched.execution, "*"),
+        existing=existing,
+    )
