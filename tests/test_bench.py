@@ -39,7 +39,7 @@ async def _bench_views(url: str) -> list[str]:
     finally:
         await nc.close()
     prefix = "KV_" + bucket_view("bench-")
-    return [i.config.name for i in streams if (i.config.name or "").startswith(prefix)]
+    return [name for i in streams if (name := i.config.name or "").startswith(prefix)]
 
 
 def test_percentile() -> None:

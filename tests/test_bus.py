@@ -71,9 +71,9 @@ async def test_request_reply_mirrors_content_type_and_types_errors(nats_server: 
             assert reply.message == "pong"
         assert seen == [MSGPACK, JSON]
         raw = await nc.request("kodo.test.echo", b"{}", headers={CONTENT_TYPE: JSON})
-        assert raw.headers[CONTENT_TYPE] == JSON
+        assert raw.headers is not None and raw.headers[CONTENT_TYPE] == JSON
         raw = await nc.request("kodo.test.echo", b"")
-        assert raw.headers[CONTENT_TYPE] == JSON  # unknown type: JSON
+        assert raw.headers is not None and raw.headers[CONTENT_TYPE] == JSON  # unknown type: JSON
         with pytest.raises(InputsInvalid) as info:
             await request(nc, "kodo.test.echo", models.AnswerRequest(data="bad"), models.Ack)
         assert info.value.problems == [FieldProblem("x", "too big")]

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from nats.aio.msg import Msg
 
 from kodo_bus import subjects
 from kodo_bus.bus import connect, ensure_execution_storage
@@ -117,7 +118,7 @@ async def test_bursts_travel_as_arrays_and_status_alone(make_node: NodeFactory) 
     sub = await node.js.subscribe(
         subjects.events_of_execution(reply.execution), ordered_consumer=True
     )
-    messages = []
+    messages: list[Msg] = []
     try:
         while (
             not messages

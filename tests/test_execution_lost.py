@@ -43,7 +43,7 @@ async def test_mark_lost_ends_unfinished_records_once(
                 flow="f",
                 node=node,
                 launcher="local",
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 created=now,
                 updated=now,
             )

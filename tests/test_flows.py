@@ -97,5 +97,6 @@ def test_next_from_flowkit_tuple_and_model() -> None:
     assert Next.from_result(([], {}, "done")) == Next(message="done")
     nxt = Next(flows=["p"])
     assert Next.from_result(nxt) is nxt
+    not_next: object
     for not_next in (("a", {}, "m"), ([1], {}, "m"), [["a"], {}, "m"], 42, None, (["a"], {})):
         assert Next.from_result(not_next) is None

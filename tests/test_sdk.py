@@ -39,7 +39,7 @@ def bus(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Iterator[
     procs = Processes()
     env = {"KODO_RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
     try:
-        for name, body in {
+        bodies: dict[str, dict[str, object]] = {
             "registry": {"id": "sdk-reg", "role": "registry"},
             "a": {
                 "id": "sdk-a",
@@ -58,7 +58,8 @@ def bus(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Iterator[
                     {"entry": "tests.flowpkg.sdk_flows:greet"},
                 ],
             },
-        }.items():
+        }
+        for name, body in bodies.items():
             config = tmp / f"{name}.yaml"
             config.write_text(yaml.safe_dump({**body, "nats": [server.url], "heartbeat": 0.5}))
             procs.start("run", "--config", str(config), env=env, cwd=REPO)
