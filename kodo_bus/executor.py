@@ -47,7 +47,7 @@ from .config import ConnectSettings
 from .errors import EventsNotStored, WireError
 from .executions import Change, Stored, error_data, record_key, set_status, update_record
 from .flows import Next, import_object, input_model, spec_of
-from .lifecycle import NOTHING, Message, conclude, envelope, error_of
+from .lifecycle import NOTHING, conclude, envelope, error_of
 from .models import Ack, ExecutionRecord
 from .publisher import EventPublisher
 from .tasks import TaskSet
@@ -353,10 +353,7 @@ class ExecActor:
         after = emitter.close()
         execution = job.record.execution
         pub = self._pub
-
-        async def store(messages: list[Message]) -> None:
-            await pub.store(messages, execution)
-
+        store = functools.partial(pub.store, execution=execution)
         known = await record.settle()
         end = functools.partial(
             conclude, self._js, self._kv, job.record, store=store, send=pub.send

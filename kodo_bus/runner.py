@@ -56,7 +56,7 @@ from .executions import (
     update_record,
 )
 from .flows import FlowSpec
-from .lifecycle import Message, conclude, end_from_outside, envelope, error_of
+from .lifecycle import conclude, end_from_outside, envelope, error_of
 from .models import (
     TERMINAL_STATUSES,
     Ack,
@@ -541,13 +541,9 @@ class Runner:
             status,
             error=error,
             known=(ex.record, ex.revision),
-            store=functools.partial(self._store, ex.record.execution),
+            store=functools.partial(self._pub.store, execution=ex.record.execution),
             send=self._pub.send,
         )
-
-    async def _store(self, execution: str, messages: list[Message]) -> None:
-        assert self._pub is not None
-        await self._pub.store(messages, execution)
 
     def _forget(self, ex: _Execution) -> None:
         self._live.pop(ex.record.execution, None)
