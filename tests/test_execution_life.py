@@ -25,7 +25,7 @@ from kodo_bus.errors import (
     RemoteError,
 )
 from kodo_bus.execution_ref import Execution
-from kodo_bus.executions import create_record, event_message, read_record
+from kodo_bus.executions import event_message, read_record
 from kodo_bus.flow_ref import Flow
 from kodo_bus.lifecycle import mark_lost, stored_events
 from kodo_bus.models import (
@@ -34,7 +34,6 @@ from kodo_bus.models import (
     AnswerRequest,
     Empty,
     Event,
-    ExecutionRecord,
     FlowItem,
     LaunchReply,
     LaunchRequest,
@@ -44,9 +43,11 @@ from kodo_bus.server import NatsServer
 from . import test_execution_support as support
 from .invariants import Watch
 from .test_execution_support import (
+    FIRST_EVENTS,
     NodeFactory,
     check_well_formed,
     eventually,
+    handmade,
     read_events,
     status_of,
 )
@@ -171,24 +172,10 @@ async def test_garbage_on_an_execution_subject_does_not_disturb_its_end(
         js = nc.jetstream()
         kv = await ensure_execution_storage(js, max_age=3600)
         node = f"gone-{time.monotonic_ns()}"
-        execution = os.urandom(16).hex()
-        now = time.time()
-        record = ExecutionRecord(
-            execution=execution,
-            flow="f",
-            node=node,
-            launcher="local",
-            status="running",
-            created=now,
-            updated=now,
-        )
-        await create_record(kv, record)
+        record, _ = await handmade(js, kv, FIRST_EVENTS, node=node)
+        execution, now = record.execution, record.created
         invariants.ignore(execution, "garbage published on its subjects on purpose")
         base = {"execution": execution, "node": node, "flow": "f", "launcher": "local"}
-        trail = [("meta", {}), ("inputs", {}), ("status", {"status": "running"})]
-        for seq, (kind, data) in enumerate(trail, 1):
-            event = Event(seq=seq, ts=now, kind=kind, data=data, **base)
-            await js.publish(*event_message(event)[:2], headers=event_message(event)[2])
         stranger = Event(seq=9, ts=now, kind="log", data={}, **{**base, "execution": "x" * 32})
         subject = subjects.events("local", execution, "log")
         await js.publish(subject, event_message(stranger)[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -11,16 +12,52 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from kodo_bus import subjects
 from kodo_bus.bus import connect, request
 from kodo_bus.codec import decode_many
 from kodo_bus.config import ConnectSettings, FlowDecl, ServiceSettings
+from kodo_bus.executions import create_record, event_message
 from kodo_bus.flows import load_flows
-from kodo_bus.models import TERMINAL_STATUSES, Event, LaunchReply, LaunchRequest
+from kodo_bus.lifecycle import envelope
+from kodo_bus.models import TERMINAL_STATUSES, Event, ExecutionRecord, LaunchReply, LaunchRequest
 from kodo_bus.runner import Runner
 
 FLOWS = "tests.test_execution_flows"
+
+FIRST_EVENTS: list[tuple[str, Any]] = [
+    ("meta", {}),
+    ("inputs", {}),
+    ("status", {"status": "running"}),
+]
+"""meta, inputs and a `running` status: what a node leaves of an execution its worker runs."""
+
+
+async def handmade(
+    js: JetStreamContext, kv: KeyValue, trail: Sequence[tuple[str, Any]], **fields: Any
+) -> tuple[ExecutionRecord, int]:
+    """An execution written by hand as a node would leave it: a `running` record (`fields`
+    override any of it) and the events of `trail` as seqs 1..n; the record and its revision."""
+    now = time.time()
+    record = ExecutionRecord.model_validate(
+        {
+            "execution": os.urandom(16).hex(),
+            "flow": "f",
+            "node": f"n-{time.monotonic_ns()}",
+            "launcher": "local",
+            "status": "running",
+            "created": now,
+            "updated": now,
+            **fields,
+        }
+    )
+    revision = await create_record(kv, record)
+    for seq, (kind, data) in enumerate(trail, 1):
+        event = Event(seq=seq, ts=now, kind=kind, data=data, **envelope(record))
+        subject, body, headers = event_message(event)
+        await js.publish(subject, body, headers=headers)
+    return record, revision
 
 
 async def read_events(js: JetStreamContext, execution: str, timeout: float = 60.0) -> list[Event]:

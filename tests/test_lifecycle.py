@@ -8,7 +8,6 @@ record equal to it — whoever wins.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -19,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from kodo_bus.bus import connect, ensure_execution_storage
 from kodo_bus.config import ConnectSettings
-from kodo_bus.executions import create_record, event_message, read_record, record_key
+from kodo_bus.executions import event_message, read_record, record_key
 from kodo_bus.lifecycle import (
     Message,
     claim,
@@ -33,7 +32,7 @@ from kodo_bus.lifecycle import (
 from kodo_bus.models import TERMINAL_STATUSES, Event, ExecutionRecord
 from kodo_bus.server import NatsServer
 
-from .test_execution_support import check_well_formed
+from .test_execution_support import FIRST_EVENTS, check_well_formed, handmade
 
 Bus = tuple[NATS, JetStreamContext, KeyValue]
 
@@ -50,34 +49,7 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
 
 async def _running(js: JetStreamContext, kv: KeyValue) -> tuple[ExecutionRecord, int]:
     """A running execution with events 1..3 stored (meta, inputs, status running)."""
-    now = time.time()
-    record = ExecutionRecord(
-        execution=os.urandom(16).hex(),
-        flow="f",
-        node=f"n-{time.monotonic_ns()}",
-        launcher="local",
-        status="running",
-        created=now,
-        updated=now,
-    )
-    revision = await create_record(kv, record)
-    for seq, kind, data in (
-        (1, "meta", {}),
-        (2, "inputs", {}),
-        (3, "status", {"status": "running"}),
-    ):
-        event = Event(
-            seq=seq,
-            ts=now,
-            kind=kind,
-            data=data,
-            execution=record.execution,
-            node=record.node,
-            flow=record.flow,
-            launcher="local",
-        )
-        await publish(js, [event_message(event)])
-    return record, revision
+    return await handmade(js, kv, FIRST_EVENTS)
 
 
 async def _check(js: JetStreamContext, kv: KeyValue, record: ExecutionRecord, status: str) -> None:

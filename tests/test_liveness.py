@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,11 +21,12 @@ from kodo_bus import snapshot, subjects
 from kodo_bus.bus import connect, ensure_execution_storage
 from kodo_bus.codec import decode_msg, encode
 from kodo_bus.config import ConnectSettings
-from kodo_bus.executions import create_record, event_message, read_record
-from kodo_bus.models import Catalog, Event, ExecutionRecord, FlowInfo, Heartbeat
+from kodo_bus.executions import read_record
+from kodo_bus.models import Catalog, FlowInfo, Heartbeat
 from kodo_bus.server import NatsServer
 
 from .conftest import Processes
+from .test_execution_support import handmade
 from .test_reliability_support import BEAT, eventually, node_body, service
 
 TTL = 1.5
@@ -80,34 +80,9 @@ async def running_record(nc: NATS, node: str, instance: str) -> str:
     record and its first events); its record key."""
     js = nc.jetstream()
     kv = await ensure_execution_storage(js, max_age=3600)
-    execution = secrets.token_hex(16)
-    now = time.time()
-    record = ExecutionRecord(
-        execution=execution,
-        flow="f",
-        node=node,
-        launcher="local",
-        status="running",
-        created=now,
-        updated=now,
-        last_seq=2,
-        instance=instance,
-    )
-    await create_record(kv, record)
-    for seq, status in ((1, "starting"), (2, "running")):
-        event = Event(
-            execution=execution,
-            seq=seq,
-            ts=now,
-            kind="status",
-            node=node,
-            flow="f",
-            launcher="local",
-            data={"status": status},
-        )
-        subject, body, headers = event_message(event)
-        await js.publish(subject, body, headers=headers)
-    return subjects.record_key("local", execution)
+    trail = [("status", {"status": "starting"}), ("status", {"status": "running"})]
+    record, _ = await handmade(js, kv, trail, node=node, last_seq=2, instance=instance)
+    return subjects.record_key("local", record.execution)
 
 
 async def status_of(nc: NATS, key: str) -> str:
