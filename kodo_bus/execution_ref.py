@@ -421,6 +421,8 @@ class _Follower:
         self.known = False
         """A record or an event of the execution exists."""
         self.ended_at: float | None = None
+        self.replayed_at = -1
+        """The seq read last when a gap made this follow read the execution from its start."""
         """When the follower first saw a terminal record with no terminal event stored."""
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -509,7 +511,17 @@ class _Follower:
         if gap is not None and gap <= time.time():
             self.order.skip_gap(self.ex.id)
             return
-        if self.loop.time() - self.heard >= STALL_CHECK - 0.01 and await self._undelivered():
+        silent = self.loop.time() - self.heard >= STALL_CHECK - 0.01
+        if gap is not None and silent and self.replayed_at != self.order.last:
+            # A gap and silence: the missing events may be stored where this consumer will not
+            # go again (a fail-over). Read the execution once more from its start; what was
+            # read already is dropped by seq.
+            log.info("events of %s: a gap after %d, reading again", self.ex.id, self.order.last)
+            self.replayed_at = self.order.last
+            await self._release()
+            await self._subscribe(0)
+            return
+        if silent and await self._undelivered():
             # Stored, yet not delivered: a consumer that lived through a failover can say
             # it has nothing pending and still deliver nothing. A new one goes on.
             log.info("events of %s: stored but not delivered, resubscribing", self.ex.id)
