@@ -85,7 +85,15 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
         if box and not (box[0].is_closed or box[0].is_draining):
             log.warning("disconnected from NATS; reconnecting")
 
+    async def closed_cb() -> None:
+        # Python 3.11's wait_for can swallow the cancel that close() sends the reconnect task
+        # (a refused loopback connect completes in the same loop turn); that task then retries
+        # forever and hangs the loop's shutdown. A bounded budget lets it end by itself.
+        if box:
+            box[0].options["max_reconnect_attempts"] = 1
+
     callbacks.setdefault("disconnected_cb", disconnected_cb)
+    callbacks.setdefault("closed_cb", closed_cb)
     callbacks.setdefault("reconnected_cb", _log_reconnected)
     while True:
         try:

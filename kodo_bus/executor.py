@@ -45,9 +45,17 @@ from .chain import ChainContext, WorkflowError, launch_next
 from .codec import JSON, decode_msg
 from .config import ConnectSettings
 from .errors import EventsNotStored, WireError
-from .executions import Change, Stored, error_data, record_key, set_status, update_record
+from .executions import (
+    Change,
+    Stored,
+    error_data,
+    read_record,
+    record_key,
+    set_status,
+    update_record,
+)
 from .flows import Next, import_object, input_model, spec_of
-from .lifecycle import NOTHING, conclude, envelope, error_of
+from .lifecycle import NOTHING, conclude, envelope, error_of, unless_ended
 from .models import Ack, ExecutionRecord
 from .publisher import EventPublisher
 from .tasks import TaskSet
@@ -277,7 +285,9 @@ class ExecActor:
         tracer = Tracer(emitter, self._nc, loop, on_status)
         context = contextvars.copy_context()
         context.run(current.set, emitter)
-        emitter.emit("status", {"status": "running"})
+        if not await self._started(emitter):
+            emitter.close()
+            return await self._ended_elsewhere(r)
         record.write_later(set_status("running"), RUNNING_WRITE_AFTER)
         task = loop.create_task(self._call(job, tracer), context=context)
         self._tasks[execution] = task
@@ -299,6 +309,24 @@ class ExecActor:
             how = ("error", error_data(exc, "WorkerFailure"), NOTHING)
         emitter.flush_output()
         return await self._end(job, emitter, record, how)
+
+    async def _started(self, emitter: Emitter) -> bool:
+        """Store `running`, unless the execution was ended meanwhile (`lifecycle.unless_ended`:
+        a job that reached this worker after its node was declared lost, say)."""
+        assert self._pub is not None
+        running = emitter.message("status", {"status": "running"})
+        if running is None:
+            return False
+        try:
+            return await self._pub.confirm(unless_ended(running, emitter.execution))
+        except EventsNotStored:  # the flow runs; its ending reports the loss
+            return True
+
+    async def _ended_elsewhere(self, r: ExecutionRecord) -> Outcome:
+        log.warning("execution %s was ended before its worker started it", r.execution)
+        current = await read_record(self._kv, record_key(r))
+        found = r if current is None else current[0]
+        return Outcome(status=found.status, last_seq=found.last_seq, ended=True)
 
     async def _outcome_of(self, job: Job, task: asyncio.Task[Any]) -> _How:
         """Wait for the flow (within its timeout): status, failure and final value."""

@@ -46,6 +46,7 @@ from . import snapshot, subjects
 from .bus import js_retry
 from .codec import decode_many
 from .errors import WireError
+from .execution_id import EXPECTED_LAST_SUBJECT, EXPECTED_LAST_SUBJECT_SEQUENCE
 from .executions import (
     Stored,
     event_message,
@@ -120,6 +121,29 @@ def ending_messages(
         event = Event(seq=after + offset, ts=time.time(), kind=kind, data=data, **base)
         messages.append(event_message(event, f"{record.execution}:{event.seq}{END_ID}"))
     return messages
+
+
+def unless_ended(message: Message, execution: str) -> Message:
+    """The worker's first event (`running`), stored only if no `error` is stored for the
+    execution yet.
+
+    Whoever ends an execution before its worker started it stores an `error` (an outsider
+    always does; so does the runner ending it as owner before the hand-over). A job can still
+    reach a worker after that — sent just before its node died, and taken by the node's Ray
+    actor in the moment before Ray killed it — and that worker must not run it: its events
+    would follow the terminal status. The condition is JetStream's, on the wildcard subject of
+    the execution's `error` events, so it holds against every ender at once.
+    """
+    subject, body, headers = message
+    return (
+        subject,
+        body,
+        {
+            **headers,
+            EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+            EXPECTED_LAST_SUBJECT: subjects.events("*", execution, "error"),
+        },
+    )
 
 
 # -- the stored trail ----------------------------------------------------------------------------

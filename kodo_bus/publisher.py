@@ -168,6 +168,9 @@ class EventPublisher:
         self._preceded: OrderedDict[str, None] = OrderedDict()
         """Msg-Ids of conditional publishes refused because a message was on their subject
         already (`execution_id`: someone holds the id); read and cleared by `preceded`."""
+        self._confirming: dict[str, asyncio.Future[bool]] = {}
+        """Msg-Ids of conditional publishes a sender awaits (`confirm`), one per execution
+        that is starting at most."""
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._wake = asyncio.Event()
@@ -228,6 +231,18 @@ class EventPublisher:
         """Whether the conditional publish of `msg_id` (drained since) found a message on its
         subject already; asking forgets it."""
         return self._preceded.pop(msg_id, False) is None
+
+    def confirm(self, message: _Message) -> asyncio.Future[bool]:
+        """Queue a conditional publish; the future says whether it was stored (True) or
+        refused because its condition failed (False), or raises `EventsNotStored`.
+
+        Unlike `store`, it waits for this one ack only: the queue behind it goes on being
+        sent, so an execution starting does not stall every other execution's events."""
+        msg_id = message[2][MSG_ID]
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._confirming[msg_id] = future
+        self.put(*message)
+        return future
 
     def send(self, messages: list[_Message]) -> None:
         """Queue `messages` (stored in order, re-sent as needed) without waiting for them."""
@@ -297,13 +312,25 @@ class EventPublisher:
             if WRONG_LAST_SEQUENCE_ACK in msg.data:
                 # A conditional publish refused because its subject has a message already
                 # (`execution_id`): settled, not re-sent; its sender asks `preceded`.
-                self._preceded[message[2][MSG_ID]] = None
-                if len(self._preceded) > LOST_KEPT:
-                    self._preceded.popitem(last=False)
+                if not self._confirmed(message, False):
+                    self._preceded[message[2][MSG_ID]] = None
+                    if len(self._preceded) > LOST_KEPT:
+                        self._preceded.popitem(last=False)
             else:
                 self._failed[number] = (message, _refusal(msg))
+        elif self._confirming:
+            self._confirmed(message, True)
         if not self._unacked:
             self._all_acked.set()
+
+    def _confirmed(self, message: _Message, stored: bool) -> bool:
+        """Tell the sender awaiting `message` (if one does) how it went."""
+        future = self._confirming.pop(message[2].get(MSG_ID, ""), None)
+        if future is None:
+            return False
+        if not future.done():
+            future.set_result(stored)
+        return True
 
     async def _send(self, message: _Message) -> bool:
         """Publish one message; False if the connection did not take it (later ones would
@@ -458,6 +485,11 @@ class EventPublisher:
             events = 1
         log.error("event %s on %s not stored: %s", msg_id, subject, reason)
         self._record_loss(execution, msg_id, events, reason)
+        future = self._confirming.pop(msg_id, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                EventsNotStored(f"event {msg_id} not stored: {reason}", [execution])
+            )
 
     def _record_loss(self, execution: str, msg_id: str | None, events: int, reason: str) -> None:
         loss = self._lost.get(execution)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
@@ -108,3 +110,22 @@ async def test_streams_and_buckets_are_idempotent(fresh_server: NatsServer) -> N
         await js.key_value(subjects.BUCKET_EXECUTIONS)
     finally:
         await nc.close()
+
+
+async def test_a_reconnect_loop_that_outlives_close_ends_by_itself(
+    fresh_server: NatsServer,
+) -> None:
+    """CI hung at a loop's shutdown on a reconnect task whose cancel (sent by close()) Python
+    3.11's wait_for had swallowed: it retried a stopped server forever. Once closed, a
+    connection's reconnect budget is bounded, so such a task ends; played here by running
+    nats-py's retry loop on a closed connection, as the surviving task does."""
+    nc = await connect(ConnectSettings(nats=[fresh_server.url]))
+    fresh_server.stop()
+    await nc.close()
+    survivor = asyncio.create_task(nc._select_next_server())
+    try:
+        with pytest.raises(nats.errors.NoServersError):
+            async with asyncio.timeout(10):
+                await survivor
+    finally:
+        survivor.cancel()
