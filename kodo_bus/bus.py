@@ -12,6 +12,7 @@ import logging
 import random
 import secrets
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from nats.js.kv import KeyValue
 from nats.protocol.parser import AUTHORIZATION_VIOLATION
 from pydantic import BaseModel
 
+from . import subjects
 from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
 from .config import ConnectSettings, Credentials
 from .errors import AuthError, ConnectError, FieldProblem, KodoTimeout, NoResponders
@@ -130,6 +132,7 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
             nc.options["max_reconnect_attempts"] = -1
             nc.options["reconnect_time_wait"] = 0.5
             box.append(nc)
+            _API_PREFIX[nc] = await _find_api_prefix(nc)
             return nc
         if s.retry != -1 and attempt >= s.retry:
             break
@@ -236,6 +239,26 @@ async def respond_error(
 
 
 # -- JetStream -----------------------------------------------------------------------------------
+_API_PREFIX: weakref.WeakKeyDictionary[NATS, str] = weakref.WeakKeyDictionary()
+"""The JetStream API prefix each connection found (`jetstream`)."""
+
+
+async def _find_api_prefix(nc: NATS) -> str:
+    """`subjects.JS_API_KODO` where the secure profile's accounts import the stores' API under
+    it, else `subjects.JS_API`: asked once per connection, so a client needs no setting."""
+    try:
+        await nc.request(f"{subjects.JS_API_KODO}.INFO", b"", timeout=2)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+        return subjects.JS_API
+    return subjects.JS_API_KODO
+
+
+def jetstream(nc: NATS) -> JetStreamContext:
+    """The JetStream context of a connection made by `connect`, on whatever API prefix its bus
+    uses. Every JetStream call of kodo-bus goes through one of these."""
+    return nc.jetstream(prefix=_API_PREFIX.get(nc, subjects.JS_API))
+
+
 JETSTREAM_TRANSIENT: tuple[type[Exception], ...] = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,

@@ -100,7 +100,7 @@ class Client:
         """Connect (raises ConnectError with a hint when NATS is unreachable)."""
         if self._nc is None:
             self._nc = await bus.connect(self._settings)
-            self._js = self._nc.jetstream()
+            self._js = bus.jetstream(self._nc)
         return self
 
     async def close(self) -> None:
@@ -314,7 +314,7 @@ class Client:
         """JetStream of another bus this client reached (one context per connection)."""
         if nc is self._nc:
             return self.js
-        return self._other_js.setdefault(id(nc), nc.jetstream())
+        return self._other_js.setdefault(id(nc), bus.jetstream(nc))
 
     async def _record(
         self, execution: str, launcher: str | None = None, js: JetStreamContext | None = None

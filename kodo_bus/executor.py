@@ -40,7 +40,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from . import subjects
-from .bus import connect, deliver, respond
+from .bus import connect, deliver, jetstream, respond
 from .chain import ChainContext, WorkflowError, launch_next
 from .codec import JSON, decode_msg
 from .config import ConnectSettings
@@ -180,7 +180,7 @@ class ExecActor:
     async def start(self) -> bool:
         loop = asyncio.get_running_loop()
         self._nc = await connect(self._connect)
-        js = self._nc.jetstream()
+        js = jetstream(self._nc)
         self._js = js
         self._kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
         self._pub = EventPublisher(self._nc, loop)

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from . import snapshot, subjects
-from .bus import ensure_bucket, request
+from .bus import ensure_bucket, jetstream, request
 from .codec import decode_msg, encode
 from .config import ServiceSettings
 from .errors import KodoError, WireError
@@ -76,7 +76,7 @@ class Registry:
         await self.stop()
 
     async def start(self) -> None:
-        js = self.nc.jetstream()
+        js = jetstream(self.nc)
         bucket = subjects.bucket_view(self.settings.id)
         if self.settings.cache_reset:
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -130,7 +130,7 @@ class Registry:
         stale: list[str] = []
         stream = subjects.kv_stream(bucket)
         async for msg in snapshot.current(
-            self.nc.jetstream(), stream, subjects.kv_subject(bucket, ">")
+            jetstream(self.nc), stream, subjects.kv_subject(bucket, ">")
         ):
             if not msg.data:
                 continue  # a node removed from the view
@@ -476,7 +476,7 @@ async def _mark_lost(nc: NATS, node: str, instance: str | None, who: str) -> Non
     except ImportError:
         return
     try:
-        count = await module.mark_lost(nc.jetstream(), node, instance)
+        count = await module.mark_lost(jetstream(nc), node, instance)
         if count:
             log.info("%d executions of %s marked lost", count, who)
     except asyncio.CancelledError:

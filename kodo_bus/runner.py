@@ -41,7 +41,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from . import subjects
-from .bus import ensure_execution_storage, js_retry, respond, respond_error
+from .bus import ensure_execution_storage, jetstream, js_retry, respond, respond_error
 from .codec import MSG_ID, decode_msg
 from .config import ServiceSettings
 from .errors import ConfigError, EventsNotStored, InputsInvalid, RemoteError, WireError
@@ -155,7 +155,7 @@ class Runner:
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        self._js = self._nc.jetstream()
+        self._js = jetstream(self._nc)
         self._kv = await ensure_execution_storage(
             self._js, max_age=self._settings.events_max_age, replicas=self._settings.replicas
         )

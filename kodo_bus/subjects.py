@@ -72,6 +72,13 @@ WORK_OF_NODE = "kodo.work.{node}.>"
 """All of one node's internal work traffic (its permissions)."""
 
 # -- JetStream -----------------------------------------------------------------------------------
+JS_API = "$JS.API"
+"""JetStream's API on a bus of one account (the default)."""
+JS_API_KODO = "$JS.kodo.API"
+"""JetStream's API on the secure profile: the stores live in accounts of their own, and every
+other account imports the parts of their API it may use under this prefix (ARCHITECTURE.md,
+"Security")."""
+
 STREAM_EVENTS = "KODO_EVENTS"
 """Captures `kodo.events.>` so late readers replay an execution in order."""
 

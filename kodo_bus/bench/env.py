@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, Field
 
 from .. import subjects
-from ..bus import connect
+from ..bus import connect, jetstream
 from ..client import Client
 from ..config import ConnectSettings, FlowDecl, ServerSettings, ServiceSettings
 from ..errors import KodoError
@@ -162,7 +162,7 @@ class BenchEnv:
     async def _forget_views(self, nc: NATS) -> None:
         """On a bus we were given, leave no view bucket of a benchmark registry behind (clients
         list registries by their buckets). Events and records age out with the stream."""
-        js = nc.jetstream()
+        js = jetstream(nc)
         for bucket in sorted(self._buckets):
             with contextlib.suppress(Exception):
                 await js.delete_key_value(bucket)

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
+from ..bus import jetstream
 from ..models import TERMINAL_STATUSES
 from .common import Floor, percentile
 
@@ -124,7 +125,7 @@ async def js_replay_rate(nc: NATS, subject: str) -> float:
         if msg.subject.endswith(".status") and _TERMINAL.search(msg.data) and not done.done():
             done.set_result(time.perf_counter())
 
-    sub = await nc.jetstream().subscribe(
+    sub = await jetstream(nc).subscribe(
         subject,
         cb=on_msg,
         ordered_consumer=True,
