@@ -8,6 +8,7 @@ restart. Request/reply helpers turn NATS and decoding failures into kodo-bus err
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import secrets
@@ -243,20 +244,43 @@ _API_PREFIX: weakref.WeakKeyDictionary[NATS, str] = weakref.WeakKeyDictionary()
 """The JetStream API prefix each connection found (`jetstream`)."""
 
 
+JETSTREAM_NOT_ENABLED_FOR_ACCOUNT = 10039
+
+
 async def _find_api_prefix(nc: NATS) -> str:
-    """`subjects.JS_API_KODO` where the secure profile's accounts import the stores' API under
-    it, else `subjects.JS_API`: asked once per connection, so a client needs no setting."""
+    """`subjects.JS_API_KODO` in an account without JetStream of its own (the secure profile's
+    accounts import the stores' API under it), else `subjects.JS_API`: asked once per
+    connection, so a client needs no setting. Such an account's `$JS.API.INFO` is answered by
+    the server itself, with `err_code` 10039."""
     try:
-        await nc.request(f"{subjects.JS_API_KODO}.INFO", b"", timeout=2)
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+        msg = await nc.request(f"{subjects.JS_API}.INFO", b"", timeout=2)
+    except (nats.errors.Error, TimeoutError):  # no JetStream at all, or not allowed to ask
         return subjects.JS_API
-    return subjects.JS_API_KODO
+    try:
+        code = json.loads(msg.data)["error"]["err_code"]
+    except (ValueError, KeyError, TypeError):
+        return subjects.JS_API
+    return subjects.JS_API_KODO if code == JETSTREAM_NOT_ENABLED_FOR_ACCOUNT else subjects.JS_API
 
 
-def jetstream(nc: NATS) -> JetStreamContext:
+def jetstream(nc: NATS, *, timeout: float = 5.0) -> JetStreamContext:
     """The JetStream context of a connection made by `connect`, on whatever API prefix its bus
     uses. Every JetStream call of kodo-bus goes through one of these."""
-    return nc.jetstream(prefix=_API_PREFIX.get(nc, subjects.JS_API))
+    return nc.jetstream(prefix=_API_PREFIX.get(nc, subjects.JS_API), timeout=timeout)
+
+
+def kv_handle(js: JetStreamContext, bucket: str) -> KeyValue:
+    """A KV bucket to read and write, without the stream info `js.key_value` asks first: a
+    client may not ask it on the secure profile (its `subjects_filter` would list every user's
+    keys). Whether the bucket exists shows at the first read (`NoRespondersError` or
+    `NotFoundError`)."""
+    return KeyValue(
+        name=bucket,
+        stream=subjects.kv_stream(bucket),
+        pre=subjects.kv_subject(bucket, ""),
+        js=js,
+        direct=True,
+    )
 
 
 JETSTREAM_TRANSIENT: tuple[type[Exception], ...] = (

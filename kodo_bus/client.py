@@ -193,13 +193,11 @@ class Client:
             raise ConfigError(
                 f"execution id {prefix!r}: give at least {MIN_ID_PREFIX} characters of it"
             )
-        try:
-            await self.js.key_value(subjects.BUCKET_EXECUTIONS)
-        except nats.js.errors.BucketNotFoundError:
+        matches = await self._records_or_none(lambda r: r.execution.startswith(text))
+        if matches is None:
             raise ExecutionNotFound(
                 f"no execution {text!r} is known: this bus has run no execution yet"
-            ) from None
-        matches = await self._records(lambda r: r.execution.startswith(text))
+            )
         if not matches or any(r.execution == text for r in matches):
             return text
         if len(matches) == 1:
@@ -321,12 +319,14 @@ class Client:
     ) -> ExecutionRecord | None:
         """The record of an execution launched by `launcher` (default: this client's user), on
         this bus or the one `js` reaches."""
-        kv = await (js or self.js).key_value(subjects.BUCKET_EXECUTIONS)
+        kv = bus.kv_handle(js or self.js, subjects.BUCKET_EXECUTIONS)
         key = subjects.record_key(launcher or self.user, execution)
         try:
             entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
+        except nats.errors.NoRespondersError:  # nobody serves the bucket: it does not exist
+            raise nats.js.errors.BucketNotFoundError from None
         if entry.value is None:
             return None
         return decode(f"{subjects.BUCKET_EXECUTIONS}.{key}", entry.value, None, ExecutionRecord)
@@ -343,23 +343,31 @@ class Client:
         Read with a consumer filtered on the launcher's keys, the form a client's permissions
         allow (a whole-bucket watch would be refused on a secure bus).
         """
+        return await self._records_or_none(keep, launcher, js) or []
+
+    async def _records_or_none(
+        self,
+        keep: Callable[[ExecutionRecord], bool],
+        launcher: str | None = None,
+        js: JetStreamContext | None = None,
+    ) -> list[ExecutionRecord] | None:
+        """`_records`, or None when the bus has no records bucket (it never ran anything)."""
         bucket = subjects.BUCKET_EXECUTIONS
         js = js or self.js
-        try:
-            await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            return []
         keys = subjects.kv_subject(bucket, subjects.record_key(launcher or self.user, ">"))
         records: list[ExecutionRecord] = []
-        async for msg in snapshot.current(js, subjects.kv_stream(bucket), keys):
-            if not msg.data:
-                continue  # a deleted or purged key
-            try:
-                record = decode(msg.subject, msg.data, None, ExecutionRecord)
-            except WireError:
-                continue
-            if keep(record):
-                records.append(record)
+        try:
+            async for msg in snapshot.current(js, subjects.kv_stream(bucket), keys):
+                if not msg.data:
+                    continue  # a deleted or purged key
+                try:
+                    record = decode(msg.subject, msg.data, None, ExecutionRecord)
+                except WireError:
+                    continue
+                if keep(record):
+                    records.append(record)
+        except nats.js.errors.NotFoundError:  # no such stream
+            return None
         return records
 
 

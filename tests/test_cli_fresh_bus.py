@@ -11,12 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from kodo_bus.auth import UserStore
-from kodo_bus.bus import ensure_execution_storage
-from kodo_bus.config import ServerSettings
+from kodo_bus.bus import connect, ensure_execution_storage, jetstream
+from kodo_bus.config import ConnectSettings, Credentials, ServerSettings
 from kodo_bus.server import NatsServer
 
 from .conftest import REPO, Processes
@@ -107,9 +106,10 @@ def secure(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 async def _make_storage(server: NatsServer) -> None:
-    nc = await nats.connect(server.url, user="root", password="secret-of-root")
+    creds = Credentials(user="root", password="secret-of-root")
+    nc = await connect(ConnectSettings(nats=[server.url], credentials=creds))
     try:
-        await ensure_execution_storage(nc.jetstream(), max_age=3600)
+        await ensure_execution_storage(jetstream(nc), max_age=3600)
     finally:
         await nc.drain()
 

@@ -23,7 +23,7 @@ from nats.js import api
 
 from kodo_bus import subjects
 from kodo_bus.auth import UserStore, permissions
-from kodo_bus.bus import connect, consumer_config, ensure_execution_storage
+from kodo_bus.bus import connect, consumer_config, ensure_execution_storage, jetstream, kv_handle
 from kodo_bus.client import Client
 from kodo_bus.codec import JSON, encode
 from kodo_bus.config import ConnectSettings, Credentials, ServerSettings, ServiceSettings
@@ -129,7 +129,7 @@ def stored(secure: NatsServer) -> dict[str, str]:
 async def _store(secure: NatsServer) -> dict[str, str]:
     nc = await connect(settings(secure, "root"))
     try:
-        js = nc.jetstream()
+        js = jetstream(nc)
         kv = await ensure_execution_storage(js, max_age=ServiceSettings().events_max_age)
         ids = {}
         for user in ("alice", "bob"):
@@ -299,7 +299,7 @@ async def test_client_cannot_read_another_users_events_in_jetstream(
     login: Any, stored: dict[str, str]
 ) -> None:
     alice = await login("alice")
-    js = alice.nc.jetstream(timeout=1.0)
+    js = jetstream(alice.nc, timeout=1.0)
     own = subjects.events("alice", stored["alice"], "*")
     sub = await js.subscribe(
         own, stream=subjects.STREAM_EVENTS, ordered_consumer=True, config=consumer_config()
@@ -335,8 +335,8 @@ async def test_client_cannot_read_another_users_records(
     secure: NatsServer, login: Any, stored: dict[str, str]
 ) -> None:
     alice = await login("alice")
-    js = alice.nc.jetstream(timeout=1.0)
-    kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
+    js = jetstream(alice.nc, timeout=1.0)
+    kv = kv_handle(js, subjects.BUCKET_EXECUTIONS)
     entry = await kv.get(subjects.record_key("alice", stored["alice"]))
     assert entry.value
     alice.clean()
@@ -360,7 +360,7 @@ async def test_client_cannot_read_another_users_records(
 async def test_monitor_reads_everything_writes_nothing(login: Any, stored: dict[str, str]) -> None:
     mon = await login("mon")
     live = await mon.nc.subscribe(subjects.EVENTS_ALL)
-    js = mon.nc.jetstream(timeout=2.0)
+    js = jetstream(mon.nc, timeout=2.0)
     for user in ("alice", "bob"):
         msg = await js.get_last_msg(
             subjects.STREAM_EVENTS, subjects.events(user, stored[user], "*"), direct=True

@@ -1,0 +1,263 @@
+"""The secure profile's NATS accounts: into which account every message a user can cause lands.
+
+NATS does not check a request's reply subject: every responder (JetStream's API, `$SRV` micro,
+kodo's services) publishes onto whatever subject the requester names, and a JetStream push
+consumer delivers wherever its creator says. Permissions cannot stop that inside one account.
+The account boundary does: a request that crosses a service import gets a fresh reply subject,
+and the answer travels back only into the requester's own account. So (ARCHITECTURE.md,
+"Security: who can make whom publish what"):
+
+- `KODO` holds the services (nodes, registries) and admins; it exports what outsiders may request
+  and `kodo.>` as a stream;
+- each client and each monitor has an account of its own that imports only its own subjects and
+  the JetStream reads of them: whatever bob makes any responder emit lands in bob's account;
+- each store (the events stream, the records bucket, the registries' views) lives in an account
+  of its own with JetStream, where a consumer's delivery can reach nothing that acts (its one
+  stream refuses a delivery it would capture, as a cycle) but the exported `_INBOX_<user>.>`;
+- every other account reaches the stores' JetStream API under `subjects.JS_API_KODO`, because an
+  account without JetStream answers `$JS.API.>` itself (`bus.jetstream` finds the prefix).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import subjects as s
+
+if TYPE_CHECKING:
+    from .auth import Permissions, User
+
+SERVICES_ACCOUNT = "KODO"
+"""Nodes, registries and admins: the account where launches, control and announcements act."""
+EVENTS_ACCOUNT = "KODO_STORE_EVENTS"
+RECORDS_ACCOUNT = "KODO_STORE_RECORDS"
+VIEWS_ACCOUNT = "KODO_STORE_VIEWS"
+SERVICE_ROLES = frozenset({"node", "registry", "admin"})
+
+_SRV = "$SRV.>"
+
+
+def account_of(user: User) -> str:
+    """Services and admins share `KODO`; each client and monitor is alone in its account."""
+    return SERVICES_ACCOUNT if user.role in SERVICE_ROLES else f"KODO_USER_{user.name}"
+
+
+def api(*tokens: str) -> str:
+    """A JetStream API subject as a store account serves it."""
+    return ".".join((s.JS_API, *tokens))
+
+
+def prefixed(subject: str) -> str:
+    """The same API subject as every other account requests it."""
+    return s.JS_API_KODO + subject[len(s.JS_API) :]
+
+
+@dataclass(frozen=True)
+class _Store:
+    account: str
+    streams: tuple[str, ...]
+    writes: tuple[str, ...]
+    """Subjects services store through (a JetStream publish, acknowledged)."""
+
+
+def _stores(users: list[User]) -> list[_Store]:
+    views = [s.bucket_view(u.name) for u in users if u.role == "registry"]
+    records = s.BUCKET_EXECUTIONS
+    return [
+        _Store(EVENTS_ACCOUNT, (s.STREAM_EVENTS,), (s.EVENTS_ALL,)),
+        _Store(RECORDS_ACCOUNT, (s.kv_stream(records),), (s.kv_subject(records, ">"),)),
+        _Store(
+            VIEWS_ACCOUNT,
+            tuple(s.kv_stream(v) for v in views),
+            tuple(s.kv_subject(v, ">") for v in views),
+        ),
+    ]
+
+
+def _stream_api(stream: str) -> list[str]:
+    """Every JetStream API subject that names `stream` (a trusted service's reach)."""
+    return [
+        api("STREAM", "*", stream),
+        api("STREAM", "MSG", "*", stream),
+        api("CONSUMER", "*", stream),
+        api("CONSUMER", "*", stream, ">"),
+        api("DIRECT", "GET", stream),
+        api("DIRECT", "GET", stream, ">"),
+    ]
+
+
+def _flow(stream: str) -> list[str]:
+    """Acks and flow-control replies of `stream`'s consumers (not under the API prefix)."""
+    return [f"$JS.ACK.{stream}.>", f"$JS.FC.{stream}.>"]
+
+
+def client_api(user: str, stream: str) -> list[str]:
+    """The JetStream API of `stream` a client may use: reads of its own subjects, in the forms
+    that name them (a filtered consumer create, a direct get by subject).
+
+    No `STREAM.INFO` (its `subjects_filter` lists every user's subjects), no body-only form
+    (`DIRECT.GET.<stream>` with `next_by_subj` in the body reads any subject).
+    """
+    if stream == s.STREAM_EVENTS:
+        own = s.events_of_user(user)
+    else:
+        own = s.kv_subject(s.BUCKET_EXECUTIONS, s.record_key(user, ">"))
+    return [
+        api("CONSUMER", "CREATE", stream, "*", own),
+        api("CONSUMER", "INFO", stream, "*"),
+        api("CONSUMER", "DELETE", stream, "*"),
+        api("DIRECT", "GET", stream, own),
+    ]
+
+
+def monitor_api(stream: str) -> list[str]:
+    """Every read of `stream` (a monitor sees everything, changes nothing)."""
+    return [
+        api("STREAM", "INFO", stream),
+        api("STREAM", "MSG", "GET", stream),
+        api("CONSUMER", "CREATE", stream),
+        api("CONSUMER", "CREATE", stream, ">"),
+        api("CONSUMER", "INFO", stream, "*"),
+        api("CONSUMER", "DELETE", stream, "*"),
+        api("CONSUMER", "LIST", stream),
+        api("CONSUMER", "NAMES", stream),
+        api("DIRECT", "GET", stream),
+        api("DIRECT", "GET", stream, ">"),
+    ]
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)
+
+
+def _list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def _service_import(account: str, subject: str, to: str | None = None) -> str:
+    mapped = f", to: {_q(to)}" if to else ""
+    return f"{{ service: {{ account: {_q(account)}, subject: {_q(subject)} }}{mapped} }}"
+
+
+def _api_import(account: str, subject: str) -> str:
+    return _service_import(account, subject, prefixed(subject))
+
+
+def _stream_import(account: str, subject: str) -> str:
+    return f"{{ stream: {{ account: {_q(account)}, subject: {_q(subject)} }} }}"
+
+
+def _user_entry(user: User, perms: Permissions) -> list[str]:
+    ident = (
+        f"nkey: {_q(user.nkey)}"
+        if user.nkey
+        else f"user: {_q(user.name)}, password: {_q(user.password_hash or '')}"
+    )
+    return [
+        f"            # {user.name}: {user.role}",
+        f"            {{ {ident}, permissions: {{",
+        f"                publish: {{ allow: {_list(perms.publish)} }},",
+        f"                subscribe: {{ allow: {_list(perms.subscribe)} }},",
+        f"                allow_responses: {str(perms.allow_responses).lower()}",
+        "            } },",
+    ]
+
+
+def _account(
+    name: str,
+    users: list[tuple[User, Permissions]],
+    *,
+    jetstream: bool = False,
+    exports: list[str] | None = None,
+    imports: list[str] | None = None,
+) -> list[str]:
+    lines = [f"    {_q(name)}: {{"]
+    if jetstream:
+        lines.append("        jetstream: enabled")
+    lines.append("        users: [")
+    for user, perms in users:
+        lines += _user_entry(user, perms)
+    lines.append("        ]")
+    for key, items in (("exports", exports), ("imports", imports)):
+        if items:
+            lines.append(f"        {key}: [")
+            lines += [f"            {item}," for item in items]
+            lines.append("        ]")
+    lines.append("    }")
+    return lines
+
+
+def render_accounts(users: Iterable[tuple[User, Permissions]]) -> list[str]:
+    """The `accounts` block of the secure profile's nats-server config."""
+    entries = list(users)
+    everyone = [u for u, _ in entries]
+    services = [(u, p) for u, p in entries if account_of(u) == SERVICES_ACCOUNT]
+    outsiders = [(u, p) for u, p in entries if account_of(u) != SERVICES_ACCOUNT]
+    stores = _stores(everyone)
+    inboxes = [s.inbox(u.name) + ".>" for u in everyone]
+    lines = ["accounts {"]
+
+    # Stores: their streams, their API and the deliveries into each user's inbox.
+    for store in stores:
+        exports = [f"{{ service: {_q(w)} }}" for w in store.writes]
+        for stream in store.streams:
+            exports += [f"{{ service: {_q(a)} }}" for a in (*_stream_api(stream), *_flow(stream))]
+        exports += [f"{{ stream: {_q(i)} }}" for i in inboxes]
+        lines += _account(store.account, [], jetstream=True, exports=exports)
+
+    # Services: every store whole (under the prefix); exports what outsiders may reach.
+    imports: list[str] = []
+    for store in stores:
+        imports += [_service_import(store.account, w) for w in store.writes]
+        for stream in store.streams:
+            imports += [_api_import(store.account, a) for a in _stream_api(stream)]
+            imports += [_service_import(store.account, f) for f in _flow(stream)]
+        imports += [_stream_import(store.account, s.inbox(u.name) + ".>") for u, _ in services]
+    exports = [
+        f"{{ service: {_q(s.launch('*', '*', '*'))} }}",
+        f"{{ service: {_q(s.EXEC_CONTROL_ALL)} }}",
+        f"{{ service: {_q(s.SVC_INFO.format(service='*'))} }}",
+        f"{{ service: {_q(s.SVC_FLOWS.format(service='*'))} }}",
+        f"{{ service: {_q(s.SVC_NODES.format(service='*'))} }}",
+        f"{{ service: {_q(_SRV)}, response_type: stream }}",
+        f"{{ stream: {_q(s.ROOT + '.>')} }}",
+    ]
+    lines += _account(SERVICES_ACCOUNT, services, exports=exports, imports=imports)
+
+    # Clients and monitors, each alone: only what is theirs to reach is imported.
+    for user, perms in outsiders:
+        lines += _account(account_of(user), [(user, perms)], imports=_outsider(user, stores))
+    lines += ["}", ""]
+    return lines
+
+
+def _outsider(user: User, stores: list[_Store]) -> list[str]:
+    monitor = user.role == "monitor"
+    reach = [
+        s.SVC_INFO.format(service="*"),
+        s.SVC_FLOWS.format(service="*"),
+        s.SVC_NODES.format(service="*"),
+    ]
+    if not monitor:
+        reach = [
+            s.launch(user.name, "*", "*"),
+            s.exec_cancel(user.name, "*"),
+            s.exec_answer(user.name, "*"),
+            *reach,
+        ]
+    live = s.ROOT + ".>" if monitor else s.events_of_user(user.name)
+    imports = [_service_import(SERVICES_ACCOUNT, r) for r in reach]
+    imports.append(_service_import(SERVICES_ACCOUNT, _SRV))
+    imports.append(_stream_import(SERVICES_ACCOUNT, live))
+    for store in stores:
+        if store.account == VIEWS_ACCOUNT and not monitor:
+            continue  # clients ask the registries, never their buckets
+        for stream in store.streams:
+            wanted = monitor_api(stream) if monitor else client_api(user.name, stream)
+            imports += [_api_import(store.account, a) for a in wanted]
+            imports.append(_service_import(store.account, f"$JS.FC.{stream}.>"))
+        imports.append(_stream_import(store.account, s.inbox(user.name) + ".>"))
+    return imports
