@@ -25,7 +25,7 @@ from .errors import (
     WireError,
     problems_from,
 )
-from .models import ErrorReply, FieldError
+from .models import ErrorReply, Event, FieldError
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -141,6 +141,23 @@ def decode_many(
     except ValidationError as exc:
         detail = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
         raise WireError(subject, f"not a valid list of {model.__name__}: {detail}") from None
+
+
+def decode_events(subject: str, data: bytes, headers: Mapping[str, str] | None) -> list[Event]:
+    """The events of one message on `kodo.events.<user>.<execution>.<kind>`, each checked
+    against its subject: an event whose execution, launcher or kind differ from the subject's
+    is not that execution's event (a reflected or forged message), and the message is refused
+    whole, like one that does not decode. Every reader of events goes through here."""
+    events = decode_many(subject, data, headers, Event)
+    parts = subject.split(".")
+    if len(parts) != 5:
+        raise WireError(subject, "not an event subject (kodo.events.<user>.<execution>.<kind>)")
+    _, _, user, execution, kind = parts
+    for event in events:
+        if (event.launcher, event.execution, event.kind) != (user, execution, kind):
+            said = f"{event.launcher}/{event.execution}/{event.kind}"
+            raise WireError(subject, f"an event of {said} does not belong on this subject")
+    return events
 
 
 @functools.cache

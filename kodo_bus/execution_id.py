@@ -21,7 +21,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from . import subjects
-from .codec import MSG_ID, decode_many
+from .codec import MSG_ID, decode_events
 from .errors import WireError
 from .models import Event
 
@@ -66,7 +66,7 @@ async def holder(js: JetStreamContext, execution: str) -> tuple[Event, str] | No
     except nats.js.errors.NotFoundError:
         return None
     try:
-        event = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)[-1]
+        event = decode_events(msg.subject or "", msg.data or b"", msg.headers)[-1]
     except (WireError, IndexError):
         return None
     return event, (msg.headers or {}).get(MSG_ID, "")

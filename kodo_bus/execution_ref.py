@@ -32,7 +32,7 @@ from nats.js import JetStreamContext, api
 
 from . import subjects
 from .bus import JETSTREAM_TRANSIENT, MAX_CONSUMERS_REACHED, consumer_config, js_retry
-from .codec import decode_many
+from .codec import decode_events
 from .errors import (
     ExecutionCancelled,
     ExecutionError,
@@ -225,7 +225,7 @@ class Execution:
         if msg is None:
             return None
         try:
-            events = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)
+            events = decode_events(msg.subject or "", msg.data or b"", msg.headers)
         except WireError:
             return None
         return max(events, key=lambda e: e.seq) if events else None
@@ -415,6 +415,9 @@ class _Follower:
         self.names: deque[str] = deque(maxlen=NAMES_KEPT)
         self.order = _InOrder()
         self.stream_seq = 0
+        self.skipped = 0
+        """Messages on the execution's subjects that are not its events (undecodable, or an
+        envelope that disagrees with the subject): skipped, counted, logged."""
         self.loop = asyncio.get_running_loop()
         self.heard = self.loop.time()
         """When the last message came (or the follow began)."""
@@ -443,7 +446,7 @@ class _Follower:
             return
         self.known = True
         try:
-            events = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)
+            events = decode_events(msg.subject or "", msg.data or b"", msg.headers)
             self.order = _InOrder(max(e.seq for e in events) + 1)
         except (WireError, ValueError):
             self.order = _InOrder(None)  # an undecodable last message: from the first read
@@ -471,9 +474,10 @@ class _Follower:
             self.names.append(self.sub._consumer)  # re-created by the ordered consumer
         self.stream_seq = max(self.stream_seq, _stream_seq(msg))
         try:
-            events = decode_many(msg.subject, msg.data, msg.headers, Event)
+            events = decode_events(msg.subject, msg.data, msg.headers)
         except WireError as exc:
-            log.warning("skipping undecodable event: %s", exc)
+            self.skipped += 1
+            log.warning("execution %s: skipping message %d: %s", self.ex.id, self.skipped, exc)
             return
         self.order.add(events, _stored_at(msg))
         if len(self.order.early) > EARLY_MAX:

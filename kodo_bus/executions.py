@@ -25,7 +25,7 @@ from pydantic_core import to_jsonable_python
 
 from . import subjects
 from .bus import js_retry
-from .codec import JSON, MSG_ID, MSGPACK, decode, decode_many, encode
+from .codec import JSON, MSG_ID, MSGPACK, decode, decode_events, encode
 from .errors import WireError
 from .models import TERMINAL_STATUSES, Event, ExecutionRecord
 
@@ -66,7 +66,7 @@ async def last_seq(js: JetStreamContext, execution: str) -> int:
     except nats.js.errors.NotFoundError:
         return 0
     try:
-        return decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)[-1].seq
+        return decode_events(msg.subject or "", msg.data or b"", msg.headers)[-1].seq
     except (WireError, IndexError):
         log.warning("undecodable last event of %s", execution)
         return 0

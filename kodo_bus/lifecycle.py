@@ -44,7 +44,7 @@ from nats.js.kv import KeyValue
 
 from . import snapshot, subjects
 from .bus import js_retry
-from .codec import decode_many
+from .codec import decode_events
 from .errors import WireError
 from .execution_id import EXPECTED_LAST_SUBJECT, EXPECTED_LAST_SUBJECT_SEQUENCE
 from .executions import (
@@ -168,15 +168,11 @@ async def stored_events(js: JetStreamContext, record: ExecutionRecord) -> list[E
             return events
         seq = int(msg.seq or seq) + 1
         try:
-            decoded = decode_many(msg.subject or "", msg.data or b"", msg.headers, Event)
+            decoded = decode_events(msg.subject or "", msg.data or b"", msg.headers)
         except WireError as exc:
-            log.warning("execution %s: skipping an undecodable event: %s", record.execution, exc)
+            log.warning("execution %s: skipping a message: %s", record.execution, exc)
             continue
-        for event in decoded:
-            if event.execution == record.execution and event.launcher == record.launcher:
-                events.append(event)
-            else:
-                log.warning("execution %s: skipping an event of %s", record.execution, event)
+        events.extend(decoded)  # each checked against its subject, so it is this execution's
 
 
 @dataclass(frozen=True)
