@@ -28,7 +28,6 @@ from .config import ConnectSettings, Credentials, nats_urls
 from .discovery import find_registry
 from .errors import (
     AmbiguousExecution,
-    AmbiguousFlow,
     ConfigError,
     ExecutionNotFound,
     FlowNotFound,
@@ -37,7 +36,7 @@ from .errors import (
     WireError,
 )
 from .execution_ref import Execution
-from .flow_ref import Flow
+from .flow_ref import Flow, choose
 from .models import Event, ExecutionRecord, FlowItem, FlowsPage, FlowsQuery
 
 M = TypeVar("M", bound=BaseModel)
@@ -163,14 +162,8 @@ class Client:
         node, _, flow_name = name.rpartition("/")
         found = await self.flows(via=via, node=node or None)
         exact = [f for f in found if f.name == flow_name]
-        if len(exact) == 1:
-            return exact[0]
-        if len(exact) > 1:
-            online = [f for f in exact if f.status == "online"]
-            if len(online) == 1:
-                return online[0]
-            names = ", ".join(sorted(f.qualified_name for f in exact))
-            raise AmbiguousFlow(f"{name!r} is offered by several nodes: {names} — name one")
+        if exact:
+            return await choose(self, name, exact, via)
         raise FlowNotFound(f"no flow named {name!r}{_did_you_mean(flow_name, found)}")
 
     # -- executions ----------------------------------------------------------------------------

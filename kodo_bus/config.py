@@ -239,6 +239,10 @@ class ServiceSettings(_Settings):
     """Long-lived Ray actors that run executions. Default: max_running, at most 4."""
     events_max_age: float = Field(default=7 * 24 * 3600.0, gt=0)
     """Seconds JetStream keeps execution events and records."""
+    retention: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """Seconds an offline node stays in a registry's view before the registry prunes it: long
+    enough for a machine away over a week-end to come back listed, short enough that a view
+    does not fill with nodes nobody will start again (`kodo-bus forget` removes one at once)."""
     grace: float = Field(default=30.0, ge=0)
     """On SIGTERM, seconds running executions get to finish before they are cancelled."""
     max_depth: int = Field(default=32, ge=1)

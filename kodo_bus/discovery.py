@@ -24,6 +24,8 @@ from .errors import NoResponders
 WINDOW = 0.5
 """Seconds to wait for answers when no feeding registry answers first."""
 _REGISTRY_ROLES = ("registry", "provider", "hybrid")
+MAX_SERVICES = 100_000
+"""Ping replies kept by `live_services` (a flood of made-up replies must not grow memory)."""
 
 
 async def find_registry(nc: NATS, window: float = WINDOW) -> str:
@@ -59,3 +61,29 @@ async def find_registry(nc: NATS, window: float = WINDOW) -> str:
         )
     ranked = sorted(found, key=lambda m: (m["role"] != "registry", str(m["id"])))
     return str(ranked[0]["id"])
+
+
+async def live_services(nc: NATS, window: float = WINDOW) -> list[dict[str, str]]:
+    """The micro metadata (`id`, `role`, ...) of every kodo-bus process that answers a
+    `$SRV.PING.kodo-bus` within `window`: one per process, so replicas appear once each."""
+    found: list[dict[str, str]] = []
+
+    async def on_ping(msg: Msg) -> None:
+        try:
+            meta = json.loads(msg.data).get("metadata") or {}
+        except (ValueError, AttributeError):
+            return  # not a micro PING reply: ignore it
+        if isinstance(meta, dict) and meta.get("id") and len(found) < MAX_SERVICES:
+            found.append({str(k): str(v) for k, v in meta.items()})
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_ping)
+    try:
+        await nc.publish(
+            control_subject(ServiceVerb.PING, name=subjects.MICRO_SERVICE_NAME), b"", reply=inbox
+        )
+        await asyncio.sleep(window)  # no reply says "that was the last one": wait the window out
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    return found

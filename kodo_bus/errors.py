@@ -106,6 +106,10 @@ class AmbiguousFlow(KodoError):
     """Several flows match the name; name one as `node/flow`."""
 
 
+class FlowOffline(FlowNotFound):
+    """Only offline nodes offer the flow; the message names them and when each was last seen."""
+
+
 class ExecutionNotFound(KodoError):
     """No record of that execution id exists (wrong id, or expired past `events_max_age`)."""
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -11,9 +12,19 @@ from pydantic import BaseModel, ValidationError
 
 from . import subjects
 from .config import LAUNCH_ATTEMPTS
-from .errors import FieldProblem, InputsInvalid, KodoTimeout, LaunchUnanswered, problems_from
+from .discovery import find_registry
+from .errors import (
+    AmbiguousFlow,
+    FieldProblem,
+    FlowOffline,
+    InputsInvalid,
+    KodoError,
+    KodoTimeout,
+    LaunchUnanswered,
+    problems_from,
+)
 from .flows import unknown_inputs
-from .models import FlowItem, LaunchReply, LaunchRequest
+from .models import Empty, FlowItem, LaunchReply, LaunchRequest, NodesPage
 from .schema_model import model_from_schema
 
 if TYPE_CHECKING:
@@ -123,6 +134,59 @@ class Flow:
         return Execution(
             self._client, reply.execution, reply.launcher, reply.node, reply.flow, nc=bus
         )
+
+
+async def choose(client: Client, name: str, offers: Sequence[Flow], via: str | None) -> Flow:
+    """The flow a launch by `name` goes to, among the `offers` of that name.
+
+    Offline nodes never count: a node that stopped (or died) stays listed until it is forgotten
+    or pruned, and a launch sent to it would only wait for a reply that cannot come. One
+    online offer is the one; several are ambiguous (the user names one as `node/flow`); none
+    is an error naming the offline nodes and when each was last seen, so the user knows
+    whether to start one again or `kodo-bus forget` it.
+    """
+    online = [f for f in offers if f.status == "online"]
+    if len(online) == 1:
+        return online[0]
+    if online:
+        names = ", ".join(sorted(f.qualified_name for f in online))
+        raise AmbiguousFlow(f"{name!r} is offered by several nodes: {names} — name one")
+    seen = await _last_seen(client, via)
+    now = time.time()
+    listed = "; ".join(
+        f"{f.qualified_name} ({_seen(seen.get(f.node, 0.0), now)})"
+        for f in sorted(offers, key=lambda f: f.qualified_name)
+    )
+    raise FlowOffline(
+        f"{name!r} is offered only by offline nodes: {listed} — start one of them again, or "
+        f"'kodo-bus forget NODE' a node that is gone"
+    )
+
+
+async def _last_seen(client: Client, via: str | None) -> dict[str, float]:
+    """Node id → when the registry last heard it; empty when no registry tells (an error
+    message is on its way: it is written with what is known)."""
+    try:
+        registry = via or await find_registry(client.nc)
+        page = await client._request(subjects.svc_nodes(registry), Empty(), NodesPage)
+    except KodoError:
+        return {}
+    return {n.id: n.last_seen for n in page.items}
+
+
+def _seen(when: float, now: float) -> str:
+    if when <= 0:
+        return "never seen by the registry"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+    return f"last seen {stamp}, {_age(now - when)} ago"
+
+
+def _age(seconds: float) -> str:
+    """`42 s`, `7 min`, `3 h`, `2 d`: as precise as a user needs to judge a stale node."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{max(0, int(seconds))} s"
 
 
 def _as_data(inputs: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:

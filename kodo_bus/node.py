@@ -33,7 +33,8 @@ from nats.aio.msg import Msg
 from . import subjects
 from .codec import decode_msg, encode
 from .config import ServiceSettings
-from .errors import WireError
+from .discovery import live_services
+from .errors import ConfigError, WireError
 from .flows import FlowSpec
 from .models import Bye, Catalog, FlowItem, FlowsPage, FlowsQuery, Heartbeat, SyncRequest
 from .tasks import TaskSet
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kodo_bus.node")
 
+CLAIM_WINDOW = 0.5
+"""Seconds a starting node listens for other processes claiming its id."""
 SYNC_SPREAD = 1.0
 """Longest random delay (seconds, capped at one heartbeat) before answering `kodo.sync`."""
 
@@ -98,11 +101,41 @@ class Node:
         await self.stop()
 
     async def start(self) -> None:
+        await self._check_claim()
         await self._start_runner()
         self._sync_sub = await self.nc.subscribe(subjects.SYNC, cb=self._on_sync)
         self.joined = True
         await self.announce()
         self.tasks.spawn(self._heartbeats(), "heartbeats")
+
+    async def _check_claim(self) -> None:
+        """Refuse a node id that a live process serves with another catalog (or another role).
+
+        Same catalog (revision) is a replica, welcome; another one would make registries keep
+        whichever catalog they heard first while launches reach both processes by turns, so
+        half of them would fail. Every kodo-bus process answers `$SRV.PING.kodo-bus` with its
+        id, role, instance and (a node's) catalog revision in the micro metadata; this one's
+        own answer is told apart by its instance. Raised before Ray starts, so a refused
+        process stops at once.
+        """
+        me, mine = self.settings.id, str(self.catalog.revision)
+        for meta in await live_services(self.nc, CLAIM_WINDOW):
+            if meta.get("id") != me or meta.get("instance") == self.instance:
+                continue
+            other = meta.get("instance", "?")
+            if meta.get("role") != self.settings.role:
+                raise ConfigError(
+                    f"id {me!r} is taken: a live {meta.get('role', '?')} (instance {other}) "
+                    f"uses it; stop it first, or give this {self.settings.role} another id"
+                )
+            revision = meta.get("revision")
+            if revision is not None and revision != mine:
+                raise ConfigError(
+                    f"node id {me!r} is taken: a live process (instance {other}) serves it with "
+                    f"another catalog (revision {revision}, this one's is {mine}); replicas of "
+                    f"one id must offer the same flows: stop it first, or give this node "
+                    f"another id"
+                )
 
     async def _start_runner(self) -> None:
         try:

@@ -23,11 +23,12 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from . import snapshot, subjects
-from .bus import ensure_bucket, jetstream, request
+from .bus import ensure_bucket, jetstream, request, respond, respond_error
 from .codec import decode_msg, encode
 from .config import ServiceSettings
 from .errors import KodoError, WireError
 from .models import (
+    Ack,
     Bye,
     Catalog,
     Empty,
@@ -88,7 +89,10 @@ class Registry:
             replicas=self.settings.replicas,
         )
         await self._load()
-        self._subs = [await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node)]
+        self._subs = [
+            await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node),
+            await self.nc.subscribe(subjects.ADMIN_FORGET_ALL, cb=self._on_forget),
+        ]
         if self.settings.feeds:
             self._subs.append(
                 await self.nc.subscribe(subjects.REGISTRY_VIEW_ALL, cb=self.on_view_msg)
@@ -367,6 +371,58 @@ class Registry:
         finally:
             self._fetching.discard(node)
 
+    # -- admin: forget -----------------------------------------------------------------------------
+    async def _on_forget(self, msg: Msg) -> None:
+        """`kodo-bus forget`: every registry answers for its own view (see `forget`)."""
+        try:
+            decode_msg(msg, Empty)
+        except WireError as exc:
+            await respond_error(msg, exc.kind, exc.reason)
+            return
+        target = subjects.token(msg.subject, 3)
+        if not subjects.is_token(target):
+            await respond_error(msg, "invalid_request", f"{target!r} is not a node id")
+            return
+        await respond(msg, self.forget(target, time.time()))
+
+    def forget(self, target: str, now: float) -> Ack:
+        """Drop `target` from the view: a node no process serves any more, or a registry of
+        another bus gone for good (with everything taken in from it).
+
+        Refused (`ok` false) while this registry still has a reason to believe it lives: the
+        node is online here, or its entry comes from a registry that still republishes (that
+        registry's view is the authority: the entry would be back with its next view).
+        """
+        me, ttl = self.settings.id, self.settings.liveness_ttl
+        local = self.view.local
+        if target == me or (local is not None and target == local.node):
+            return Ack(ok=False, message=f"{me}: {target} is this registry itself")
+        entry = self.view.entries.get(target)
+        source = target in self.view.source_seen
+        if entry is None and not source:
+            return Ack(message=f"{me}: {target} was not in its view")
+        if entry is not None and entry.status == "online":
+            return Ack(
+                ok=False,
+                message=f"{me}: node {target} is online; stop it first or use disconnect",
+            )
+        if entry is not None and entry.via and self.view.source_live(entry.via, now, ttl):
+            urls = ", ".join(entry.catalog.urls) or "its bus"
+            return Ack(
+                ok=False,
+                message=f"{me}: node {target} comes from the live registry {entry.via}: "
+                f"forget it on {urls}",
+            )
+        if source and self.view.source_live(target, now, ttl):
+            return Ack(ok=False, message=f"{me}: registry {target} is live (its view is fresh)")
+        dropped = [target] if entry is not None and self.view.remove(target) else []
+        if source:
+            dropped += self.view.drop_source(target)
+        self._mark(*dropped)
+        log.info("forgot %s (admin request): %d entries dropped", target, len(dropped))
+        what = f"{len(dropped)} entries dropped" if source else "dropped"
+        return Ack(message=f"{me}: {target} forgotten ({what})")
+
     # -- views of other registries ---------------------------------------------------------------
     async def on_view_msg(self, msg: Msg, urls: list[str] | None = None) -> None:
         """A republished view, from our own bus (`urls` None) or from a `connect` bus."""
@@ -409,6 +465,7 @@ class Registry:
         ttl = self.settings.liveness_ttl
         reconnects = self.nc.stats["reconnects"]
         outage = False
+        prune_at = 0.0
         while True:
             await asyncio.sleep(min(self.settings.heartbeat, ttl) / 2)
             if not self.nc.is_connected:
@@ -425,9 +482,13 @@ class Registry:
                 if self._dirty:
                     self._flush.set()  # writes that failed during the outage
                 continue
-            expired = self.view.expire(time.time(), ttl)
+            now = time.time()
+            expired = self.view.expire(now, ttl)
             if expired.changed:
                 self._mark(*expired.changed)
+            if now >= prune_at:
+                prune_at = now + min(PRUNE_EVERY, self.settings.retention / 2)
+                self._prune(now)
             for node in expired.died:
                 log.warning("node %s is offline (silent for more than %g s)", node, ttl)
                 if node not in self.view.replicas:  # no process of it was ever heard
@@ -437,6 +498,15 @@ class Registry:
                     "node %s: replica %s silent for more than %g s", node, instance or "?", ttl
                 )
                 self.tasks.spawn(self._confirm(node, instance, suspicion), f"lost? {node}")
+
+    def _prune(self, now: float) -> None:
+        """Drop nodes offline for longer than `retention` (see `View.prune`)."""
+        retention = self.settings.retention
+        gone = self.view.prune(now, retention, self.settings.liveness_ttl)
+        if gone:
+            self._mark(*gone)
+            shown = ", ".join(sorted(gone)[:10]) + (" ..." if len(gone) > 10 else "")
+            log.info("pruned %d nodes offline for more than %g s: %s", len(gone), retention, shown)
 
     async def _confirm(self, node: str, instance: str | None, suspicion: int) -> None:
         """End the executions of a silent process (`instance` None: of a node whose processes
@@ -466,6 +536,8 @@ class Registry:
 
 
 LOST_GRACE = 2.0
+PRUNE_EVERY = 60.0
+"""Seconds, at most, between two looks for nodes offline past the retention."""
 """Seconds, at least, a silent process gets past the ttl before its executions end `lost`."""
 
 

@@ -99,7 +99,8 @@ class KodoService:
                 name=subjects.MICRO_SERVICE_NAME,
                 version=__version__,
                 description=f"kodo-bus {s.role} {s.id}",
-                metadata={"id": s.id, "role": s.role, "organization": s.organization},
+                metadata={"id": s.id, "role": s.role, "organization": s.organization}
+                | self._node_metadata(),
             ),
         )
         endpoints: dict[str, tuple[str, Callable[[Msg], Awaitable[None]]]] = {
@@ -124,6 +125,13 @@ class KodoService:
             ", ".join(s.nats),
             self.instance,
         )
+
+    def _node_metadata(self) -> dict[str, str]:
+        """A node's catalog revision and instance, so a process starting with its id can tell
+        a replica from a rival (`Node._check_claim`)."""
+        if self.node is None:
+            return {}
+        return {"revision": str(self.node.catalog.revision), "instance": self.instance}
 
     async def _disconnected(self) -> None:
         if self.nc is not None and not (self.nc.is_closed or self.nc.is_draining):

@@ -37,6 +37,13 @@ SVC_DISCONNECT = "kodo.svc.{service}.disconnect"
 SVC_CATALOG = "kodo.svc.{service}.catalog"
 """A node answers with its full catalog (registries use it to repair a missed announcement)."""
 
+# -- admin actions (request, every registry answers) ---------------------------------------------
+ADMIN_FORGET = "kodo.admin.forget.{node}"
+"""An admin asks every registry on the bus to drop an offline node (or a registry gone for good)
+from its view; each registry answers for itself, so the requester gathers several replies."""
+ADMIN_FORGET_ALL = "kodo.admin.forget.*"
+"""What registries subscribe to (no queue group: every registry must hear it)."""
+
 MICRO_SERVICE_NAME = "kodo-bus"
 """Name under which every service registers with NATS micro ($SRV.PING/INFO/STATS)."""
 
@@ -156,6 +163,10 @@ def svc_catalog(service: str) -> str:
     return SVC_CATALOG.format(service=service)
 
 
+def admin_forget(node: str) -> str:
+    return ADMIN_FORGET.format(node=node)
+
+
 def launch(user: str, node: str, flow: str) -> str:
     return LAUNCH.format(user=user, node=node, flow=flow)
 
@@ -228,6 +239,8 @@ ALL_PATTERNS: tuple[str, ...] = (
     SVC_NODES,
     SVC_DISCONNECT,
     SVC_CATALOG,
+    ADMIN_FORGET,
+    ADMIN_FORGET_ALL,
     LAUNCH,
     LAUNCH_NODE,
     EXEC_CANCEL,

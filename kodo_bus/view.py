@@ -567,6 +567,46 @@ class View:
         self._rank = None
         return True
 
+    def source_live(self, source: str, now: float, ttl: float) -> bool:
+        """Whether registry `source` republished its view within `ttl`."""
+        seen = self.source_seen.get(source)
+        return seen is not None and now - seen <= ttl
+
+    def drop_source(self, source: str) -> list[str]:
+        """Forget registry `source` and every entry taken in from it; returns those nodes."""
+        self.source_seen.pop(source, None)
+        gone = [n for n, e in self.entries.items() if e.via == source]
+        for node in gone:
+            self.remove(node)
+        return gone
+
+    def prune(self, now: float, retention: float, ttl: float) -> list[str]:
+        """Drop the entries nobody will hear from again; returns their nodes.
+
+        A direct node goes once it has been offline (last heard) for longer than `retention`
+        and no judgement of its processes is pending (their executions must be ended `lost`
+        first). An entry taken in from another registry goes only while that registry is
+        silent: a live one's view is the authority, and an entry dropped here would be back at
+        its next republish. A registry silent for `retention` with nothing left is forgotten,
+        so `source_seen` does not grow with every registry ever heard.
+        """
+        gone: list[str] = []
+        for node, entry in self.entries.items():
+            if entry.status != "offline" or now - entry.last_seen <= retention:
+                continue
+            if entry.via == "":
+                if not self.replicas.get(node):
+                    gone.append(node)
+            elif not self.source_live(entry.via, now, ttl):
+                gone.append(node)
+        for node in gone:
+            self.remove(node)
+        holding = {e.via for e in self.entries.values() if e.via}
+        for source, seen in list(self.source_seen.items()):
+            if source not in holding and now - seen > retention:
+                del self.source_seen[source]
+        return gone
+
     def take_in(self, view: RegistryView, urls: list[str], now: float) -> set[str]:
         """Replace what `view.registry` gave us before; returns node ids to persist or delete.
 

@@ -1,4 +1,4 @@
-"""`kodo-bus info | nodes | flows | disconnect`: ask any service about the federation.
+"""`kodo-bus info | nodes | flows | disconnect | forget`: ask any service about the federation.
 
 Without `--via`, `nodes` and `flows` ask the first registry that answers the NATS micro
 discovery (`$SRV.INFO.kodo-bus`), preferring one with feed on, since it sees the most.
@@ -7,18 +7,24 @@ discovery (`$SRV.INFO.kodo-bus`), preferring one with feed on, since it sees the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
+import nats.errors
 import typer
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 from rich.table import Table
 
 from .. import subjects
-from ..bus import connect, request
+from ..bus import connect, jetstream, request
+from ..codec import decode_reply, encode
 from ..config import ConnectSettings, Credentials, nats_urls
-from ..discovery import find_registry
+from ..discovery import find_registry, live_services
+from ..errors import ConfigError, KodoError, KodoTimeout, NoResponders
 from ..models import Ack, Empty, FlowsPage, FlowsQuery, NodesPage, ServiceInfo
 from .app import out
 from .creds import with_credentials
@@ -171,8 +177,94 @@ def disconnect(
         out.print(reply.message or "ok", highlight=False)
 
 
+FORGET_WAIT = 3.0
+"""Seconds `forget` waits for every registry's answer."""
+_REGISTRY_ROLES = ("registry", "provider", "hybrid")
+
+
+@with_credentials
+def forget(
+    node: Annotated[str, typer.Argument(help="Id of the offline node (or gone registry).")],
+    nats: NatsOpt = None,
+    as_json: JsonOpt = False,
+    credentials: Credentials | None = None,
+) -> None:
+    """Remove an offline node from the view of every registry on the bus (admin only).
+
+    Not `disconnect --offline`: `disconnect` asks a live service to leave, and the service
+    does it itself; `forget` is for a node that no longer answers, so it asks every registry
+    instead. A node that still answers is refused: stop it first, or use `disconnect`.
+    Registries also prune nodes offline for longer than their `retention` (7 days).
+    Given the id of a registry that is gone for good, every registry drops what it took in
+    from it, and its view bucket is deleted. Registries of other buses
+    follow at the next view of this bus's registries.
+    """
+    subjects.check_token(node, "node id")
+
+    async def work(nc: NATS) -> list[Ack]:
+        services = await live_services(nc)
+        for meta in services:
+            if meta.get("id") == node:
+                role = meta.get("role", "service")
+                raise ConfigError(f"{role} {node} is online; stop it first or use disconnect")
+        registries = {m["id"] for m in services if m.get("role") in _REGISTRY_ROLES}
+        if not registries:
+            raise NoResponders("no registry answers on this bus: no view to forget it from")
+        acks = await _gather_forget(nc, node, len(registries))
+        if len(acks) < len(registries):
+            missing = len(registries) - len(acks)
+            acks.append(Ack(ok=False, message=f"{missing} of {len(registries)} did not answer"))
+        if all(a.ok for a in acks):
+            with contextlib.suppress(NotFoundError):  # not a registry's id: it has no bucket
+                if await jetstream(nc).delete_key_value(subjects.bucket_view(node)):
+                    acks.append(Ack(message=f"deleted the view bucket of registry {node}"))
+        return acks
+
+    acks = _call(nats, work, credentials)
+    if as_json:
+        print("[" + ",".join(a.model_dump_json() for a in acks) + "]")
+    else:
+        for ack in acks:
+            out.print(ack.message, highlight=False)
+    refused = [a.message for a in acks if not a.ok]
+    if refused:
+        raise ConfigError("; ".join(refused))
+
+
+async def _gather_forget(nc: NATS, node: str, expected: int) -> list[Ack]:
+    """Every registry's answer to one forget request (several replies to one request)."""
+    acks: list[Ack] = []
+    done = asyncio.Event()
+
+    async def on_reply(msg: Msg) -> None:
+        try:
+            acks.append(decode_reply(msg, Ack))
+        except KodoError as exc:
+            acks.append(Ack(ok=False, message=str(exc)))
+        if len(acks) >= expected:
+            done.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_reply, max_msgs=expected)
+    try:
+        body, headers = encode(Empty())
+        await nc.publish(subjects.admin_forget(node), body, reply=inbox, headers=headers)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), FORGET_WAIT)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    if not acks:
+        raise KodoTimeout(
+            f"no registry answered within {FORGET_WAIT:g} s (on a secure bus, forgetting a "
+            "node is an admin right)"
+        )
+    return acks
+
+
 def register(app: typer.Typer) -> None:
     app.command()(info)
     app.command()(nodes)
     app.command()(flows)
     app.command()(disconnect)
+    app.command()(forget)
