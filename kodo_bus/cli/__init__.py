@@ -30,7 +30,16 @@ from ..errors import (
     NoResponders,
     RemoteError,
 )
-from . import auth_cmd, bench_cmd, dashboard_cmd, exec_cmd, federation_cmd, run_cmd, server_cmd
+from . import (
+    auth_cmd,
+    bench_cmd,
+    dashboard_cmd,
+    exec_cmd,
+    federation_cmd,
+    inspect_cmd,
+    run_cmd,
+    server_cmd,
+)
 from .app import app, console, state
 
 __all__ = ["app", "main"]
@@ -40,6 +49,7 @@ run_cmd.register(app)
 federation_cmd.register(app)
 exec_cmd.register(app)
 dashboard_cmd.register(app)
+inspect_cmd.register(app)
 bench_cmd.register(app)
 auth_cmd.register(app)
 

@@ -24,6 +24,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..bus import jetstream
 from ..client import LOG_LEVELS, Client
 from ..config import Credentials
 from ..errors import ConfigError, FieldProblem, InputsInvalid, KodoError, problems_from
@@ -31,6 +32,7 @@ from ..execution_ref import Execution, status_of
 from ..executions import last_seq
 from ..models import EVENT_KINDS, TERMINAL_STATUSES, Event
 from ..schema_model import model_from_schema
+from . import watch
 from .app import console, out
 from .creds import with_credentials
 from .federation_cmd import JsonOpt, NatsOpt, ViaOpt
@@ -224,20 +226,64 @@ def launch(  # noqa: PLR0917 (typer options)
     raise typer.Exit(code)
 
 
+EVENTS_HELP = """Events of one execution, in order: what it said so far (`--follow`: until it ends).
+
+With `--all` instead of an id: every execution's events, one line each (`--json`: one JSON
+event per line, the wire envelope; a burst is split into its events). `--all --follow` is the
+`nats sub 'kodo.events.>'` of kodo-bus: what is published from now on, until Ctrl-C (exit 130).
+`--all` alone prints the newest stored events and returns: `--last N` of them (default 100;
+with `--follow`, N stored ones before the live ones, default none). `--flow`, `--node`,
+`--kind` (repeatable) and `--launcher` filter (`--user` stays the NATS user, as on every
+command); `--launcher NAME` reads only `kodo.events.NAME.>`, which is what a client-role
+user may read on a secure bus. Messages that do not decode are skipped and counted in one
+warning line at the end.
+"""
+DEFAULT_LAST = 100
+
+
 @with_credentials
 def events(  # noqa: PLR0917 (typer options)
-    execution: Annotated[str, typer.Argument(help=ID_HELP)],
+    execution: Annotated[str | None, typer.Argument(help=ID_HELP)] = None,
     follow_: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep going until the execution ends.")
     ] = False,
     kind: Annotated[
         list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")
     ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every execution's events (instead of an id).")
+    ] = False,
+    flow: Annotated[
+        list[str] | None, typer.Option("--flow", help="With --all: only this flow (repeatable).")
+    ] = None,
+    node: Annotated[
+        list[str] | None, typer.Option("--node", help="With --all: only this node (repeatable).")
+    ] = None,
+    launcher: Annotated[
+        str | None, typer.Option("--launcher", help="With --all: only this user's executions.")
+    ] = None,
+    last: Annotated[
+        int | None,
+        typer.Option(
+            "--last",
+            min=0,
+            help=f"With --all: newest stored events shown [default: {DEFAULT_LAST}, 0 with "
+            "--follow].",
+        ),
+    ] = None,
     nats: NatsOpt = None,
     credentials: Credentials | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
-    """Events of one execution, in order: what it said so far (`--follow`: and until it ends)."""
+    if all_:
+        if execution is not None:
+            raise ConfigError("give an execution id or --all, not both")
+        _events_of_all(flow, node, kind, launcher, last, follow_, nats, credentials, as_json)
+        return
+    if execution is None:
+        raise ConfigError("give an execution id (or a prefix of it), or --all for every execution")
+    if flow or node or launcher is not None or last is not None:
+        raise ConfigError("--flow, --node, --launcher and --last go with --all")
     kinds = set(kind or [])
     unknown = kinds - set(EVENT_KINDS)
     if unknown:
@@ -264,6 +310,43 @@ def events(  # noqa: PLR0917 (typer options)
             renderer.close()
 
     _run(nats, credentials, work)
+
+
+def _events_of_all(  # noqa: PLR0917
+    flows: list[str] | None,
+    nodes: list[str] | None,
+    kinds: list[str] | None,
+    launcher: str | None,
+    last: int | None,
+    follow_: bool,
+    nats: list[str] | None,
+    credentials: Credentials | None,
+    as_json: bool,
+) -> None:
+    """`events --all`: the stored events, and (`--follow`) the live ones (kodo_bus/cli/watch.py)."""
+    filters = watch.Filters.of(flows, nodes, kinds, launcher)
+    newest = last if last is not None else (0 if follow_ else DEFAULT_LAST)
+    skipped = watch.Skipped()
+    printer = watch.event_printer(out, as_json)
+    shown = 0
+
+    def emit(event: Event) -> None:
+        nonlocal shown
+        shown += 1
+        printer(event)
+
+    async def main() -> None:
+        nc = await watch.connect_counting(watch.settings(nats, credentials), skipped)
+        try:
+            await watch.watch_events(
+                nc, jetstream(nc), filters, follow=follow_, last=newest, emit=emit, skipped=skipped
+            )
+        finally:
+            await nc.close()
+
+    watch.run_until_interrupted(main, skipped, console)
+    if not shown and not follow_:
+        console.print("[dim]no stored events match on this bus[/]", highlight=False)
 
 
 def _age(ts: float, now: float) -> str:
@@ -470,7 +553,7 @@ def logs(  # noqa: PLR0917 (typer options)
 
 def register(app: typer.Typer) -> None:
     app.command(help=LAUNCH_HELP)(launch)
-    app.command()(events)
+    app.command(help=EVENTS_HELP)(events)
     app.command()(executions)
     app.command()(cancel)
     app.command()(answer)

@@ -5,8 +5,12 @@
 - a KV watch of `KODO_EXECUTIONS`: every execution's record, current values then updates;
 - `kodo.events.>` (core NATS, no JetStream consumer): counted for the rate, and `status`,
   `progress`, `log` and `error` events decoded (the subject's last token says the kind, so the
-  other kinds are never decoded);
-- nats-server's `/varz` monitoring endpoint, fetched with stdlib `urllib` in a thread.
+  other kinds are never decoded). The rate counts events, not messages: a burst is one message
+  holding many, counted from its `Nats-Msg-Id` (`<execution>:<first>-<last>`) without decoding;
+- nats-server's `/varz` monitoring endpoint, fetched with stdlib `urllib` in a thread. Without
+  `--monitor` its URL is a guess (the connected server's host, port 8222): nothing in a client
+  connection says where the monitoring listens, so each answer is checked against the
+  connected server's id and one from another server is shown as such, never as this bus's.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pydantic import BaseModel
 
 from .. import subjects
 from ..client import Client
-from ..codec import decode, decode_msg
+from ..codec import MSG_ID, decode, decode_many, decode_msg
 from ..discovery import find_registry
 from ..errors import NoResponders, WireError
 from ..models import Bye, Catalog, Event, ExecutionRecord, Heartbeat, NodeEntry
@@ -43,7 +47,25 @@ MONITOR_PORT = 8222
 def default_monitor(url: str) -> str:
     """The monitoring URL nats-server uses by default for a client URL (same host, port 8222)."""
     host = urlsplit(url).hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
     return f"http://{host}:{MONITOR_PORT}"
+
+
+def events_in(msg: Msg) -> int:
+    """How many events a message on `kodo.events.>` carries: 1, or a burst's length (read from
+    its `Nats-Msg-Id`, else by parsing the array); 0 for an array that does not parse."""
+    if msg.data[:1] != b"[":
+        return 1
+    seqs = (msg.headers or {}).get(MSG_ID, "").rpartition(":")[2]
+    first, dash, last = seqs.partition("-")
+    if dash and first.isdigit() and last.isdigit() and int(last) >= int(first):
+        return int(last) - int(first) + 1
+    try:
+        body = json.loads(msg.data)
+    except ValueError:
+        return 0
+    return len(body) if isinstance(body, list) else 0
 
 
 def fetch_varz(monitor: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -63,11 +85,16 @@ class Feeds:
         via: str | None = None,
         monitor: str | None = None,
         monitor_every: float = 1.0,
+        *,
+        guessed: bool = False,
     ) -> None:
         self.client = client
         self.state = state
         self.via = via
         self.monitor = monitor
+        self.guessed = guessed
+        """`monitor` is `default_monitor`'s guess: shown only while it answers with the id of
+        the server this connection is on (after a fail-over it may be another's)."""
         self.monitor_every = monitor_every
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,13 +139,16 @@ class Feeds:
             log.debug("skipped: %s", exc)
 
     async def _on_event(self, msg: Msg) -> None:
-        self.state.on_event_seen()
+        self.state.on_event_seen(count=events_in(msg))
         if msg.subject.rsplit(".", 1)[-1] not in DECODED_KINDS:
             return
         try:
-            self.state.on_event(decode_msg(msg, Event))
+            events = decode_many(msg.subject, msg.data, msg.headers, Event)
         except WireError as exc:
             log.debug("skipped: %s", exc)
+            return
+        for event in events:
+            self.state.on_event(event)
 
     # -- KV watches ----------------------------------------------------------------------------
     async def _watch_executions(self) -> None:
@@ -159,11 +189,17 @@ class Feeds:
     # -- monitoring endpoint -------------------------------------------------------------------
     async def _poll_monitor(self) -> None:
         assert self.monitor is not None
+        server = self.state.server
         while True:
+            nc = self.client.nc
             try:
                 varz = await asyncio.to_thread(fetch_varz, self.monitor)
             except (OSError, ValueError):
-                self.state.server.monitor_ok = False
+                server.monitor_ok = server.monitor_other = False
             else:
-                self.state.on_varz(varz)
+                info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+                if self.guessed and varz.get("server_id") != info.get("server_id"):
+                    server.monitor_ok, server.monitor_other = False, True
+                else:
+                    self.state.on_varz(varz)
             await asyncio.sleep(self.monitor_every)

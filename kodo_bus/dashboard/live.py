@@ -59,11 +59,14 @@ async def run_dashboard(
     refresh: float,
     monitor: str | None,
     console: Console | None = None,
+    *,
+    guessed: bool = False,
 ) -> None:
-    """Show the dashboard until `q` or Ctrl-C."""
+    """Show the dashboard until `q` or Ctrl-C (`guessed`: `monitor` is a guess, see `Feeds`)."""
     console = console or Console()
     state = DashboardState()
-    feeds = Feeds(client, state, via=via, monitor=monitor, monitor_every=max(1.0, refresh))
+    every = max(1.0, refresh)
+    feeds = Feeds(client, state, via=via, monitor=monitor, monitor_every=every, guessed=guessed)
     await feeds.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -111,6 +111,8 @@ class ServerInfo:
     jetstream: bool | None = None
     monitor: str = ""
     monitor_ok: bool = False
+    monitor_other: bool = False
+    """The guessed monitoring URL answers for another nats-server (not the one connected to)."""
     connections: int | None = None
     in_rate: float | None = None
     out_rate: float | None = None
@@ -215,10 +217,10 @@ class DashboardState:
         for row in ended[: len(self.executions) - self.max_executions]:
             del self.executions[row.id]
 
-    def on_event_seen(self, now: float | None = None) -> None:
-        """Count one event of any kind (the sparkline); cheap, no decoding."""
+    def on_event_seen(self, now: float | None = None, count: int = 1) -> None:
+        """Count `count` events of any kind (the sparkline): a burst message holds several."""
         second = int(time.time() if now is None else now)
-        self.rate_buckets[second] = self.rate_buckets.get(second, 0) + 1
+        self.rate_buckets[second] = self.rate_buckets.get(second, 0) + count
         if len(self.rate_buckets) > self.window:
             for old in sorted(self.rate_buckets)[: len(self.rate_buckets) - self.window]:
                 del self.rate_buckets[old]
@@ -268,7 +270,7 @@ class DashboardState:
         """Figures of nats-server's `/varz` monitoring endpoint; rates from the previous call."""
         now = time.time() if now is None else now
         s = self.server
-        s.monitor_ok = True
+        s.monitor_ok, s.monitor_other = True, False
         s.version = str(varz.get("version") or s.version)
         s.jetstream = bool(varz.get("jetstream", {}).get("config")) or s.jetstream
         s.connections = int(varz.get("connections", 0))

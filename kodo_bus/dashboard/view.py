@@ -71,6 +71,8 @@ def _header(state: DashboardState, now: float, width: int) -> Text:
         line.append(f"  conns {s.connections}")
         if s.in_rate is not None and s.out_rate is not None:
             line.append(f"  msgs in {s.in_rate:,.0f}/s out {s.out_rate:,.0f}/s")
+    elif s.monitor_other:
+        line.append(f"  {s.monitor} is another nats-server's monitoring (--monitor)", "yellow")
     elif s.monitor:
         line.append("  monitoring unreachable", style="dim")
     online, offline = state.node_counts(now)
