@@ -24,6 +24,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .. import subjects
 from ..bus import jetstream
 from ..client import LOG_LEVELS, Client
 from ..config import Credentials
@@ -226,17 +227,19 @@ def launch(  # noqa: PLR0917 (typer options)
     raise typer.Exit(code)
 
 
-EVENTS_HELP = """Events of one execution, in order: what it said so far (`--follow`: until it ends).
+EVENTS_HELP = f"""Events of one execution, in order: what it said so far (`--follow`: until it
+ends).
 
 With `--all` instead of an id: every execution's events, one line each (`--json`: one JSON
-event per line, the wire envelope; a burst is split into its events). `--all --follow` is the
-`nats sub 'kodo.events.>'` of kodo-bus: what is published from now on, until Ctrl-C (exit 130).
+event per line, the wire envelope; a burst is split into its events). `--all --follow` is
+the `nats sub '{subjects.EVENTS_ALL}'` of kodo-bus: what is published from now on, until
+Ctrl-C (exit 130).
 `--all` alone prints the newest stored events and returns: `--last N` of them (default 100;
 with `--follow`, N stored ones before the live ones, default none). `--flow`, `--node`,
 `--kind` (repeatable) and `--launcher` filter (`--user` stays the NATS user, as on every
-command); `--launcher NAME` reads only `kodo.events.NAME.>`, which is what a client-role
-user may read on a secure bus. Messages that do not decode are skipped and counted in one
-warning line at the end.
+command); `--launcher NAME` reads only `{subjects.events_of_user("NAME")}`, which is what a
+client-role user may read on a secure bus. Messages that do not decode are skipped and counted
+in one warning line at the end.
 """
 DEFAULT_LAST = 100
 
