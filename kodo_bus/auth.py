@@ -153,7 +153,7 @@ def _registry(name: str) -> Permissions:
         _api("CONSUMER", "INFO", _kv_stream(view), "*"),
         _api("CONSUMER", "INFO", _kv_stream(records), "*"),
     ]
-    sub = [*node.subscribe, s.NODE_ALL, s.REGISTRY_VIEW_ALL]
+    sub = [*node.subscribe, s.NODE_ALL, s.REGISTRY_VIEW_ALL, s.ADMIN_FORGET_ALL]
     return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
 
 

@@ -151,7 +151,7 @@ def decode_events(subject: str, data: bytes, headers: Mapping[str, str] | None) 
     events = decode_many(subject, data, headers, Event)
     parts = subject.split(".")
     if len(parts) != 5:
-        raise WireError(subject, "not an event subject (kodo.events.<user>.<execution>.<kind>)")
+        raise WireError(subject, "not an event subject (see subjects.EVENTS)")
     _, _, user, execution, kind = parts
     for event in events:
         if (event.launcher, event.execution, event.kind) != (user, execution, kind):

@@ -426,6 +426,8 @@ class _Follower:
         self.ended_at: float | None = None
         self.replayed_at = -1
         """The seq read last when a gap made this follow read the execution from its start."""
+        self.resumed_at = -1
+        """The seq read last when this follow last went on with a new consumer."""
         """When the follower first saw a terminal record with no terminal event stored."""
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -507,9 +509,7 @@ class _Follower:
         if self.sub is not None and await _stalled(self.sub):
             # Its server died and nats-py could not re-create it (no stream leader yet), or it
             # holds messages it does not deliver: a new consumer goes on from the last received.
-            log.info("events of %s: consumer lost, resubscribing", self.ex.id)
-            await self._release()
-            await self._subscribe(self.stream_seq)
+            await self._resume("consumer lost")
             return
         gap = self.order.gap_deadline()
         if gap is not None and gap <= time.time():
@@ -528,12 +528,22 @@ class _Follower:
         if silent and await self._undelivered():
             # Stored, yet not delivered: a consumer that lived through a failover can say
             # it has nothing pending and still deliver nothing. A new one goes on.
-            log.info("events of %s: stored but not delivered, resubscribing", self.ex.id)
-            await self._release()
-            await self._subscribe(self.stream_seq)
+            await self._resume("stored but not delivered")
             return
         if self.loop.time() - self.heard >= STALL_CHECK - 0.01 or self.ended_at is not None:
             await self._check_record()
+
+    async def _resume(self, why: str) -> None:
+        """Go on with a new consumer after the last stream seq read — or, if the last time
+        that brought nothing, from the execution's start: after a fail-over the events still
+        missing can be stored at lower stream seqs than one the old leader delivered (it was
+        never committed, and its publisher stored it again elsewhere). What was read already
+        is dropped by seq."""
+        again = self.resumed_at == self.order.last
+        self.resumed_at = self.order.last
+        log.info("events of %s: %s, %s", self.ex.id, why, "reading again" if again else "resuming")
+        await self._release()
+        await self._subscribe(0 if again else self.stream_seq)
 
     async def _undelivered(self) -> bool:
         """Whether the stream holds a later event of the execution than this follow read."""

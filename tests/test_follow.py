@@ -391,6 +391,55 @@ async def test_follow_retries_while_the_stream_is_at_its_consumer_limit(
                 await task
 
 
+async def test_follow_reads_again_from_the_start_when_resuming_brings_nothing(
+    fresh_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI: after a cluster server's SIGKILL a follow read every `text` of an execution and then
+    never its `final` and `status`, though both were stored: each time it resumed after the
+    last stream seq it had read, which the old leader had delivered uncommitted; the events
+    missing were stored at lower stream seqs. Played here with a follow that believes it read
+    far ahead (its stream seqs shifted) and a consumer deleted under it."""
+    real = ref._stream_seq
+    monkeypatch.setattr(ref, "_stream_seq", lambda msg: real(msg) + 1_000_000)
+    monkeypatch.setattr(ref, "STALL_CHECK", 1.0)
+    async with Client(fresh_server.url) as client:
+        js = client.js
+        kv = await ensure_execution_storage(js, max_age=3600)
+        execution = new_id()
+        events = complete(execution, "after the fail-over")
+        await publish(js, *events[:4])
+        await put_record(kv, execution, "running")
+        seen: list[int] = []
+        four = asyncio.Event()
+
+        async def read() -> None:
+            async for e in client.execution(execution).events():
+                seen.append(e.seq)
+                if e.seq == 4:
+                    four.set()
+
+        task = asyncio.create_task(read())
+        try:
+            async with asyncio.timeout(10):
+                await four.wait()
+            async for info in _consumers(js):
+                await js.delete_consumer(subjects.STREAM_EVENTS, info)
+            await publish(js, *events[4:])
+            await put_record(kv, execution, "finished", last_seq=6)
+            async with asyncio.timeout(15):
+                await task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KodoError):
+                await task
+        assert seen == [1, 2, 3, 4, 5, 6]
+
+
+async def _consumers(js: JetStreamContext) -> AsyncIterator[str]:
+    for info in await js.consumers_info(subjects.STREAM_EVENTS):
+        yield info.name
+
+
 FOLLOWS = 2000
 IN_FLIGHT = 30
 
