@@ -37,7 +37,7 @@ from rich.text import Text
 
 from .. import subjects
 from ..bus import connect, consumer_config
-from ..codec import decode_many, decode_msg
+from ..codec import decode_events, decode_msg
 from ..config import ConnectSettings, Credentials, nats_urls
 from ..errors import ConfigError, KodoTimeout, WireError
 from ..models import (
@@ -147,7 +147,7 @@ class Filters:
 def unpack(msg: Msg, skipped: Skipped) -> list[Event]:
     """The events of one message (a burst is a JSON array of them); [] for garbage, counted."""
     try:
-        return decode_many(msg.subject, msg.data, msg.headers, Event)
+        return decode_events(msg.subject, msg.data, msg.headers)
     except WireError as exc:
         skipped.bad(exc)
         return []

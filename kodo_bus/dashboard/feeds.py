@@ -32,10 +32,10 @@ from pydantic import BaseModel
 
 from .. import subjects
 from ..client import Client
-from ..codec import MSG_ID, decode, decode_many, decode_msg
+from ..codec import MSG_ID, decode, decode_events, decode_msg
 from ..discovery import find_registry
 from ..errors import NoResponders, WireError
-from ..models import Bye, Catalog, Event, ExecutionRecord, Heartbeat, NodeEntry
+from ..models import Bye, Catalog, ExecutionRecord, Heartbeat, NodeEntry
 from .state import DashboardState
 
 log = logging.getLogger("kodo_bus.dashboard")
@@ -143,7 +143,7 @@ class Feeds:
         if msg.subject.rsplit(".", 1)[-1] not in DECODED_KINDS:
             return
         try:
-            events = decode_many(msg.subject, msg.data, msg.headers, Event)
+            events = decode_events(msg.subject, msg.data, msg.headers)
         except WireError as exc:
             log.debug("skipped: %s", exc)
             return
