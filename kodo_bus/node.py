@@ -47,6 +47,8 @@ log = logging.getLogger("kodo_bus.node")
 
 CLAIM_WINDOW = 0.5
 """Seconds a starting node listens for other processes claiming its id."""
+BYE_FLUSH = 1
+"""Seconds the bye's flush may take: with the server gone it would wait 10 s for nothing."""
 SYNC_SPREAD = 1.0
 """Longest random delay (seconds, capped at one heartbeat) before answering `kodo.sync`."""
 
@@ -153,7 +155,8 @@ class Node:
         Heartbeats go on while the runner finishes: a node silent for `ttl` during its grace
         period would have its still-running executions declared lost by registries.
         """
-        await self._sync_sub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error):  # a closed connection has no subscription
+            await self._sync_sub.unsubscribe()
         if self.runner is not None:
             await self.runner.stop()
         await self.tasks.close()
@@ -169,11 +172,15 @@ class Node:
         await self._bye("disconnect", forget=True)
 
     async def _bye(self, reason: str, *, forget: bool) -> None:
+        """Say bye if NATS can hear it; registries see an unreachable node go silent anyway."""
         self.joined = False
         bye = Bye(node=self.settings.id, reason=reason, forget=forget, instance=self.instance)
         body, headers = encode(bye)
-        await self.nc.publish(subjects.node_bye(self.settings.id), body, headers=headers)
-        await self.nc.flush()
+        try:
+            await self.nc.publish(subjects.node_bye(self.settings.id), body, headers=headers)
+            await self.nc.flush(timeout=BYE_FLUSH)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not say bye (NATS unreachable: %r)", exc)
 
     async def announce(self) -> None:
         body, headers = encode(self.catalog)

@@ -17,6 +17,7 @@ every execution the actor held ends `WorkerDied` and a replacement actor is star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -36,6 +37,7 @@ from .config import ConnectSettings
 from .errors import WireError
 from .executor import ExecActor, Job, JobBatch, Outcome, OutcomeBatch
 from .models import Ack
+from .procs import RayRecord, clean_left, tree
 from .tasks import TaskSet
 
 log = logging.getLogger("kodo_bus.pool")
@@ -100,6 +102,9 @@ class ActorPool:
         self.cpus: int | None = None
         self._own_ray = False
         """This pool started a local Ray (so it shuts it down: its agents outlive the node)."""
+        self._ray_record: RayRecord | None = None
+        """The PIDs of that Ray, in a file, so a stop (or the next start, after a SIGKILL)
+        kills what `ray.shutdown` leaves."""
 
     async def start(self, max_running: int | None) -> int:
         """Start Ray (if needed) and the actors; the number of executions to run at once."""
@@ -142,6 +147,7 @@ class ActorPool:
                 # machine (that is what `ray_address` is for).
                 from ray._private import ray_constants
 
+                clean_left()  # a node SIGKILLed earlier left its Ray's agents running
                 clusters = ray_constants.ENABLE_RAY_CLUSTER
                 ray_constants.ENABLE_RAY_CLUSTER = False
                 try:
@@ -149,6 +155,8 @@ class ActorPool:
                 finally:
                     ray_constants.ENABLE_RAY_CLUSTER = clusters
                 self._own_ray = True
+                self._ray_record = RayRecord()
+                self._record_ray()
         self.cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         # Importing Ray leaves a heap of objects that live as long as the process; every full
         # garbage collection would walk them all again.
@@ -167,6 +175,8 @@ class ActorPool:
             subjects.work_outcomes(self._node, self._pool),
         )
         await handle.start.remote()  # type: ignore[attr-defined]
+        if self._ray_record is not None:  # the actor's worker process is Ray's newest one
+            await asyncio.to_thread(self._record_ray)
         worker = _Worker(handle, subject)
         worker.watch = self._tasks.spawn(self._watch(worker), "kodo-actor-watch")
         return worker
@@ -286,25 +296,50 @@ class ActorPool:
                 log.exception("cannot start a replacement Ray actor")
 
     async def stop(self) -> None:
-        import ray
-
         async with self._lock:
             workers, self._workers = self._workers, []
             self._started = False
-        for worker in workers:
-            worker.alive = False
-            try:
-                await asyncio.wait_for(worker.handle.stop.remote(), 5)
-            except Exception as exc:
-                log.debug("a Ray actor did not stop cleanly: %r", exc)
-            if worker.watch is not None:
-                worker.watch.cancel()
-                await asyncio.wait({worker.watch})
-            ray.kill(worker.handle)
+        # all at once: each may wait out its timeout, and a stop has seconds, not minutes
+        await asyncio.gather(*(self._stop_worker(worker) for worker in workers))
         await self._tasks.close()
         if self._outcomes is not None:
             await self._outcomes.unsubscribe()
             self._outcomes = None
         if self._own_ray:
             self._own_ray = False
-            await asyncio.to_thread(ray.shutdown)
+            await asyncio.to_thread(self._shutdown_ray)
+
+    async def _stop_worker(self, worker: _Worker) -> None:
+        import ray
+
+        worker.alive = False
+        try:
+            await asyncio.wait_for(worker.handle.stop.remote(), 5)
+        except Exception as exc:
+            log.debug("a Ray actor did not stop cleanly: %r", exc)
+        if worker.watch is not None:
+            worker.watch.cancel()
+            await asyncio.wait({worker.watch})
+        ray.kill(worker.handle)
+
+    def _record_ray(self) -> None:
+        """Record the processes of our own Ray: those its session lists (GCS, raylet, monitors)
+        and every process they started (agents, workers) — found by PID, never by name."""
+        import ray
+
+        node = getattr(ray._private.worker, "_global_node", None)
+        if self._ray_record is None or node is None:
+            return
+        roots = [p.process.pid for infos in node.all_processes.values() for p in infos]
+        self._ray_record.add(p for pid in roots for p in tree(pid))
+
+    def _shutdown_ray(self) -> None:
+        """`ray.shutdown`, then kill by PID whatever of our Ray outlived it."""
+        import ray
+
+        with contextlib.suppress(Exception):  # a last look (replacement workers, late agents)
+            self._record_ray()
+        record, self._ray_record = self._ray_record, None
+        ray.shutdown()
+        if record is not None and (left := record.kill()):
+            log.debug("killed %d Ray processes that outlived ray.shutdown", left)

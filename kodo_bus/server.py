@@ -208,8 +208,15 @@ class NatsServer:
         log.debug("starting %s", " ".join(cmd))
         self._settled.clear()
         self._is_ready = False
+        # Its own session: a terminal's Ctrl-C reaches the whole foreground group, and a server
+        # that died on it first would leave the services it carries unable to say goodbye;
+        # whoever started it stops it (`stop`), after them.
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         self._reader = threading.Thread(
             target=self._drain, name=f"nats-server-{self._proc.pid}", daemon=True

@@ -37,7 +37,7 @@ from . import watch
 from .app import console, out
 from .creds import with_credentials
 from .federation_cmd import JsonOpt, NatsOpt, ViaOpt
-from .prompts import ask_fields, parse_pairs
+from .prompts import ask_fields, in_thread, parse_pairs
 from .render import EventRenderer, event_json, log_line, short_ids, status_text
 
 T = TypeVar("T")
@@ -49,6 +49,11 @@ PairsOpt = Annotated[
 ID_HELP = "Execution id, or a unique prefix of it (4 characters or more)."
 EXIT_BY_STATUS = {"finished": 0, "error": 1, "cancelled": 3, "timeout": 3, "lost": 3}
 INTERRUPTED = 130
+INTERRUPTED_AT = {
+    "asking": "cancelled: nothing was launched",
+    "launching": "interrupted while launching: it may run ('kodo-bus executions' shows it)",
+    "launched": "detached: the execution goes on ('kodo-bus cancel ID')",
+}
 LAUNCH_HELP = """Launch a flow and follow its execution.
 
 Missing inputs are asked for on a terminal (with the schema's defaults and choices). While
@@ -143,7 +148,7 @@ async def _answer_lock(execution: Execution, lock: dict[str, Any]) -> None:
     check = _checker(schema, "answer")
     given: dict[str, Any] = {}
     while True:
-        data = await asyncio.to_thread(ask_fields, schema, given, check, console)
+        data = await in_thread(ask_fields, schema, given, check, console)
         try:
             await execution.answer(data)
             return
@@ -195,14 +200,19 @@ def launch(  # noqa: PLR0917 (typer options)
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     interactive = _interactive() and inputs != "-"
+    stage = "asking"
+    """How far it got, for what a Ctrl-C means: nothing launched, maybe, or detached."""
 
     async def work(kb: Client) -> int:
+        nonlocal stage
         target = await kb.flow(flow, via=via)
         data = {**_read_inputs(inputs), **parse_pairs(pairs or [], target.schema)}
         if interactive:
             check = _checker(target.schema, target.name)
-            data = await asyncio.to_thread(ask_fields, target.schema, data, check, console)
+            data = await in_thread(ask_fields, target.schema, data, check, console)
+        stage = "launching"
         execution = await target.launch(data, timeout=timeout)
+        stage = "launched"
         if as_json and no_follow:
             reply = {
                 "execution": execution.id,
@@ -222,7 +232,7 @@ def launch(  # noqa: PLR0917 (typer options)
         code = _run(nats, credentials, work)
     except typer.Exit as exc:
         if exc.exit_code == INTERRUPTED:
-            console.print("[dim]detached: the execution goes on ('kodo-bus cancel ID')[/]")
+            console.print(f"[dim]{INTERRUPTED_AT[stage]}[/]")
         raise
     raise typer.Exit(code)
 

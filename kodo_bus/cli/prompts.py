@@ -3,14 +3,17 @@
 The client only has the flow's JSON schema, so types, defaults, choices and descriptions come
 from it; validation messages come from the caller's `check` (the flow's rebuilt pydantic model),
 so a user sees the same message the node would give, right after typing the value.
-Prompts block on stdin: callers run them in a thread, never on the event loop.
+Prompts block on stdin: callers run them in a thread (`in_thread`), never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,7 +22,40 @@ from rich.prompt import Confirm, FloatPrompt, IntPrompt, InvalidResponse, Prompt
 from ..errors import ConfigError, FieldProblem
 
 Check = Callable[[dict[str, Any]], list[FieldProblem]]
+T = TypeVar("T")
 _SKIP = object()
+
+
+async def in_thread(ask: Callable[..., T], *args: Any) -> T:
+    """Run a blocking prompt in a daemon thread; Ctrl-C cancels the wait at once.
+
+    Not `asyncio.to_thread`: `asyncio.run` joins its executor's threads before it returns, and
+    a thread blocked on stdin never ends, so Ctrl-C at a prompt did nothing. A daemon thread left
+    waiting on stdin does not keep the process from exiting.
+    """
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, error: BaseException | None) -> None:
+        if answer.done():  # cancelled meanwhile: nobody waits for this answer
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(value)  # type: ignore[arg-type]
+
+    def work() -> None:
+        value: T | None = None
+        error: BaseException | None = None
+        try:
+            value = ask(*args)
+        except BaseException as exc:  # EOFError (Ctrl-D) included: the caller decides
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the command has ended
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name="kodo-prompt", daemon=True).start()
+    return await answer
 
 
 def resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -10,12 +13,13 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import logs
+from .. import logs, procs
 from ..config import Credentials, ServiceSettings, split_urls
 from ..flows import load_flows
 from .creds import with_credentials
 
 ROLES = ("node", "registry", "provider", "hybrid")
+log = logging.getLogger("kodo_bus.run")
 
 
 def _importable(config: Path | None) -> None:
@@ -25,16 +29,48 @@ def _importable(config: Path | None) -> None:
             sys.path.insert(0, str(place))
 
 
+FORCED = 130
+"""Exit code after a second Ctrl-C cut the grace period short."""
+
+
 async def serve(settings: ServiceSettings, flows: list[Any]) -> None:
-    """Run the service until a signal; stop gracefully (the second signal is not waited for)."""
+    """Run the service until a signal; stop gracefully; a second signal forces the exit.
+
+    Forced: this process's children (its own Ray: GCS, raylet, agents, workers) are killed by
+    PID and the process ends at once with `FORCED` — running executions are not waited for
+    (registries judge them lost).
+    """
     from ..service import KodoService
 
+    if settings.is_node and not settings.ray_address:
+        await asyncio.to_thread(procs.clean_left)  # a SIGKILLed node's Ray agents run on
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            _force()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     async with KodoService(settings, flows):
         await stop.wait()
+        log.info("stopping (Ctrl-C again to stop at once)")
+
+
+def _force() -> None:
+    """Leave now: kill our Ray by PID (the recorded processes and anything below us), exit."""
+    log.warning("second signal: stopping at once")
+    record = procs.RayRecord.read(procs.RayRecord().path)
+    killed = procs.kill([*record.processes(), *procs.tree(os.getpid())[1:]])
+    record.forget()
+    log.info("killed %d processes", killed)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    sys.stdout.flush()
+    os._exit(FORCED)
 
 
 @with_credentials

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -14,25 +15,46 @@ from typing import Annotated
 
 import typer
 
+from .. import procs
 from ..config import ServerSettings
 from ..server import NatsServer, find_binary, is_loopback
 from ..version import __version__
 from .app import console, out
 
+UP_GRACE = 1.0
+"""Seconds `up`'s node gives running executions at Ctrl-C (a stop takes seconds, not 30)."""
+NODE_STOP = 5.0
+"""Seconds beyond its grace `up`'s node gets to stop (its own Ray's included) before killed."""
+FORCED = 130
+"""Exit code after a second Ctrl-C (the stop was cut short), as for any Ctrl-C interruption."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each stops the server and its children: SIGHUP too, since the children, in sessions of their
+own, would not hear a closing terminal."""
+SERVER_STOP = 3.0
+"""Seconds the nats-server and the registry get to stop before they are killed."""
+
 
 def _serve_until_signal(
-    server: NatsServer, on_ready: Callable[[], Callable[[], None]] | None = None
+    server: NatsServer,
+    start_children: Callable[[], list[tuple[subprocess.Popen[bytes], float]]] | None = None,
 ) -> int:
-    """Run `server` until SIGINT/SIGTERM or until it exits by itself; returns its exit code.
+    """Run `server` until SIGINT/SIGTERM/SIGHUP or until it exits by itself; its exit code.
 
-    `on_ready` runs once the server is up and returns what to call before the server stops.
+    `start_children` runs once the server is up and returns processes to stop, in that order
+    and each with its time limit, before the server. A second signal kills everything left, by
+    PID, and the command exits at once with `FORCED`.
     """
     stop = threading.Event()
+    force = threading.Event()
+    children: list[subprocess.Popen[bytes]] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and not force.is_set():
+            force.set()  # only os.kill here: the main thread may be inside Popen.wait
+            procs.kill_trees([*(c.pid for c in children), *([server.pid] if server.pid else [])])
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
 
     def watch() -> None:
         server.wait()
@@ -54,20 +76,31 @@ def _serve_until_signal(
                 highlight=False,
             )
         console.print(f"store: {server.settings.store}   (Ctrl-C to stop)", highlight=False)
-        cleanup = on_ready() if on_ready else None
-        try:
-            stop.wait()
-        finally:
-            if cleanup is not None:
-                cleanup()
+        limits: list[float] = []
+        if start_children is not None:
+            for child, limit in start_children():
+                children.append(child)
+                limits.append(limit)
+        stop.wait()
+        started = time.monotonic()
+        if children and not force.is_set():
+            console.print("stopping (Ctrl-C again to kill at once)", highlight=False)
+        procs.stop_in_order(children, limits, force)
         exited_alone = not server.running
         code = server.wait() if exited_alone else 0
-        server.stop()
+        server.stop(timeout=SERVER_STOP)
+        if force.is_set():
+            console.print("[yellow]killed[/] (second Ctrl-C)", highlight=False)
+            return FORCED
         if exited_alone and code:
             console.print(f"[red]nats-server exited with code {code}[/]")
+        elif children:
+            console.print(f"stopped in {time.monotonic() - started:.1f} s", highlight=False)
         return code
     finally:
-        server.stop()
+        if children:  # a failure above must not leave them running
+            procs.kill_trees(c.pid for c in children if c.poll() is None)
+        server.stop(timeout=SERVER_STOP)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -119,12 +152,20 @@ def up(
     examples: Annotated[
         Path, typer.Option(help="Directory holding up-node.yaml and hello.py.")
     ] = Path("examples"),
+    grace: Annotated[
+        float, typer.Option(help="Seconds running executions get at Ctrl-C before cancelled.")
+    ] = UP_GRACE,
 ) -> None:
-    """Run the whole bus on this machine: embedded nats-server, a registry and an example node."""
+    """Run the whole bus on this machine: embedded nats-server, a registry and an example node.
+
+    Ctrl-C (or SIGTERM) stops the node, then the registry, then the server, in a few seconds
+    (running executions get `--grace` seconds, then are cancelled); a second Ctrl-C kills what
+    is left at once (exit code 130).
+    """
     settings = ServerSettings(port=port, http_port=http_port, store=store)
     server = NatsServer(settings)
 
-    def start_services() -> Callable[[], None]:
+    def start_services() -> list[tuple[subprocess.Popen[bytes], float]]:
         base = [sys.executable, "-m", "kodo_bus", "run", "--nats", server.url, "--retry", "-1"]
         node_config = examples / "up-node.yaml"
         node_args = (
@@ -134,24 +175,14 @@ def up(
         )
         if not node_config.exists():
             console.print(f"[yellow]note:[/] {node_config} not found; the node serves no flows")
-        children = [
-            subprocess.Popen([*base, "--role", "registry", "--id", "up-registry"]),
-            subprocess.Popen([*base, "--role", "node", *node_args], cwd=examples.resolve().parent),
-        ]
+        registry = procs.spawn([*base, "--role", "registry", "--id", "up-registry"])
+        node = procs.spawn(
+            [*base, "--role", "node", "--grace", str(grace), *node_args],
+            cwd=examples.resolve().parent,
+        )
         console.print("registry [bold]up-registry[/] and node [bold]up-node[/] starting")
-
-        def stop_services() -> None:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-
-        return stop_services
+        # the node first: the registry hears its bye; the node's limit covers its Ray's stop
+        return [(node, grace + NODE_STOP), (registry, SERVER_STOP)]
 
     raise typer.Exit(_serve_until_signal(server, start_services))
 
