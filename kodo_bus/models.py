@@ -197,16 +197,45 @@ class NodeEntry(BaseModel):
     """Registry the entry was taken in from ('' when the node announced on this bus itself)."""
     replicas: int = 0
     """Processes heard serving this node id (0: not known, e.g. from an older registry)."""
+    path: list[str] = Field(default_factory=list)
+    """Registries the entry passed through, the one that heard the node first first (empty when
+    the node announced on this bus). A registry never takes in an entry whose path holds its own
+    id, which keeps any topology of registries (rings included) free of loops."""
+
+
+ViewKind = Literal["full", "changes", "beat", "ask"]
 
 
 class RegistryView(Message):
-    """A registry's or provider's view, republished for registries that feed on it."""
+    """A registry's or provider's view, or a change of it, republished for registries that feed
+    on it (see ARCHITECTURE.md, "Federation").
+
+    Each sender keeps one numbered stream per bus it publishes on: `full` (the whole view, in
+    `parts` messages each under a size cap), then `changes` (entries that changed, ids removed)
+    and, in a quiet heartbeat interval, a `beat`. A receiver that sees a gap in `seq` or a new
+    `epoch` publishes an `ask` naming the sender in `want`, and gets a `full` back. A message
+    without `epoch` is a whole view from a 0.1 registry, taken as a `full` in one part.
+    """
 
     registry: str
     organization: str = ""
     feed: bool = True
     urls: list[str] = Field(default_factory=list)
     nodes: list[NodeEntry] = Field(default_factory=list)
+    """`full`: every entry of the view (this part's share); `changes`: the entries that changed."""
+    kind: ViewKind = "full"
+    epoch: str = ""
+    """The sender's stream on this bus (new at each start and each link); empty from 0.1."""
+    seq: int = 0
+    """Position of this message in its stream: one more than the previous message's."""
+    part: int = 0
+    """`full`: which part of the view this is (from 0)."""
+    parts: int = 1
+    """`full`: how many parts the view was cut into (consecutive `seq`)."""
+    removed: list[str] = Field(default_factory=list)
+    """`changes`: node ids gone from the sender's view."""
+    want: list[str] = Field(default_factory=list)
+    """`ask`: registries whose `full` view the sender of the ask needs."""
 
 
 # -- request/reply on every service --------------------------------------------------------------

@@ -66,6 +66,9 @@ class Registry:
         self.changed = asyncio.Event()
         """Set whenever the view changes, so peers republish without waiting for their timer."""
         self._fetching: set[str] = set()
+        self._refused: dict[str, int] = {}
+        """Node → revision of the catalog this service would not take (another organization's,
+        for a provider; or an invalid one): its heartbeats fetch nothing until it changes."""
         self.peers = Peers(self)
         self.joined = True
 
@@ -93,10 +96,8 @@ class Registry:
             await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node),
             await self.nc.subscribe(subjects.ADMIN_FORGET_ALL, cb=self._on_forget),
         ]
-        if self.settings.feeds:
-            self._subs.append(
-                await self.nc.subscribe(subjects.REGISTRY_VIEW_ALL, cb=self.on_view_msg)
-            )
+        # feed off too: asks for a provider's view arrive on its own bus
+        self._subs.append(await self.nc.subscribe(subjects.REGISTRY_VIEW_ALL, cb=self.on_view_msg))
         self.tasks.spawn(self._flusher(), "view flusher")
         self.tasks.spawn(self._liveness(), "liveness")
         body, headers = encode(SyncRequest(registry=self.settings.id))
@@ -159,7 +160,7 @@ class Registry:
     def _mark(self, *nodes: str) -> None:
         self._dirty.update(nodes)
         self._flush.set()
-        self.changed.set()
+        self.peers.changed(nodes)
 
     async def _flusher(self) -> None:
         while True:
@@ -251,11 +252,14 @@ class Registry:
             )
         problem = catalog_problem(catalog)
         if problem is not None:
+            self._refuse(node, catalog.revision)
             raise WireError(subjects.node_catalog(node), problem)
         if not self._admits(catalog):
+            self._refuse(node, catalog.revision)
             if self.view.remove(node):
                 self._mark(node)
             return
+        self._refused.pop(node, None)
         if not self._room(node, catalog.instance):
             return
         rivals = self.view.rivals(node, catalog.instance, catalog.revision)
@@ -294,6 +298,12 @@ class Registry:
                 bye.reason or "bye",
                 entry.replicas if entry else 0,
             )
+
+    def _refuse(self, node: str, revision: int) -> None:
+        self._refused.pop(node, None)
+        self._refused[node] = revision
+        if len(self._refused) > MAX_REFUSED:
+            del self._refused[next(iter(self._refused))]
 
     def _room(self, node: str, instance: str) -> bool:
         if self.view.has_room(node, instance):
@@ -335,6 +345,8 @@ class Registry:
         if not self._room(node, hb.instance):
             return
         if self.view.needs_catalog(hb):
+            if self._refused.get(node) == hb.revision:
+                return  # a catalog we would not take: fetched again only once it changes
             rivals = self.view.rivals(node, hb.instance, hb.revision)
             if rivals:
                 self._rival(node, hb.instance, hb.revision, rivals)
@@ -442,6 +454,11 @@ class Registry:
         if view.registry != sender:
             self.rejects.reject(sender, f"view of {view.registry!r} on {sender!r}'s subject")
             return
+        if view.kind == "ask":
+            self.peers.asked(view, urls)
+            return
+        if not self.settings.feeds:
+            return
         kept: list[NodeEntry] = []
         for entry in view.nodes:  # each entry is a catalog taken in: checked like one
             problem = catalog_problem(entry.catalog)
@@ -451,7 +468,7 @@ class Registry:
                 self.rejects.reject(sender, f"an entry of the view of {sender!r}: {problem}")
         if len(kept) != len(view.nodes):
             view = view.model_copy(update={"nodes": kept})
-        changed = self.view.take_in(view, urls or [], time.time())
+        changed = self.peers.receive(view, urls)
         if changed:
             self._mark(*changed)
 
@@ -536,6 +553,8 @@ class Registry:
 
 
 LOST_GRACE = 2.0
+MAX_REFUSED = 100_000
+"""Refused catalogs remembered (the oldest forgotten past it: then fetched once more)."""
 PRUNE_EVERY = 60.0
 """Seconds, at most, between two looks for nodes offline past the retention."""
 """Seconds, at least, a silent process gets past the ttl before its executions end `lost`."""

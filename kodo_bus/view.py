@@ -2,9 +2,9 @@
 
 Pure in-memory state with no I/O, so the registry decides when to persist (only on changes that
 matter: a new catalog, a status flip, a removal — never a heartbeat) and tests can reason about
-it. Entries announced on the registry's own bus have `via == ""`; entries taken in from another
-registry's republished view carry that registry's id in `via` and are replaced wholesale each time
-that registry republishes.
+it. Entries announced on the registry's own bus have `via == ""`; entries taken in from other
+registries are chosen among the copies each of them sent (`heard`): the registry they came from
+is in `via`, the registries they passed through in `path` (see ARCHITECTURE.md, "Federation").
 """
 
 from __future__ import annotations
@@ -318,6 +318,10 @@ def encode_page(
     return body, {CONTENT_TYPE: content_type}
 
 
+MAX_PATH = 64
+"""Registries an entry may have passed through; a longer path is refused (no real federation
+chains that many, and it bounds what one entry can carry)."""
+
 MAX_REPLICAS = 256
 """Processes tracked per node id; a further one is refused, so made-up instance ids cannot grow
 the registry's memory."""
@@ -366,6 +370,12 @@ class View:
         self._suspicions = 0
         self.source_seen: dict[str, float] = {}
         """Last time each registry we take in from republished its view."""
+        self.heard: dict[str, dict[str, NodeEntry]] = {}
+        """Registry → node → the entry as that registry last sent it (its view, as far as it
+        told us). `entries` holds, for each node not heard directly, the best of these."""
+        self._stale: set[str] = set()
+        """Registries silent past the ttl (their copies lose to any live one's, and are shown
+        offline when no other is left)."""
         self._values = _Values()
         self._nodes: dict[str, _Node] = {}
         """The indexed catalog of every node (the hybrid's own included), by node id."""
@@ -560,11 +570,17 @@ class View:
         return True
 
     def remove(self, node: str) -> bool:
+        """Drop `node`'s entry: a direct one (another registry's copy may take its place), or
+        one taken in (with the copy it came from, which would otherwise be chosen again)."""
         self.replicas.pop(node, None)
-        if self.entries.pop(node, None) is None:
+        entry = self.entries.pop(node, None)
+        if entry is None:
             return False
+        if entry.via:
+            self.heard.get(entry.via, {}).pop(node, None)
         self._dirty.add(node)
         self._rank = None
+        self._choose(node)
         return True
 
     def source_live(self, source: str, now: float, ttl: float) -> bool:
@@ -575,10 +591,12 @@ class View:
     def drop_source(self, source: str) -> list[str]:
         """Forget registry `source` and every entry taken in from it; returns those nodes."""
         self.source_seen.pop(source, None)
+        self._stale.discard(source)
+        copies = self.heard.pop(source, {})
         gone = [n for n, e in self.entries.items() if e.via == source]
         for node in gone:
             self.remove(node)
-        return gone
+        return gone + [n for n in copies if n not in gone and self._choose(n)]
 
     def prune(self, now: float, retention: float, ttl: float) -> list[str]:
         """Drop the entries nobody will hear from again; returns their nodes.
@@ -607,45 +625,130 @@ class View:
                 del self.source_seen[source]
         return gone
 
+    # -- entries taken in from other registries (see ARCHITECTURE.md, "Federation") -------------
     def take_in(self, view: RegistryView, urls: list[str], now: float) -> set[str]:
-        """Replace what `view.registry` gave us before; returns node ids to persist or delete.
+        """A whole view of `view.registry` (all parts of a `full`): replaces what it gave us
+        before; returns node ids to persist or delete."""
+        return self.take_full(view.registry, view.nodes, view.urls or urls, now)
 
-        Skipped: nodes heard directly (our own bus is fresher), our own hybrid node, and entries
-        that came from us in the first place (`via == owner`), which would otherwise bounce back.
-        """
-        source = view.registry
+    def take_full(
+        self, source: str, entries: Iterable[NodeEntry], urls: list[str], now: float
+    ) -> set[str]:
+        """Replace every copy `source` gave us with `entries`; returns nodes whose chosen entry
+        changed."""
+        self.heard_from(source, now)
+        old = self.heard.pop(source, {})
+        copies = self.heard[source] = {}
+        touched = set(old)
+        for entry in entries:
+            copy = self._copy(source, entry, urls)
+            if copy is not None:
+                copies[copy.catalog.node] = copy
+                touched.add(copy.catalog.node)
+        return {node for node in touched if self._choose(node)}
+
+    def take_changes(
+        self,
+        source: str,
+        entries: Iterable[NodeEntry],
+        removed: Iterable[str],
+        urls: list[str],
+        now: float,
+    ) -> set[str]:
+        """Apply one `changes` message of `source`; returns nodes whose chosen entry changed."""
+        self.heard_from(source, now)
+        copies = self.heard.setdefault(source, {})
+        touched: set[str] = set()
+        for node in removed:
+            if copies.pop(node, None) is not None:
+                touched.add(node)
+        for entry in entries:
+            copy = self._copy(source, entry, urls)
+            if copy is not None:
+                copies[copy.catalog.node] = copy
+                touched.add(copy.catalog.node)
+        return {node for node in touched if self._choose(node)}
+
+    def heard_from(self, source: str, now: float) -> set[str]:
+        """`source` is live (any message of it); if it had fallen silent, its copies are chosen
+        again. Returns nodes whose chosen entry changed."""
         self.source_seen[source] = now
-        self._rank = None  # its nodes move to the end
-        before = {n: e.catalog for n, e in self.entries.items() if e.via == source}
-        changed = set(before)
-        for n in changed:
-            del self.entries[n]
-        for entry in view.nodes:
-            node = entry.catalog.node
-            if self.owner in (node, entry.via):
+        if source not in self._stale:
+            return set()
+        self._stale.discard(source)
+        return {n for n in list(self.heard.get(source, {})) if self._choose(n)}
+
+    def _copy(self, source: str, entry: NodeEntry, urls: list[str]) -> NodeEntry | None:
+        """`entry` as sent by `source`, kept as its copy (None: too long a path to be sane)."""
+        path = entry.path if entry.path and entry.path[-1] == source else [*entry.path, source]
+        if len(path) > MAX_PATH:
+            return None
+        catalog = entry.catalog
+        if not catalog.urls:
+            catalog = catalog.model_copy(update={"urls": list(urls)})
+        return NodeEntry.model_construct(
+            catalog=catalog,
+            status=entry.status,
+            last_seen=entry.last_seen,
+            heartbeat=entry.heartbeat,
+            via=source,
+            replicas=entry.replicas,
+            path=path,
+        )
+
+    def _choose(self, node: str) -> bool:
+        """Pick the entry of `node` among the copies other registries gave us; whether the
+        chosen entry changed.
+
+        A node heard on our own bus (or our hybrid node) always wins. A copy whose path holds
+        our own id came back around a loop and is never taken. Among the rest: a live source
+        first, then the shortest path, then the smallest path (so two equal routes never flip
+        between each other and make changes to send).
+        """
+        if node == self.owner or (self.local is not None and node == self.local.node):
+            return False
+        current = self.entries.get(node)
+        if current is not None and current.via == "":
+            return False
+        best: NodeEntry | None = None
+        best_key: tuple[bool, int, list[str]] | None = None
+        for source, copies in self.heard.items():
+            copy = copies.get(node)
+            if copy is None or self.owner in copy.path:
                 continue
-            mine = self.entries.get(node)
-            if mine is not None and mine.via == "":
-                continue
-            catalog = entry.catalog
-            if not catalog.urls:
-                catalog = catalog.model_copy(update={"urls": list(view.urls or urls)})
-            previous = before.pop(node, None)
-            if previous is not None and previous == catalog:
-                catalog = previous  # unchanged: its index and cached bodies stay valid
-            else:
-                self._dirty.add(node)
-            self.entries[node] = NodeEntry(
-                catalog=catalog,
-                status=entry.status,
-                last_seen=entry.last_seen,
-                heartbeat=entry.heartbeat,
-                via=source,
-                replicas=entry.replicas,
-            )
-            changed.add(node)
-        self._dirty.update(before)  # gone from that registry's view
-        return changed
+            key = (source in self._stale, len(copy.path), copy.path)
+            if best_key is None or key < best_key:
+                best, best_key = copy, key
+        if best is None:
+            if current is None:
+                return False
+            del self.entries[node]
+            self._dirty.add(node)
+            self._rank = None
+            return True
+        assert best_key is not None
+        status: NodeStatus = "offline" if best_key[0] else best.status
+        catalog = best.catalog
+        if current is not None and current.catalog == catalog:
+            catalog = current.catalog  # unchanged: its index and cached bodies stay valid
+        else:
+            self._dirty.add(node)
+        if current is None:
+            self._rank = None
+        chosen = NodeEntry.model_construct(
+            catalog=catalog,
+            status=status,
+            last_seen=best.last_seen,
+            heartbeat=best.heartbeat,
+            via=best.via,
+            replicas=best.replicas,
+            path=best.path,
+        )
+        self.entries[node] = chosen
+        return current is None or any(
+            getattr(current, f) != getattr(chosen, f)
+            for f in ("catalog", "status", "via", "path", "replicas", "last_seen")
+        )
 
     def load(self, entries: Iterable[NodeEntry], now: float) -> None:
         """Adopt persisted entries, giving each node (and source) one `ttl` to show it lives.
@@ -660,6 +763,9 @@ class View:
                 entry.last_seen = now
             if entry.via:
                 self.source_seen.setdefault(entry.via, now)
+                path = entry.path or [entry.via]
+                entry.path = path
+                self.heard.setdefault(entry.via, {})[entry.catalog.node] = entry.model_copy()
             self.entries[entry.catalog.node] = entry
             self._dirty.add(entry.catalog.node)
             self._rank = None
@@ -668,6 +774,8 @@ class View:
         """Suspect processes silent past `ttl`, and mark nodes offline once every process of
         theirs (or the registry they came from) is."""
         stale = {s for s, seen in self.source_seen.items() if now - seen > ttl}
+        fell_silent = stale - self._stale
+        self._stale = stale
         out = Expired([], [], [])
         for node, entry in self.entries.items():
             if entry.via == "":
@@ -683,10 +791,10 @@ class View:
                 if entry.status == "offline" or now - entry.last_seen <= ttl:
                     continue
                 out.died.append(node)
-            elif entry.status == "offline" or entry.via not in stale:
-                continue
-            entry.status = "offline"
-            out.changed.append(node)
+                entry.status = "offline"
+                out.changed.append(node)
+        for source in fell_silent:  # another live copy, or the same one shown offline
+            out.changed.extend(n for n in list(self.heard.get(source, {})) if self._choose(n))
         return out
 
     # -- queries ---------------------------------------------------------------------------------
