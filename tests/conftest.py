@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -102,6 +103,35 @@ def free_ports(count: int) -> list[int]:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))
         return [sock.getsockname()[1] for sock in socks]
+
+
+RAY_WORKER_PORTS_END = 19999
+"""Last port of the range `ray start` gives its workers (10002-19999 by default)."""
+
+
+def unpicked_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports that nothing else on this machine picks by itself.
+
+    For ports a process binds long after they are chosen, like the ports of `ray start` (its
+    agents bind the metrics and agent ports many seconds later): a port from `free_ports` is in
+    the kernel's ephemeral range, where any bind(0) (a Ray worker's gRPC server, a nats-server
+    on port -1) and Ray's own random picks may take it in between. These come from between
+    Ray's worker range and the ephemeral range instead, chosen at random, each checked free.
+    """
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = random.sample(range(RAY_WORKER_PORTS_END + 1, low), k=min(4 * count + 64, 4096))
+    with contextlib.ExitStack() as stack:
+        held: list[int] = []
+        for port in candidates:
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            held.append(port)
+            if len(held) == count:
+                return held
+    raise RuntimeError(f"not {count} free ports between {RAY_WORKER_PORTS_END} and {low}")
 
 
 class Processes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import re
 import secrets
@@ -33,7 +34,7 @@ import yaml
 from kodo_bus.client import Client
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes, free_ports, wait_logged
+from .conftest import REPO, Processes, unpicked_ports, wait_logged
 from .test_reliability_support import online_flow
 
 pytestmark = [pytest.mark.slow]
@@ -53,7 +54,12 @@ NODE_PORTS = (
     "--metrics-export-port",
 )
 """Every port a Ray node would otherwise pick by default: two nodes on one machine, next to other
-Ray instances, must not meet on a default (the dashboard agent's is a fixed 52365)."""
+Ray instances, must not meet on a default (the dashboard agent's is a fixed 52365). Each comes
+from `unpicked_ports`: the agents bind theirs (the metrics port among them) seconds after `ray
+start` began, long enough for a port of the ephemeral range to be taken in between."""
+HAS_RAY_CLIENT = importlib.util.find_spec("grpc") is not None
+"""Ray's client server (a fixed 10001 on a head) runs only when ray[client] is installed, and
+`ray start` refuses `--ray-client-server-port` without it."""
 
 
 def ray_env(token: str) -> dict[str, str]:
@@ -89,7 +95,7 @@ class RayCluster:
     def start(self, name: str, *args: str) -> None:
         """`ray start --block ARGS` as `name`; returns once Ray says the node is registered."""
         log = self.logs / f"ray-{name}.log"
-        ports = free_ports(len(NODE_PORTS))
+        ports = unpicked_ports(len(NODE_PORTS))
         cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
         cmd += ["--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
         cmd += ["--include-log-monitor", "false"]  # no worker logs to forward: one process less
@@ -110,11 +116,14 @@ class RayCluster:
         wait_logged(proc, log, b"Ray runtime started", START_WITHIN)
 
     def start_head(self) -> None:
-        gcs, dashboard = free_ports(2)
+        gcs, dashboard, client = unpicked_ports(3)
         self.address = f"127.0.0.1:{gcs}"
         # `--include-dashboard false` still runs a minimal dashboard process (8265 by default).
         head = ["--head", "--port", str(gcs), "--include-dashboard", "false"]
-        self.start("head", *head, "--dashboard-port", str(dashboard))
+        head += ["--dashboard-port", str(dashboard)]
+        if HAS_RAY_CLIENT:
+            head += ["--ray-client-server-port", str(client)]
+        self.start("head", *head)
 
     def status(self) -> str:
         """`ray status` of this cluster ("" while it does not answer)."""

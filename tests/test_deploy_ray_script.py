@@ -25,7 +25,7 @@ import pytest
 
 from kodo_bus.client import Client
 
-from .conftest import REPO, free_ports, start_script, wait_logged
+from .conftest import REPO, free_ports, start_script, unpicked_ports, wait_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -71,7 +71,8 @@ async def run_hello(url: str) -> str:
 
 
 def test_start_script_runs_a_node_on_two_ray_nodes_and_stops_everything() -> None:
-    ray_port, nats_port, nats_http = free_ports(3)
+    nats_port, nats_http = free_ports(2)
+    (ray_port,) = unpicked_ports(1)  # bound by `ray start` seconds later: see unpicked_ports
     data = Path(tempfile.mkdtemp(prefix="kr", dir="/tmp"))
     env = {
         **os.environ,

@@ -13,7 +13,7 @@ import pytest
 from kodo_bus.errors import ConfigError
 from kodo_bus.flows import Next, spec_of
 
-from .conftest import REPO
+from .conftest import REPO, free_ports
 
 EXAMPLE = REPO / "examples" / "pipeline" / "flowkit_complete.py"
 
@@ -21,8 +21,11 @@ EXAMPLE = REPO / "examples" / "pipeline" / "flowkit_complete.py"
 def _standalone(tmp_path: Path, inputs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     file = tmp_path / "input.json"
     file.write_text(json.dumps(inputs))
+    # Standalone never connects; a free port (not the default 4222 a running bus holds) makes
+    # sure that if it ever did, it would fail here rather than reach the user's bus.
+    address = f"nats://127.0.0.1:{free_ports(1)[0]}"
     return subprocess.run(
-        [sys.executable, str(EXAMPLE), str(file), "runner-1", "nats://127.0.0.1:4222", "step1"],
+        [sys.executable, str(EXAMPLE), str(file), "runner-1", address, "step1"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -82,7 +82,9 @@ async def test_cli_server_serves_pubsub_and_jetstream_and_stops_on_sigterm(
 
 
 def test_cli_server_port_in_use(procs: Processes, listening_socket: int, tmp_path: Path) -> None:
-    proc = procs.start("server", "--port", str(listening_socket), "--store", str(tmp_path))
+    proc = procs.start(
+        "server", "--port", str(listening_socket), "--http-port", "0", "--store", str(tmp_path)
+    )
     output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 1
     assert f"port 127.0.0.1:{listening_socket} is already in use" in output
@@ -94,6 +96,8 @@ def test_cli_server_binary_missing(procs: Processes, tmp_path: Path) -> None:
         "server",
         "--port",
         "0",
+        "--http-port",
+        "0",  # not the default 8222: a `kodo-bus up` may hold it (issue 17, finding 9)
         "--store",
         str(tmp_path),
         env={"KODO_NATS_SERVER": str(tmp_path / "nope")},
@@ -117,7 +121,7 @@ def test_server_restart_keeps_port_and_store(tmp_path: Path) -> None:
 
 
 def test_server_refuses_a_taken_port_before_starting(listening_socket: int, tmp_path: Path) -> None:
-    server = NatsServer(ServerSettings(port=listening_socket, http_port=None, store=tmp_path))
+    server = NatsServer(ServerSettings(port=listening_socket, http_port=0, store=tmp_path))
     with pytest.raises(ServerError, match="already in use"):
         server.start()
     assert server.pid is None

@@ -2,9 +2,10 @@
 
     python examples/federation/walkthrough.py
 
-Starts a nats-server on a free port, then a node (5 flows), a registry and a hybrid (50 flows,
-an organization of its own) as `kodo-bus run` subprocesses, and prints what each one serves
-after every step. Everything it starts is stopped by PID at the end.
+Starts a nats-server on free ports (clients and monitoring: it runs beside a `kodo-bus up` on
+the defaults), then a node (5 flows), a registry and a hybrid (50 flows, an organization of its
+own) as `kodo-bus run` subprocesses, and prints what each one serves after every step. Exits 1 if
+a step did not show what it should. Everything it starts is stopped by PID at the end.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from kodo_bus.server import NatsServer
 
 HERE = Path(__file__).resolve().parent
 SERVICES = ("node", "registry", "hybrid")
+UNEXPECTED: list[str] = []
+"""Steps that did not show what they should (the exit status says whether any did)."""
 
 
 async def totals(nc: NATS) -> dict[str, int | None]:
@@ -50,6 +53,8 @@ async def expect(nc: NATS, step: str, want: dict[str, int | None]) -> None:
         await asyncio.sleep(0.2)
     mark = "ok" if got == want else f"UNEXPECTED (wanted {want})"
     print(f"{step:<55} {got}  {mark}")
+    if got != want:
+        UNEXPECTED.append(step)
 
 
 async def play(url: str, start: Callable[..., subprocess.Popen[bytes]]) -> None:
@@ -84,7 +89,9 @@ async def play(url: str, start: Callable[..., subprocess.Popen[bytes]]) -> None:
 
 def main() -> None:
     store = Path(tempfile.mkdtemp(prefix="kodo-walkthrough-"))
-    server = NatsServer(ServerSettings(port=0, http_port=None, store=store)).start()
+    # Free ports for clients and monitoring alike: the packaged config's `http: 127.0.0.1:8222`
+    # would otherwise collide with a `kodo-bus up` running on the defaults.
+    server = NatsServer(ServerSettings(port=0, http_port=0, store=store)).start()
     started: list[subprocess.Popen[bytes]] = []
 
     def start(config: str | None, *args: str) -> subprocess.Popen[bytes]:
@@ -105,6 +112,8 @@ def main() -> None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)
         server.stop()
+    if UNEXPECTED:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
