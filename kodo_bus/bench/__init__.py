@@ -9,5 +9,12 @@ everything a scenario needs (by PID, also on failure).
 
 from __future__ import annotations
 
-SCENARIOS: tuple[str, ...] = ("launch", "throughput", "events", "registry", "memory")
+SCENARIOS: tuple[str, ...] = (
+    "launch",
+    "throughput",
+    "events",
+    "registry",
+    "memory",
+    "federation",
+)
 """In the order `all` runs them (cheap and Ray-bound first, then the process-bound ones)."""

@@ -28,6 +28,8 @@ class Sizes(BaseModel):
     heartbeat: float = Field(default=5.0, gt=0)
     load_seconds: float = Field(default=10.0, gt=0)
     queries: int = Field(default=300, ge=1)
+    buses: int = Field(default=5, ge=2)
+    bus_nodes: int = Field(default=2000, ge=2)
 
 
 QUICK = Sizes(
@@ -40,13 +42,15 @@ QUICK = Sizes(
     heartbeat=0.5,
     load_seconds=1.0,
     queries=5,
+    buses=3,
+    bus_nodes=20,
 )
 """Tiny sizes for the smoke tests and `--quick`: does every scenario work?"""
 
 
 async def run_one(env: BenchEnv, name: str, s: Sizes) -> ScenarioResult:
     """One scenario by name, with the sizes given."""
-    from . import events, launch, memory, registry, throughput
+    from . import events, federation, launch, memory, registry, throughput
 
     if name == "launch":
         return await launch.run(env, n=s.launches, warmup=s.warmup)
@@ -65,6 +69,10 @@ async def run_one(env: BenchEnv, name: str, s: Sizes) -> ScenarioResult:
         )
     if name == "memory":
         return await memory.run(env, nodes=s.nodes, flows=s.flows)
+    if name == "federation":
+        return await federation.run(
+            env, buses=s.buses, nodes=s.bus_nodes, flows=s.flows, heartbeat=s.heartbeat
+        )
     raise BenchError(f"unknown scenario {name!r}: choose from all, {', '.join(SCENARIOS)}")
 
 

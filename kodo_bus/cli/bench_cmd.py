@@ -54,6 +54,10 @@ def bench(  # noqa: PLR0917 (typer options)
     load_seconds: Annotated[
         float | None, typer.Option(help="registry: seconds of heartbeat load [10].")
     ] = None,
+    buses: Annotated[int | None, typer.Option(help="federation: buses [5].")] = None,
+    bus_nodes: Annotated[
+        int | None, typer.Option(help="federation: simulated nodes per bus [2000].")
+    ] = None,
     max_running: Annotated[
         int, typer.Option(help="Executions the benchmark node runs at once.")
     ] = 32,
@@ -72,6 +76,8 @@ def bench(  # noqa: PLR0917 (typer options)
         "flows": flows,
         "heartbeat": heartbeat,
         "load_seconds": load_seconds,
+        "buses": buses,
+        "bus_nodes": bus_nodes,
     }
     try:
         sizes = Sizes.model_validate(
