@@ -307,8 +307,8 @@ async def test_client_cannot_read_another_users_events_in_jetstream(
     msg = await sub.next_msg(timeout=5)
     assert b"alice's input" in msg.data
     await sub.unsubscribe()
-    msg = await js.get_last_msg(subjects.STREAM_EVENTS, own, direct=True)
-    assert b"alice's input" in (msg.data or b"")
+    last = await js.get_last_msg(subjects.STREAM_EVENTS, own, direct=True)
+    assert b"alice's input" in (last.data or b"")
     alice.clean()
 
     theirs = subjects.events("bob", stored["bob"], "*")
