@@ -183,7 +183,9 @@ class NatsServer:
         if s.host or config_host(config) is None:
             cmd += ["-a", s.host or DEFAULT_SERVER_HOST]
         cmd += ["-p", str(-1 if s.port in (0, -1) else s.port)]
-        if s.http_port is not None:
+        if s.http_port is None:  # off, whatever the config file says (nats-server: 0 = off)
+            cmd += ["-m", "0"]
+        else:
             cmd += ["-m", str(-1 if s.http_port in (0, -1) else s.http_port)]
         cmd += ["-js", "-sd", str(s.store)]
         if s.server_name:

@@ -120,6 +120,19 @@ def test_server_restart_keeps_port_and_store(tmp_path: Path) -> None:
     assert not server.running
 
 
+def test_monitoring_off_means_off_whatever_the_config_says(tmp_path: Path) -> None:
+    """`http_port=None` is documented as "turns monitoring off": the packaged config's own
+    `http: 127.0.0.1:8222` must not apply (it did; a test held 8222 and the server died)."""
+    with NatsServer(
+        ServerSettings(port=0, http_port=None, store=tmp_path, config=REPO / "nats-server.conf")
+    ) as server:
+        assert server.http_port is None and server.monitor_url is None
+        pid = server.pid
+        assert pid is not None
+        ports = {c.laddr.port for c in psutil.Process(pid).net_connections("tcp")}
+        assert ports == {server.port}, ports
+
+
 def test_server_refuses_a_taken_port_before_starting(listening_socket: int, tmp_path: Path) -> None:
     server = NatsServer(ServerSettings(port=listening_socket, http_port=0, store=tmp_path))
     with pytest.raises(ServerError, match="already in use"):
