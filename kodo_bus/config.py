@@ -25,10 +25,14 @@ ENV_PREFIX = "KODO_"
 NATS_ENV = "KODO_NATS"
 """Where every process finds the bus: one URL or a comma-separated list (the settings' `nats`)."""
 NATS_ENV_DEPRECATED = "KODO_NATS_URL"
+"""The SDK's old name of `KODO_NATS`, still read (with a DeprecationWarning) when that is unset."""
 LAUNCH_ATTEMPTS = 3
 """Times a client sends a launch that got no reply (the same execution id each time, so a
 node that did take an earlier one answers with that execution: nothing runs twice)."""
-"""The SDK's old name of `KODO_NATS`, still read (with a DeprecationWarning) when that is unset."""
+LAUNCH_RESPONDERS_WITHIN = 5.0
+"""Seconds a client sends again a launch that met no responders: a node is listed online from
+its catalog, which may be heard a moment before it takes launches (it is starting, or a
+replica restarts). The same execution id each time, so nothing runs twice."""
 
 
 def split_urls(values: str | Iterable[str]) -> list[str]:

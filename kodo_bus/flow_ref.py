@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from . import subjects
-from .config import LAUNCH_ATTEMPTS
+from .config import LAUNCH_ATTEMPTS, LAUNCH_RESPONDERS_WITHIN
 from .discovery import find_registry
 from .errors import (
     AmbiguousFlow,
@@ -21,6 +22,7 @@ from .errors import (
     KodoError,
     KodoTimeout,
     LaunchUnanswered,
+    NoResponders,
     problems_from,
 )
 from .flows import unknown_inputs
@@ -119,10 +121,20 @@ class Flow:
             parent=parent,
             execution=execution_id or secrets.token_hex(16),
         )
-        for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+        unanswered_until = time.monotonic() + LAUNCH_RESPONDERS_WITHIN
+        delay = 0.05
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 reply = await self._client._request(subject, request, LaunchReply, nc=nc)
                 break
+            except NoResponders:
+                if time.monotonic() + delay > unanswered_until:
+                    raise
+                attempt -= 1  # not an unanswered launch: nobody took it
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
             except KodoTimeout as exc:
                 if attempt == LAUNCH_ATTEMPTS:
                     raise LaunchUnanswered(
