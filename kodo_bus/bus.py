@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import nats
 import nats.aio.client
+import nats.aio.transport
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -32,7 +33,7 @@ from pydantic import BaseModel
 from . import subjects
 from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
 from .config import ConnectSettings, Credentials
-from .errors import AuthError, ConnectError, FieldProblem, KodoTimeout, NoResponders
+from .errors import AuthError, ConnectError, FieldProblem, KodoTimeout, NoResponders, TlsError
 from .models import Ack
 
 log = logging.getLogger("kodo_bus.bus")
@@ -45,6 +46,46 @@ MAX_CONSUMERS_REACHED = 10026
 """JetStream API error code: the stream (or account) is at its consumer limit."""
 
 _MAX_BACKOFF = 5.0
+CONNECT_TIMEOUT = 2.0
+"""Seconds one connection attempt (TCP, TLS handshake, INFO/CONNECT/PONG) may take."""
+_SEEN_AT_CONNECT = 16
+"""Errors of the connection attempts kept to name the cause (the last ones are the telling)."""
+
+
+class _TcpTransport(nats.aio.transport.TcpTransport):
+    """nats-py's TCP transport, upgraded to TLS by `StreamWriter.start_tls` in place.
+
+    nats-py builds a new stream around `loop.start_tls` itself, and so (1) the stream's protocol
+    never learns it runs over TLS: closing the connection logs asyncio's "returning true from
+    eof_received() has no effect when using ssl" on every TLS command; (2) when the handshake
+    fails (a certificate not trusted: TLS without `--tls-ca`), asyncio closes the socket under
+    a protocol that never hears of it, and the `wait_closed` nats-py then awaits never returns:
+    the command hung with no message. `StreamWriter.start_tls` tells the protocol (1); after a
+    failed handshake the socket is closed already, so this transport drops its streams (2).
+    """
+
+    async def connect_tls(
+        self,
+        uri: str | Any,
+        ssl_context: ssl.SSLContext,
+        buffer_size: int,
+        connect_timeout: int,
+    ) -> None:
+        writer = self._io_writer
+        assert writer is not None, "connect must be called first"
+        hostname = uri if isinstance(uri, str) else uri.hostname
+        try:
+            await writer.start_tls(
+                ssl_context, server_hostname=hostname, ssl_handshake_timeout=connect_timeout
+            )
+        except BaseException:
+            self._io_reader = self._io_writer = None
+            self._bare_io_reader = self._bare_io_writer = None
+            raise
+
+
+nats.aio.client.TcpTransport = _TcpTransport  # type: ignore[attr-defined]
+"""nats-py looks its transport class up in this module global at each connection attempt."""
 
 
 def _auth_options(creds: Credentials) -> dict[str, Any]:
@@ -78,7 +119,9 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
     user_error_cb = callbacks.pop("error_cb", _log_error)
 
     async def error_cb(exc: Exception) -> None:
-        seen.append(exc)
+        if not box:  # still connecting: kept to name the cause (bounded)
+            seen.append(exc)
+            del seen[:-_SEEN_AT_CONNECT]
         await user_error_cb(exc)
 
     callbacks["error_cb"] = error_cb
@@ -107,26 +150,16 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
                 name=s.name,
                 inbox_prefix=s.inbox_prefix or nats.aio.client.DEFAULT_INBOX_PREFIX,
                 dont_randomize=True,
-                connect_timeout=2,
+                connect_timeout=CONNECT_TIMEOUT,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.05,
                 **options,
                 **callbacks,
             )
-        except nats.errors.AuthorizationError as exc:
-            raise AuthError(
-                f"NATS at {', '.join(urls)} refused the credentials ({exc}) — check "
-                "--user/--password, --creds or the KODO_* variables"
-            ) from None
         except (TimeoutError, OSError, nats.errors.Error) as exc:
-            # The server's "Authorization Violation" may reach error_cb just before the
-            # connection drops, so the raised error can be a reset: look at both.
-            refused = [e for e in (exc, *seen) if _is_auth_violation(e)]
-            if refused:
-                raise AuthError(
-                    f"NATS at {', '.join(urls)} refused the credentials ({refused[0]}) — check "
-                    "--user/--password, --creds or the KODO_* variables"
-                ) from None
+            final = _final_error(urls, [exc, *seen], s.credentials)
+            if final is not None:
+                raise final from None
             last = seen[-1] if seen else exc
         else:
             # Connected: from now on nats-py reconnects by itself, forever, over every URL.
@@ -144,7 +177,56 @@ async def connect(settings: ConnectSettings | None = None, **callbacks: Any) -> 
     where = ", ".join(urls)
     raise ConnectError(
         f"cannot reach NATS at {where} — start one with 'kodo-bus server' "
-        f"(gave up after {attempt + 1} attempts: {last or 'no reason given'})"
+        f"(gave up after {attempt + 1} attempts: {_cause(last)})"
+    )
+
+
+def _final_error(
+    urls: Sequence[str], errors: Sequence[BaseException], creds: Credentials
+) -> ConnectError | None:
+    """The error no further attempt can change: credentials refused, or TLS failed (a
+    certificate does not become trusted by trying again). The server's "Authorization
+    Violation" may reach error_cb just before the connection drops, so the raised error can be
+    a reset: every error of the attempts is looked at."""
+    refused = [e for e in errors if _is_auth_violation(e)]
+    if refused:
+        return AuthError(
+            f"NATS at {', '.join(urls)} refused the credentials ({refused[0]}) — check "
+            "--user/--password, --creds or the KODO_* variables"
+        )
+    tls = [e for e in errors if isinstance(e, ssl.SSLError)]
+    if tls:
+        return _tls_error(urls, tls[-1], creds)
+    return None
+
+
+def _cause(exc: BaseException | None) -> str:
+    """Why an attempt failed, in words (a timeout's own text is empty)."""
+    if exc is None:
+        return "no reason given"
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s (a firewall, or not a NATS port?)"
+    return str(exc) or type(exc).__name__
+
+
+def _tls_error(urls: Sequence[str], exc: ssl.SSLError, creds: Credentials) -> TlsError:
+    """The TLS failure of a connection attempt, with what to give instead."""
+    where = ", ".join(urls)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.verify_message or exc.reason or str(exc)
+        fix = (
+            f"is {creds.tls_ca} the CA that signed the server's certificate, and does the "
+            "certificate name the host of the URL?"
+            if creds.tls_ca
+            else "give the CA that signed the server's certificate with --tls-ca (or KODO_TLS_CA)"
+        )
+        return TlsError(
+            f"NATS at {where}: the server's TLS certificate is not trusted ({reason}) — {fix}"
+        )
+    reason = exc.reason or str(exc)
+    return TlsError(
+        f"TLS with NATS at {where} failed ({reason}) — if the server asks for a client "
+        "certificate, give it with --tls-cert and --tls-key"
     )
 
 

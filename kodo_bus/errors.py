@@ -25,6 +25,10 @@ class ConnectError(KodoError):
     """NATS could not be reached within the retry budget, or refused the credentials."""
 
 
+class TlsError(ConnectError):
+    """The TLS handshake with NATS failed (a server certificate not trusted: no `--tls-ca`)."""
+
+
 class AuthError(ConnectError):
     """NATS refused the credentials (or the user lacks permission for the operation)."""
 
