@@ -346,6 +346,9 @@ async def repair(js: JetStreamContext, record: ExecutionRecord) -> Ending:
     """A terminal record: make sure the events it stands for are stored (its ender may have
     died between the claim and storing them). The same seqs and Msg-Ids as the ender's, so a
     repair racing the ender stores one copy."""
+    stored = await _stored_ending(js, record)
+    if stored is not None:  # the common case, in one direct get instead of the whole trail
+        return Ending(stored.status, False, stored.seq)
     tail = await stored_tail(js, record)
     if tail.terminal is not None:
         return Ending(tail.terminal, False, tail.terminal_seq)
@@ -359,6 +362,30 @@ async def repair(js: JetStreamContext, record: ExecutionRecord) -> Ending:
     log.warning("execution %s: storing the %s its record holds", record.execution, record.status)
     await publish(js, messages)
     return Ending(record.status, False, record.last_seq)
+
+
+@dataclass(frozen=True)
+class _Stored:
+    status: str
+    seq: int
+
+
+async def _stored_ending(js: JetStreamContext, record: ExecutionRecord) -> _Stored | None:
+    """The terminal status stored last on the execution's `status` subject, if it is one."""
+    subject = subjects.events(record.launcher, record.execution, "status")
+    try:
+        msg = await js_retry(
+            functools.partial(js.get_last_msg, subjects.STREAM_EVENTS, subject, direct=True),
+            f"read the last status of {record.execution}",
+        )
+        events = decode_events(msg.subject or "", msg.data or b"", msg.headers)
+    except (nats.js.errors.NotFoundError, WireError):
+        return None
+    for event in reversed(events):
+        status = event.data.get("status") if isinstance(event.data, dict) else None
+        if status in TERMINAL_STATUSES:
+            return _Stored(str(status), event.seq)
+    return None
 
 
 _ERROR_TYPES = {"lost": "ExecutionLost", "cancelled": "Cancelled", "timeout": "Timeout"}
@@ -375,9 +402,16 @@ async def publish(js: JetStreamContext, messages: list[Message]) -> None:
         )
 
 
+REPAIR_WITHIN = 600.0
+"""Seconds back from a node's death within which its executions' endings are checked: an ender
+that died between its claim and its terminal status (a node killed while ending) left a
+terminal record whose status is not stored, and nobody else will store it."""
+
+
 async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None) -> int:
     """End every unfinished execution of `node` (of one replica `instance` when given) as
-    `lost`; how many this call ended (another ender may win some: they are not counted)."""
+    `lost`, and repair the recent endings it left half stored; how many this call ended
+    (another ender may win some: they are not counted)."""
     try:
         kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
     except nats.js.errors.BucketNotFoundError:
@@ -391,14 +425,17 @@ async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None
         if msg.data
     ]
     ended = 0
+    horizon = time.time() - REPAIR_WITHIN
     for key in keys:
         current = await read_record(kv, key)
         if current is None:
             continue
         record = current[0]
-        if record.node != node or record.status in TERMINAL_STATUSES:
+        if record.node != node or (instance is not None and record.instance != instance):
             continue
-        if instance is not None and record.instance != instance:
+        if record.status in TERMINAL_STATUSES:
+            if record.updated >= horizon:
+                await repair(js, record)
             continue
         message = f"node {node!r} went offline while the execution was {record.status}"
         ending = await end_from_outside(js, kv, record, "lost", error_of("ExecutionLost", message))

@@ -25,6 +25,7 @@ from kodo_bus.lifecycle import (
     conclude,
     end_from_outside,
     error_of,
+    mark_lost,
     publish,
     repair,
     stored_events,
@@ -149,3 +150,27 @@ async def test_an_outsider_that_died_after_its_claim_is_repaired(bus: Bus) -> No
     assert (again.won, again.status, again.last_seq) == (False, "lost", 5)
     await repair(js, stored[0])  # twice: nothing more stored
     await _check(js, kv, record, "lost")
+
+
+@pytest.mark.parametrize("stored_error", [True, False])
+async def test_mark_lost_repairs_an_ending_its_dead_node_left_half_stored(
+    bus: Bus, stored_error: bool
+) -> None:
+    """CI (invariants under faults): a node killed while ending an execution had claimed the
+    record `cancelled` but its terminal status was never sent; the registry that ends the dead
+    node's executions skipped the terminal record, and the stream never got its status."""
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+    if stored_error:
+        error = Event(
+            seq=4, ts=time.time(), kind="error", data=error_of("Cancelled", "cancelled"),
+            execution=record.execution, node=record.node, flow="f", launcher="local",
+        )  # fmt: skip
+        await publish(js, [event_message(error, f"{record.execution}:4:end")])
+    won = await claim(
+        kv, record_key(record), "cancelled", last_seq=5, error="cancelled",
+        known=(record, revision),
+    )  # fmt: skip
+    assert won.won
+    assert await mark_lost(js, record.node) == 0  # nothing left to end: it repairs
+    await _check(js, kv, record, "cancelled")
