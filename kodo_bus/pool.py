@@ -157,6 +157,7 @@ class ActorPool:
                 self._own_ray = True
                 self._ray_record = RayRecord()
                 self._record_ray()
+                log.info("started a local Ray for this node (loopback only)")
         self.cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         # Importing Ray leaves a heap of objects that live as long as the process; every full
         # garbage collection would walk them all again.
