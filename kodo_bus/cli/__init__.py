@@ -39,6 +39,7 @@ from . import (
     inspect_cmd,
     run_cmd,
     server_cmd,
+    try_cmd,
 )
 from .app import app, console, state
 
@@ -52,6 +53,7 @@ dashboard_cmd.register(app)
 inspect_cmd.register(app)
 bench_cmd.register(app)
 auth_cmd.register(app)
+try_cmd.register(app)
 
 
 def exit_code_for(exc: KodoError) -> int:

@@ -161,6 +161,21 @@ async def _answer_lock(execution: Execution, lock: dict[str, Any]) -> None:
             return
 
 
+async def gather_inputs(
+    schema: dict[str, Any],
+    name: str,
+    pairs: list[str] | None,
+    source: str | None,
+    interactive: bool,
+) -> dict[str, Any]:
+    """A launch's inputs: the `--inputs` file, then `-i` pairs, then (on a terminal) prompts
+    for the rest — one function, so `launch` and `try` take inputs the same way."""
+    data = {**_read_inputs(source), **parse_pairs(pairs or [], schema)}
+    if interactive:
+        data = await in_thread(ask_fields, schema, data, _checker(schema, name), console)
+    return data
+
+
 async def follow(execution: Execution, as_json: bool, interactive: bool) -> int:
     """Show every event until the terminal status; returns the documented exit code."""
     renderer = EventRenderer(out)
@@ -206,10 +221,7 @@ def launch(  # noqa: PLR0917 (typer options)
     async def work(kb: Client) -> int:
         nonlocal stage
         target = await kb.flow(flow, via=via)
-        data = {**_read_inputs(inputs), **parse_pairs(pairs or [], target.schema)}
-        if interactive:
-            check = _checker(target.schema, target.name)
-            data = await in_thread(ask_fields, target.schema, data, check, console)
+        data = await gather_inputs(target.schema, target.name, pairs, inputs, interactive)
         stage = "launching"
         execution = await target.launch(data, timeout=timeout)
         stage = "launched"
