@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from nats.aio.msg import Msg
 from .. import subjects
 from ..codec import encode
 from ..config import ServerSettings
+from ..errors import KodoTimeout
 from ..peers import CHUNK_BYTES
 from ..server import NatsServer
 from .common import Floor, ScenarioResult, Stopwatch
@@ -108,11 +110,12 @@ class _Federation:
                 await nc.close()
         for server in self.servers:
             await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(shutil.rmtree, self.tmp, ignore_errors=True)
 
     async def registry(self, i: int, links: list[int]) -> None:
         cmd = [sys.executable, "-m", "kodo_bus", "run", "--id", self.ids[i], "--role", "registry"]
         cmd += ["--nats", self.servers[i].url, "--log-level", "WARNING", "--cache-reset"]
-        cmd += ["--heartbeat", str(self.heartbeat)]
+        cmd += ["--heartbeat", str(self.heartbeat), "--log-file", str(self.tmp / f"{i}.log")]
         for j in links:
             cmd += ["--connect", self.servers[j].url]
         proc = await asyncio.create_subprocess_exec(
@@ -132,7 +135,11 @@ class _Federation:
 
 
 async def _flows_on(nc: NATS, registry: str) -> int:
-    return (await info(nc, registry)).flows
+    """Flows `registry` lists; 0 while it is too busy taking in a burst to answer in time."""
+    try:
+        return (await info(nc, registry)).flows
+    except KodoTimeout:
+        return 0
 
 
 async def _until(probe: Callable[[], Awaitable[bool]], what: str, timeout: float) -> float:
