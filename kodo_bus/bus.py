@@ -33,7 +33,15 @@ from pydantic import BaseModel
 from . import subjects
 from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
 from .config import ConnectSettings, Credentials
-from .errors import AuthError, ConnectError, FieldProblem, KodoTimeout, NoResponders, TlsError
+from .errors import (
+    AuthError,
+    ConnectError,
+    FieldProblem,
+    KodoTimeout,
+    NoResponders,
+    StorageTimeout,
+    TlsError,
+)
 from .models import Ack
 
 log = logging.getLogger("kodo_bus.bus")
@@ -431,7 +439,8 @@ async def ensure_stream(
     """Create the stream, or bring an existing one to this configuration (idempotent).
 
     An existing stream that already matches is left alone without a write, so processes with
-    read-only rights on it (nodes in the secure profile) start fine.
+    read-only rights on it (nodes in the secure profile) start fine. Waits for JetStream's
+    leaders first (`_when_storage_answers`).
     """
     config = api.StreamConfig(
         name=name,
@@ -445,8 +454,17 @@ async def ensure_stream(
         duplicate_window=min(duplicate_window, max_age) if max_age else duplicate_window,
         allow_direct=True,
     )
+
+    async def make() -> api.StreamInfo:
+        return await _ensure_stream(js, config)
+
+    return await _when_storage_answers(make, f"stream {name}")
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.StreamInfo:
+    assert config.name is not None
     try:
-        info = await js.stream_info(name)
+        info = await js.stream_info(config.name)
     except nats.js.errors.NotFoundError:
         pass
     else:
@@ -454,8 +472,8 @@ async def ensure_stream(
         if (
             list(c.subjects or []) == config.subjects
             and c.max_age == config.max_age
-            and (c.num_replicas or 1) == replicas
-            and (c.max_bytes or -1) == (max_bytes or -1)
+            and (c.num_replicas or 1) == config.num_replicas
+            and (c.max_bytes or -1) == (config.max_bytes or -1)
         ):
             return info
     try:
@@ -464,6 +482,29 @@ async def ensure_stream(
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
         return await js.update_stream(config)
+
+
+STORAGE_WAIT = 30.0
+"""Seconds `ensure_stream` and `ensure_bucket` wait for JetStream to answer: a cluster that
+just started, or lost a server, has no JetStream leader for a few seconds."""
+
+
+async def _when_storage_answers(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """`call()` retried while JetStream elects its leaders (`STORAGE_WAIT` at most), then one
+    clear error: a service started just after its cluster crashed with a bare TimeoutError."""
+    try:
+        return await js_retry(call, what, STORAGE_WAIT)
+    except nats.errors.NoRespondersError:
+        raise ConnectError(
+            f"no JetStream answers on this bus ({what}) within {STORAGE_WAIT:g} s — kodo-bus "
+            "needs a nats-server with JetStream on ('kodo-bus server', or nats-server -js)"
+        ) from None
+    except JETSTREAM_TRANSIENT as exc:
+        raise StorageTimeout(
+            f"JetStream did not answer ({what}) within {STORAGE_WAIT:g} s "
+            f"({exc or type(exc).__name__}) — on a cluster, a majority of its servers must be "
+            "up for it to elect a leader"
+        ) from None
 
 
 async def ensure_bucket(
@@ -476,7 +517,24 @@ async def ensure_bucket(
     max_bytes: int | None = None,
     description: str | None = None,
 ) -> KeyValue:
-    """Create the KV bucket if it is missing and return it (an existing one is kept as is)."""
+    """Create the KV bucket if it is missing and return it (an existing one is kept as is).
+    Waits for JetStream's leaders first (`_when_storage_answers`)."""
+
+    async def make() -> KeyValue:
+        return await _ensure_bucket(js, bucket, ttl, history, replicas, max_bytes, description)
+
+    return await _when_storage_answers(make, f"bucket {bucket}")
+
+
+async def _ensure_bucket(  # noqa: PLR0917
+    js: JetStreamContext,
+    bucket: str,
+    ttl: float | None,
+    history: int,
+    replicas: int,
+    max_bytes: int | None,
+    description: str | None,
+) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:

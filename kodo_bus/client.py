@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from . import bus, snapshot, subjects
 from .codec import JSON, decode, decode_msg
 from .config import ConnectSettings, Credentials, nats_urls
-from .discovery import find_registry
+from .discovery import find_registry, live_services
 from .errors import (
     AmbiguousExecution,
     ConfigError,
@@ -33,7 +33,10 @@ from .errors import (
     FlowNotFound,
     KodoError,
     KodoTimeout,
+    NoResponders,
+    ServiceNotFound,
     WireError,
+    did_you_mean,
 )
 from .execution_ref import Execution
 from .flow_ref import Flow, choose
@@ -151,7 +154,12 @@ class Client:
         registry = via or await find_registry(self.nc)
         items: list[FlowItem] = []
         while True:
-            page = await flows_page(self.nc, registry, query, self.timeout)
+            try:
+                page = await flows_page(self.nc, registry, query, self.timeout)
+            except NoResponders:
+                if via is None:
+                    raise
+                raise await unknown_service(self.nc, via) from None
             items.extend(page.items)
             if len(items) >= page.total or not page.items:
                 return [Flow(self, item) for item in items]
@@ -164,7 +172,19 @@ class Client:
         exact = [f for f in found if f.name == flow_name]
         if exact:
             return await choose(self, name, exact, via)
-        raise FlowNotFound(f"no flow named {name!r}{_did_you_mean(flow_name, found)}")
+        if node:  # the node may be misspelt, or not offer it: look at every node's flows
+            everywhere = await self.flows(via=via)
+            elsewhere = sorted({f.qualified_name for f in everywhere if f.name == flow_name})
+            if elsewhere:
+                hint = did_you_mean(name, elsewhere) or f" — it is offered as {elsewhere[0]!r}"
+                raise FlowNotFound(f"no flow named {name!r}{hint}")
+            if not found:
+                nodes = {f.node for f in everywhere}
+                raise FlowNotFound(
+                    f"no flow named {name!r}: no node {node!r} offers flows here"
+                    f"{did_you_mean(node, nodes)}"
+                )
+        raise FlowNotFound(f"no flow named {name!r}{_did_you_mean(flow_name, found, node)}")
 
     # -- executions ----------------------------------------------------------------------------
     def execution(self, execution: str) -> Execution:
@@ -364,17 +384,29 @@ class Client:
         return records
 
 
-def _did_you_mean(name: str, found: Sequence[Flow]) -> str:
+async def unknown_service(nc: NATS, service: str, known: Iterable[str] = ()) -> NoResponders:
+    """Why a service a user named (`--via`, `info`, `disconnect`) does not answer: it is live
+    but does not serve that request, or no live service has that id (`ServiceNotFound`, with
+    the ids close to it among the live ones and `known`)."""
+    live = {m["id"]: m.get("role", "service") for m in await live_services(nc)}
+    if service in live:
+        return NoResponders(f"{live[service]} {service} does not answer this request")
+    return ServiceNotFound(
+        f"no service {service!r} answers on this bus{did_you_mean(service, [*live, *known])}"
+    )
+
+
+def _did_you_mean(name: str, found: Sequence[Flow], node: str = "") -> str:
     """The " — did you mean 'greet'?" of an unknown flow: names close to `name` (difflib, like
     the node's unknown-input problems) or containing it; `node/name` where several nodes offer
-    one."""
+    one, or where the user named the node."""
     names = sorted({f.name for f in found})
     near = set(difflib.get_close_matches(name, names, n=5, cutoff=0.6))
     near |= {n for n in names if name.lower() in n.lower()}
     shown: list[str] = []
     for n in sorted(near):
         offers = sorted(f.qualified_name for f in found if f.name == n)
-        shown.extend([n] if len(offers) == 1 else offers)
+        shown.extend([n] if len(offers) == 1 and not node else offers)
     if not shown:
         return ""
     if len(shown) == 1:

@@ -5,6 +5,7 @@ Timeouts also subclass the built-in `TimeoutError` so `except TimeoutError` keep
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,11 @@ class KodoTimeout(KodoError, TimeoutError):
     """A request to a kodo-bus service got no reply in time (is the service running?)."""
 
 
+class StorageTimeout(KodoTimeout):
+    """JetStream did not answer a service's start in time: a cluster without a leader (fewer
+    than a majority of its servers up), or a server still starting."""
+
+
 class LaunchUnanswered(KodoTimeout):
     """A launch got no reply, however often it was sent: the execution may have started.
 
@@ -69,6 +75,11 @@ class LaunchUnanswered(KodoTimeout):
 
 class NoResponders(KodoError):
     """Nobody listens on the subject a request went to (the service is not running)."""
+
+
+class ServiceNotFound(NoResponders):
+    """No service answers under the id a user gave (`--via`, `info`, `disconnect`) and none
+    by that id is on the bus; the message lists close ids."""
 
 
 class RemoteError(KodoError):
@@ -91,11 +102,15 @@ class FieldProblem:
 class InputsInvalid(RemoteError):
     """Flow inputs failed validation; `problems` holds one message per field."""
 
-    def __init__(self, problems: Sequence[FieldProblem], flow: str = "") -> None:
+    def __init__(
+        self, problems: Sequence[FieldProblem], flow: str = "", what: str = "inputs"
+    ) -> None:
         lines = "; ".join(f"{p.field}: {p.message}" for p in problems)
         where = f" for flow {flow!r}" if flow else ""
-        super().__init__("invalid_inputs", f"invalid inputs{where}: {lines}")
+        super().__init__("invalid_inputs", f"invalid {what}{where}: {lines}")
         self.problems = list(problems)
+        self.what = what
+        """What was invalid: the flow's `inputs`, or the `answer` to a question."""
 
 
 class Busy(RemoteError):
@@ -172,6 +187,20 @@ class ExecutionLost(ExecutionError):
     """The node running the execution died; its result will never come."""
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """The " — did you mean 'greet'?" of an unknown name: the candidates close to it (difflib,
+    as the node does for unknown inputs) or containing it; '' when there are none."""
+    names = sorted(set(candidates) - {name})
+    near = set(difflib.get_close_matches(name, names, n=5, cutoff=0.6))
+    near |= {n for n in names if name and name.lower() in n.lower()}
+    shown = sorted(near)[:10]
+    if not shown:
+        return ""
+    if len(shown) == 1:
+        return f" — did you mean {shown[0]!r}?"
+    return f" — did you mean: {', '.join(shown)}?"
+
+
 def problems_from(error: Exception) -> list[FieldProblem]:
     """Turn a pydantic ValidationError into one FieldProblem per field (dotted path)."""
     from pydantic import ValidationError
@@ -182,3 +211,4 @@ def problems_from(error: Exception) -> list[FieldProblem]:
         FieldProblem(".".join(str(part) for part in item["loc"]) or "(root)", item["msg"])
         for item in error.errors(include_url=False)
     ]
+

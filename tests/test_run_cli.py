@@ -42,7 +42,7 @@ async def test_federation_commands(procs: Processes, fresh_server: NatsServer, n
     assert code == 0, out
     assert sorted(f["name"] for f in json.loads(out)["items"]) == ["chars", "words"]
 
-    code, out = cli(procs, fresh_server, "flows", "--q", "reverse")
+    code, out = cli(procs, fresh_server, "flows", "--query", "reverse")
     assert code == 0, out
     assert "reverse" in out
     assert "1 flows" in out
@@ -65,8 +65,8 @@ async def test_info_of_a_missing_service_fails_cleanly(
     procs: Processes, fresh_server: NatsServer
 ) -> None:
     code, out = cli(procs, fresh_server, "info", "nobody")
-    assert code == 1
-    assert "no service answers" in out
+    assert code == 2  # an unknown id, as an unknown flow or execution id
+    assert "no service 'nobody' answers on this bus" in out
 
 
 async def test_up_runs_bus_registry_and_example_node(procs: Processes, tmp_path: Path) -> None:

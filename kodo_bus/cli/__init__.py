@@ -1,9 +1,11 @@
 """The `kodo-bus` command line: one typer app, one module per group of commands.
 
 `main()` is the console-script entry point. It turns every `KodoError` into one red line with a
-hint naming the next command to run, and an exit code (2 for usage, input and config mistakes,
-an unknown or ambiguous flow or execution id; 3 for an execution cancelled, timed out or lost;
-1 otherwise); `--debug` shows the traceback too, and is offered only where it could help.
+hint naming the next command to run, and an exit code, the same for every command (the table is
+in `kodo-bus --help` and README): 0 success; 1 an error (service unreachable, execution failed);
+2 usage, input and config mistakes, an unknown or ambiguous flow, node or execution id, a server
+that cannot start with the setup given; 3 an execution cancelled, timed out or lost; 130
+interrupted (Ctrl-C). `--debug` shows the traceback too, and is offered only where it could help.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from ..errors import (
     LaunchUnanswered,
     NoResponders,
     RemoteError,
+    ServerError,
+    ServiceNotFound,
+    StorageTimeout,
 )
 from . import (
     auth_cmd,
@@ -41,7 +46,7 @@ from . import (
     server_cmd,
     try_cmd,
 )
-from .app import app, console, state
+from .app import app, console, state, use_house_style
 
 __all__ = ["app", "main"]
 
@@ -54,13 +59,14 @@ inspect_cmd.register(app)
 bench_cmd.register(app)
 auth_cmd.register(app)
 try_cmd.register(app)
+use_house_style(app)
 
 
 def exit_code_for(exc: KodoError) -> int:
     """The documented exit code of an error (see `kodo-bus --help`)."""
     if isinstance(exc, ConfigError | InputsInvalid | FlowNotFound | AmbiguousFlow):
         return 2
-    if isinstance(exc, ExecutionNotFound | AmbiguousExecution):
+    if isinstance(exc, ExecutionNotFound | AmbiguousExecution | ServiceNotFound | ServerError):
         return 2
     if isinstance(exc, ExecutionCancelled | ExecutionTimeout | ExecutionLost):
         return 3
@@ -78,6 +84,8 @@ _NO_TRACEBACK = (
     ConnectError,
     NoResponders,
     RemoteError,
+    ServerError,
+    StorageTimeout,
 )
 """Errors whose traceback tells a user nothing the message does not: their input, a state of
 the bus, or a service's answer (whose traceback, if any, is the service's)."""
@@ -98,8 +106,12 @@ def hint_for(exc: KodoError, argv: list[str]) -> str | None:
         return "'kodo-bus executions' lists the executions you launched"
     if isinstance(exc, FlowNotFound | AmbiguousFlow):
         return "'kodo-bus flows' lists the flows on the bus (name one as node/flow)"
+    if isinstance(exc, InputsInvalid) and exc.what == "answer":
+        return "on a terminal, 'kodo-bus answer ID' alone asks for each field with its rules"
     if isinstance(exc, InputsInvalid):
         return "on a terminal, 'kodo-bus launch FLOW' asks for each input with its rules"
+    if isinstance(exc, ServiceNotFound):
+        return "'kodo-bus nodes' lists the services of this bus and their ids"
     if isinstance(exc, ConfigError):
         return f"'kodo-bus {command} --help' shows its options" if command else None
     if isinstance(exc, ExecutionError):
@@ -110,6 +122,8 @@ def hint_for(exc: KodoError, argv: list[str]) -> str | None:
         return "'kodo-bus executions' shows the state of your executions"
     if isinstance(exc, LaunchUnanswered):
         return f"'kodo-bus events {exc.execution}' shows whether it started"
+    if isinstance(exc, StorageTimeout):
+        return None  # the message says what to look at
     if isinstance(exc, KodoTimeout):
         return "'kodo-bus nodes' shows which services answer"
     return None

@@ -36,7 +36,7 @@ from ..schema_model import model_from_schema
 from . import watch
 from .app import console, out
 from .creds import with_credentials
-from .federation_cmd import JsonOpt, NatsOpt, ViaOpt
+from .federation_cmd import JsonOpt, JsonReplyOpt, NatsOpt, ViaOpt
 from .prompts import ask_fields, in_thread, parse_pairs
 from .render import EventRenderer, event_json, log_line, short_ids, status_text
 
@@ -437,7 +437,7 @@ def cancel(
     execution: Annotated[str, typer.Argument(help=ID_HELP)],
     nats: NatsOpt = None,
     credentials: Credentials | None = None,
-    as_json: JsonOpt = False,
+    as_json: JsonReplyOpt = False,
 ) -> None:
     """Stop an execution; it ends `cancelled` within about two seconds."""
 
@@ -475,7 +475,7 @@ def answer(  # noqa: PLR0917 (typer options)
     pairs: PairsOpt = None,
     nats: NatsOpt = None,
     credentials: Credentials | None = None,
-    as_json: JsonOpt = False,
+    as_json: JsonReplyOpt = False,
 ) -> None:
     """Answer the question an `awaiting` execution asked; without a value, prompt for it."""
 
@@ -501,7 +501,10 @@ def answer(  # noqa: PLR0917 (typer options)
             data = await asyncio.to_thread(
                 ask_fields, schema, data, _checker(schema, "answer"), console
             )
-        await handle.answer(data)
+        try:
+            await handle.answer(data)
+        except InputsInvalid as exc:  # the node checks an answer as it checks inputs
+            raise InputsInvalid(exc.problems, what="answer") from None
         return handle.id
 
     full = _run(nats, credentials, work)

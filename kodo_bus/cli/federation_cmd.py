@@ -19,12 +19,18 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 from rich.table import Table
 
-from .. import subjects
+from .. import client, subjects
 from ..bus import connect, jetstream, request
 from ..codec import decode_reply, encode
 from ..config import ConnectSettings, Credentials, nats_urls
 from ..discovery import find_registry, live_services
-from ..errors import ConfigError, KodoError, KodoTimeout, NoResponders
+from ..errors import (
+    ConfigError,
+    KodoError,
+    KodoTimeout,
+    NoResponders,
+    did_you_mean,
+)
 from ..models import Ack, Empty, FlowsPage, FlowsQuery, NodesPage, ServiceInfo
 from .app import out
 from .creds import with_credentials
@@ -37,7 +43,10 @@ NATS_HELP = (
 """Every command's `--nats`: flags, else KODO_NATS (read by `config.nats_urls`, as the SDK does)."""
 NatsOpt = Annotated[list[str] | None, typer.Option("--nats", help=NATS_HELP)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonReplyOpt = Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")]
+"""`--json` of a command that prints no table, only what the service answered."""
 ViaOpt = Annotated[str | None, typer.Option("--via", help="Service id to ask.")]
+M = TypeVar("M", bound=BaseModel)
 
 
 def _call(
@@ -67,6 +76,29 @@ async def discover_registry(nc: NATS) -> str:
     return await find_registry(nc)
 
 
+async def ask(nc: NATS, service: str, subject: str, message: BaseModel, reply: type[M]) -> M:
+    """`request` to a service a user named; if nobody answers, say whether that id is offline
+    or unknown (with the ids close to it) rather than which subject was silent."""
+    try:
+        return await request(nc, subject, message, reply)
+    except NoResponders:
+        raise await unknown_service(nc, service) from None
+
+
+async def unknown_service(nc: NATS, service: str) -> NoResponders:
+    """Why `service` does not answer: offline, per a registry's view (then `forget` drops it),
+    or as `client.unknown_service` says (with close ids among the nodes a registry knows)."""
+    known: dict[str, str] = {}
+    with contextlib.suppress(KodoError):  # no registry: the live services are all we know
+        page = await request(nc, subjects.svc_nodes(await find_registry(nc)), Empty(), NodesPage)
+        known = {n.id: n.status for n in page.items}
+    if known.get(service) == "offline":
+        return NoResponders(
+            f"node {service} is offline ('kodo-bus forget {service}' drops it from the views)"
+        )
+    return await client.unknown_service(nc, service, known)
+
+
 def _emit(model: BaseModel, as_json: bool, table: Callable[[], Table]) -> None:
     if as_json:
         print(model.model_dump_json(indent=2))
@@ -84,7 +116,7 @@ def info(
     """Who a service is: role, organization, version, counts of nodes, flows, rejected messages."""
 
     async def work(nc: NATS) -> ServiceInfo:
-        return await request(nc, subjects.svc_info(service), Empty(), ServiceInfo)
+        return await ask(nc, service, subjects.svc_info(service), Empty(), ServiceInfo)
 
     reply = _call(nats, work, credentials)
 
@@ -107,8 +139,11 @@ def nodes(
     """Nodes a registry knows, online and offline."""
 
     async def work(nc: NATS) -> NodesPage:
-        target = via or await discover_registry(nc)
-        return await request(nc, subjects.svc_nodes(target), Empty(), NodesPage)
+        if via:
+            return await ask(nc, via, subjects.svc_nodes(via), Empty(), NodesPage)
+        return await request(
+            nc, subjects.svc_nodes(await discover_registry(nc)), Empty(), NodesPage
+        )
 
     reply = _call(nats, work, credentials)
 
@@ -129,7 +164,10 @@ def nodes(
 @with_credentials
 def flows(  # noqa: PLR0917 (typer options)
     via: ViaOpt = None,
-    q: Annotated[str | None, typer.Option("--q", help="Text to look for.")] = None,
+    query: Annotated[
+        str | None,
+        typer.Option("--query", "-q", help="Text to look for in names, summaries and tags."),
+    ] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="Required tag (repeatable).")
     ] = None,
@@ -139,11 +177,12 @@ def flows(  # noqa: PLR0917 (typer options)
     credentials: Credentials | None = None,
 ) -> None:
     """Flows a service offers (a registry: every flow in its view)."""
-    query = FlowsQuery(q=q, tags=tag or [], limit=limit)
+    wanted = FlowsQuery(q=query, tags=tag or [], limit=limit)
 
     async def work(nc: NATS) -> FlowsPage:
-        target = via or await discover_registry(nc)
-        return await request(nc, subjects.svc_flows(target), query, FlowsPage)
+        if via:
+            return await ask(nc, via, subjects.svc_flows(via), wanted, FlowsPage)
+        return await request(nc, subjects.svc_flows(await discover_registry(nc)), wanted, FlowsPage)
 
     reply = _call(nats, work, credentials)
 
@@ -162,13 +201,13 @@ def flows(  # noqa: PLR0917 (typer options)
 def disconnect(
     service: Annotated[str, typer.Argument(help="Service id.")],
     nats: NatsOpt = None,
-    as_json: JsonOpt = False,
+    as_json: JsonReplyOpt = False,
     credentials: Credentials | None = None,
 ) -> None:
     """Make a service leave the federation; it keeps serving its own flows."""
 
     async def work(nc: NATS) -> Ack:
-        return await request(nc, subjects.svc_disconnect(service), Empty(), Ack)
+        return await ask(nc, service, subjects.svc_disconnect(service), Empty(), Ack)
 
     reply = _call(nats, work, credentials)
     if as_json:
@@ -186,7 +225,7 @@ _REGISTRY_ROLES = ("registry", "provider", "hybrid")
 def forget(
     node: Annotated[str, typer.Argument(help="Id of the offline node (or gone registry).")],
     nats: NatsOpt = None,
-    as_json: JsonOpt = False,
+    as_json: JsonReplyOpt = False,
     credentials: Credentials | None = None,
 ) -> None:
     """Remove an offline node from the view of every registry on the bus (admin only).
@@ -210,7 +249,10 @@ def forget(
         registries = {m["id"] for m in services if m.get("role") in _REGISTRY_ROLES}
         if not registries:
             raise NoResponders("no registry answers on this bus: no view to forget it from")
+        hint = await _forget_hint(nc, node, services)  # before: after, it is known no more
         acks = await _gather_forget(nc, node, len(registries))
+        if hint and all(a.ok for a in acks):
+            acks.append(Ack(message=hint))
         if len(acks) < len(registries):
             missing = len(registries) - len(acks)
             acks.append(Ack(ok=False, message=f"{missing} of {len(registries)} did not answer"))
@@ -229,6 +271,19 @@ def forget(
     refused = [a.message for a in acks if not a.ok]
     if refused:
         raise ConfigError("; ".join(refused))
+
+
+async def _forget_hint(nc: NATS, node: str, services: list[dict[str, str]]) -> str:
+    """ "did you mean" for a `forget` of an id no registry's view holds: the ids close to it
+    among the nodes a registry knows and the live services ('' when none is close)."""
+    known: set[str] = {m["id"] for m in services}
+    with contextlib.suppress(KodoError):
+        page = await request(nc, subjects.svc_nodes(await find_registry(nc)), Empty(), NodesPage)
+        known |= {n.id for n in page.items}
+    if node in known:
+        return ""
+    suggestion = did_you_mean(node, known)
+    return f"no node {node!r} is known on this bus{suggestion}" if suggestion else ""
 
 
 async def _gather_forget(nc: NATS, node: str, expected: int) -> list[Ack]:
