@@ -15,7 +15,11 @@ and the answer travels back only into the requester's own account. So (ARCHITECT
   of its own with JetStream, where a consumer's delivery can reach nothing that acts (its one
   stream refuses a delivery it would capture, as a cycle) but the exported `_INBOX_<user>.>`;
 - every other account reaches the stores' JetStream API under `subjects.JS_API_KODO`, because an
-  account without JetStream answers `$JS.API.>` itself (`bus.jetstream` finds the prefix).
+  account without JetStream answers `$JS.API.>` itself (`bus.jetstream` finds the prefix);
+- each client's files (its Object Store bucket `KODO_FILES_<user>`) live in a store account of
+  their own, `KODO_STORE_FILES_<user>`: the client gets its bucket's whole API (it creates the
+  bucket, puts, gets, lists and deletes there), because whatever it makes that API do stays
+  inside an account that holds nothing but its own files; services import every bucket.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ SERVICES_ACCOUNT = "KODO"
 EVENTS_ACCOUNT = "KODO_STORE_EVENTS"
 RECORDS_ACCOUNT = "KODO_STORE_RECORDS"
 VIEWS_ACCOUNT = "KODO_STORE_VIEWS"
+FILES_ACCOUNT = "KODO_STORE_FILES_{user}"
+"""One per client: a stream the client may create and reconfigure must not share an account
+with anybody else's (it could capture their put subjects or their deliveries)."""
 SERVICE_ROLES = frozenset({"node", "registry", "admin"})
 
 _SRV = "$SRV.>"
@@ -61,6 +68,19 @@ class _Store:
     streams: tuple[str, ...]
     writes: tuple[str, ...]
     """Subjects services store through (a JetStream publish, acknowledged)."""
+    owner: str | None = None
+    """The one client whose files these are (a files store); None: a shared store."""
+
+
+def files_account(user: str) -> str:
+    return FILES_ACCOUNT.format(user=user)
+
+
+def _files_store(user: str) -> _Store:
+    bucket = s.bucket_files(user)
+    return _Store(
+        files_account(user), (s.obj_stream(bucket),), (s.obj_subject(bucket, ">"),), owner=user
+    )
 
 
 def _stores(users: list[User]) -> list[_Store]:
@@ -74,6 +94,7 @@ def _stores(users: list[User]) -> list[_Store]:
             tuple(s.kv_stream(v) for v in views),
             tuple(s.kv_subject(v, ">") for v in views),
         ),
+        *(_files_store(u.name) for u in users if u.role == "client"),
     ]
 
 
@@ -255,9 +276,51 @@ def _outsider(user: User, stores: list[_Store]) -> list[str]:
     for store in stores:
         if store.account == VIEWS_ACCOUNT and not monitor:
             continue  # clients ask the registries, never their buckets
+        if store.owner is not None:
+            if store.owner == user.name:
+                imports += _own_files(store, user)
+            continue  # nobody else's files, not even a monitor's
         for stream in store.streams:
             wanted = monitor_api(stream) if monitor else client_api(user.name, stream)
             imports += [_api_import(store.account, a) for a in wanted]
             imports.append(_service_import(store.account, f"$JS.FC.{stream}.>"))
         imports.append(_stream_import(store.account, s.inbox(user.name) + ".>"))
     return imports
+
+
+def _own_files(store: _Store, user: User) -> list[str]:
+    """A client's own files store: its bucket's whole API, its puts, acks and deliveries."""
+    imports = [_service_import(store.account, w) for w in store.writes]
+    for stream in store.streams:
+        imports += [_api_import(store.account, a) for a in _stream_api(stream)]
+        imports += [_service_import(store.account, f) for f in _flow(stream)]
+    imports.append(_stream_import(store.account, s.inbox(user.name) + ".>"))
+    return imports
+
+
+def files_api(user: str) -> list[str]:
+    """The subjects a client publishes to use its own bucket (its permissions)."""
+    bucket = s.bucket_files(user)
+    stream = s.obj_stream(bucket)
+    return [
+        *(prefixed(a) for a in _stream_api(stream)),
+        s.obj_subject(bucket, ">"),
+        *_flow(stream),
+    ]
+
+
+def files_service_api() -> list[str]:
+    """What a node publishes to read and write every client's bucket: the files stores are the
+    only ones imported under these forms (`STREAM.CREATE.*` and the like also name the events
+    and records streams, whose creation a node had already)."""
+    return [
+        s.obj_subject("*", ">"),
+        prefixed(api("STREAM", "INFO", "*")),
+        prefixed(api("STREAM", "CREATE", "*")),
+        prefixed(api("STREAM", "MSG", "GET", "*")),
+        prefixed(api("DIRECT", "GET", "*")),
+        prefixed(api("CONSUMER", "CREATE", "*")),
+        prefixed(api("CONSUMER", "CREATE", "*", ">")),
+        prefixed(api("CONSUMER", "DELETE", "*", "*")),
+        "$JS.FC.*.>",
+    ]

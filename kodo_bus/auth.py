@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import subjects as s
-from .accounts import api, client_api, prefixed, render_accounts
+from .accounts import api, client_api, files_api, files_service_api, prefixed, render_accounts
 from .errors import ConfigError, problems_from
 
 AuthRole = Literal["node", "registry", "client", "monitor", "admin"]
@@ -117,6 +117,8 @@ def _node(name: str) -> Permissions:
         _api("DIRECT", "GET", _kv_stream(records)),
         _JS_INFO,
     ]
+    # Files: a worker reads its launcher's input files and writes the outputs (any client's).
+    pub += files_service_api()
     # Workflows: a node launches the next flows on behalf of the execution's launcher.
     pub.append(s.launch("*", "*", "*"))
     sub += [s.launch_node(name), s.SYNC, s.EXEC_CONTROL_ALL]
@@ -168,6 +170,7 @@ def _client(name: str) -> Permissions:
         s.SVC_NODES.format(service="*"),
         _SRV,
         *_reads_events(name),
+        *files_api(name),  # its own bucket only (a store account of its own: `accounts.py`)
     ]
     sub = [s.inbox(name) + ".>", s.events_of_user(name)]
     return Permissions(tuple(pub), tuple(sub))

@@ -212,3 +212,10 @@ def problems_from(error: Exception) -> list[FieldProblem]:
         for item in error.errors(include_url=False)
     ]
 
+
+class FileError(KodoError):
+    """A file of an execution cannot be uploaded, found or downloaded."""
+
+
+class FileDigestMismatch(FileError):
+    """A downloaded file's SHA-256 is not the one its reference names (it was not kept)."""

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 import nats.errors
@@ -30,7 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from . import subjects
+from . import files, subjects
 from .bus import JETSTREAM_TRANSIENT, MAX_CONSUMERS_REACHED, consumer_config, js_retry
 from .codec import decode_events
 from .errors import (
@@ -40,6 +41,7 @@ from .errors import (
     ExecutionLost,
     ExecutionNotFound,
     ExecutionTimeout,
+    KodoError,
     KodoTimeout,
     WireError,
 )
@@ -51,6 +53,7 @@ from .models import (
     Event,
     ExecutionRecord,
     ExecutionStatus,
+    File,
 )
 from .publisher import ACK_WAIT, RESEND_WITHIN
 
@@ -366,6 +369,29 @@ class Execution:
         """Answer the question an `awaiting` execution asked (validated by the node)."""
         subject = subjects.exec_answer(await self._launcher(), self.id)
         await self._client._request(subject, AnswerRequest(data=data), Ack, nc=self._nc)
+
+    # -- files and housekeeping ----------------------------------------------------------------
+    async def files(self) -> list[File]:
+        """The files the execution handed out (`tracer.file`), once it has ended; a name given
+        twice is its last version."""
+        found: dict[str, File] = {}
+        async for event in self.events(kinds=["file"]):
+            ref = File.model_validate(event.data)
+            found.pop(ref.name, None)
+            found[ref.name] = ref
+        return list(found.values())
+
+    async def download(self, directory: Path | str = ".") -> list[Path]:
+        """Write every file of `files()` into `directory`, each checked against its SHA-256."""
+        refs = await self.files()
+        return [await files.download(self._js, ref, Path(directory) / ref.filename) for ref in refs]
+
+    async def delete(self) -> None:
+        """Delete an ended execution: its files, its events, then its record."""
+        record = await self.record()
+        if record.status not in TERMINAL_STATUSES:
+            raise KodoError(f"execution {self.id} is {record.status}: cancel it first")
+        await files.forget(self._js, record.launcher, self.id)
 
     # -- workflows -----------------------------------------------------------------------------
     async def children(self) -> list[Execution]:

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from nats.aio.msg import Msg
 from pydantic import BaseModel
 
-from . import subjects
+from . import files, subjects
 from .bus import connect, deliver, jetstream, respond
 from .chain import ChainContext, WorkflowError, launch_next
 from .codec import JSON, decode_msg
@@ -399,6 +399,17 @@ class ExecActor:
         func, model, is_async = self._entries.get(job.entry) or self._resolve(job.entry)
         # The node validated already; the model only shapes what the flow gets.
         inputs: Any = model.model_validate(job.inputs) if model else dict(job.inputs)
+        refs = list(files.refs_in(inputs))
+        if not refs:
+            return await self._invoke(func, is_async, inputs, tracer)
+        local = files.InputFiles(self._js, job.record.launcher)
+        try:
+            await local.fetch(refs)
+            return await self._invoke(func, is_async, inputs, tracer)
+        finally:
+            await local.remove()
+
+    async def _invoke(self, func: Any, is_async: bool, inputs: Any, tracer: Tracer) -> Any:
         if is_async:
             return await func(inputs, tracer)
         return await self._in_thread(func, inputs, tracer)

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -25,6 +26,7 @@ from .errors import (
     NoResponders,
     problems_from,
 )
+from .files import upload_inputs
 from .flows import unknown_inputs
 from .models import Empty, FlowItem, LaunchReply, LaunchRequest, NodesPage
 from .schema_model import model_from_schema
@@ -102,6 +104,7 @@ class Flow:
         *,
         parent: str | None = None,
         execution_id: str | None = None,
+        files: Mapping[str, Path | str] | None = None,
     ) -> Execution:
         """Start an execution; returns at once with its handle (the node validates again).
 
@@ -109,17 +112,25 @@ class Flow:
         execution: launching an id again is the same execution, so a launch that got no reply
         is sent again (`LAUNCH_ATTEMPTS` times in all) without any risk of running twice, and
         the id is known before the launch — to follow its events from the very first.
+
+        `files` maps file inputs (fields of type `File`) to local paths: each is uploaded, in
+        chunks, to the launcher's bucket before the launch, and the flow gets a local copy.
         """
         from .execution_ref import Execution
 
-        data = self.validate(inputs)
+        execution = execution_id or secrets.token_hex(16)
         nc = await self._client._bus_for(self.urls)
+        data = _as_data(inputs)
+        if files:
+            js = self._client._jetstream(nc)
+            data |= await upload_inputs(js, self._client.user, execution, files)
+        data = self.validate(data)
         subject = subjects.launch(self._client.user, self.node, self.name)
         request = LaunchRequest(
             inputs=data,
             timeout=timeout,
             parent=parent,
-            execution=execution_id or secrets.token_hex(16),
+            execution=execution,
         )
         unanswered_until = time.monotonic() + LAUNCH_RESPONDERS_WITHIN
         delay = 0.05

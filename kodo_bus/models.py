@@ -17,9 +17,10 @@ unambiguous across languages. Attribute docstrings are the fields' descriptions 
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
@@ -52,6 +53,7 @@ EventKind = Literal[
     "html",
     "result",
     "action",
+    "file",
     "progress",
     "log",
     "stdout",
@@ -399,6 +401,45 @@ class Event(Message):
     """The launching execution of a chained flow; absent (not null) on the wire otherwise."""
     root: str | None = None
     """The top execution of the chain (the execution itself for a top-level one)."""
+
+
+class File(BaseModel):
+    """A file in the launcher's Object Store bucket, as inputs and `file` events name it.
+
+    A flow declares a file input with this type in its inputs model; the client uploads the file
+    before the launch and sends this reference, and the worker downloads it and hands the flow a
+    local `path`. The path is never taken from the wire (a launcher must not name a file on the
+    worker), and a reference to another user's bucket is refused before anything is read.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    bucket: str
+    """The Object Store bucket, `KODO_FILES_<user>` of the launcher."""
+    name: str
+    """The object's name in it: `<execution>/in/<field>/<file>` or `<execution>/out/<file>`."""
+    size: int = Field(ge=0)
+    """Bytes."""
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 of the content, hex: every download is checked against it."""
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def filename(self) -> str:
+        """The last part of the name: what a download writes."""
+        return self.name.rsplit("/", 1)[-1]
+
+    @property
+    def path(self) -> Path:
+        """Where the worker put the file for the flow (removed when the execution ends)."""
+        if self._path is None:
+            raise FileNotFoundError(f"{self.name} was not downloaded here")
+        return self._path
+
+    def open(self) -> BinaryIO:
+        """The downloaded file, to read as a stream."""
+        return self.path.open("rb")
 
 
 class AnswerRequest(Request):

@@ -93,6 +93,17 @@ BUCKET_VIEW = "KODO_VIEW_{registry}"
 """One KV bucket per registry: its view of nodes and flows; survives restarts."""
 BUCKET_EXECUTIONS = "KODO_EXECUTIONS"
 """Current record of every execution (status, node, flow, launcher), one key per execution."""
+BUCKET_FILES = "KODO_FILES_{user}"
+"""One Object Store bucket per user: the files its executions take and make. Per user, not one
+bucket with per-user prefixes: an object's chunk subjects are random and its meta subject is
+its name in base64, so no subject permission can confine a user inside a shared bucket."""
+FILE_NAME = "{execution}/{direction}/{name}"
+"""An object's name in its bucket: the execution first, so one execution's files are found and
+deleted together; `direction` is `in` (an input uploaded before the launch) or `out`."""
+OBJ_SUBJECT = "$O.{bucket}.{rest}"
+"""NATS convention: chunks (`C.<nuid>`) and metadata (`M.<base64 name>`) of an Object Store."""
+OBJ_STREAM = "OBJ_{bucket}"
+"""NATS convention: the stream behind an Object Store bucket."""
 RECORD_KEY = "{user}.{execution}"
 """Key of an execution record: the launcher first, so permissions can confine a user to theirs."""
 
@@ -221,6 +232,22 @@ def bucket_view(registry: str) -> str:
     return BUCKET_VIEW.format(registry=registry)
 
 
+def bucket_files(user: str) -> str:
+    return BUCKET_FILES.format(user=user)
+
+
+def file_name(execution: str, direction: str, name: str) -> str:
+    return FILE_NAME.format(execution=execution, direction=direction, name=name)
+
+
+def obj_subject(bucket: str, rest: str) -> str:
+    return OBJ_SUBJECT.format(bucket=bucket, rest=rest)
+
+
+def obj_stream(bucket: str) -> str:
+    return OBJ_STREAM.format(bucket=bucket)
+
+
 def token(subject: str, index: int) -> str:
     """The `index`-th dot-separated token of a concrete subject (0-based)."""
     return subject.split(".")[index]
@@ -261,7 +288,7 @@ ALL_PATTERNS: tuple[str, ...] = (
 )
 """Every subject pattern above; the documentation test walks this tuple."""
 
-ALL_JETSTREAM: tuple[str, ...] = (STREAM_EVENTS, BUCKET_VIEW, BUCKET_EXECUTIONS)
+ALL_JETSTREAM: tuple[str, ...] = (STREAM_EVENTS, BUCKET_VIEW, BUCKET_EXECUTIONS, BUCKET_FILES)
 
 
 def work_jobs(node: str, pool: str, worker: int) -> str:

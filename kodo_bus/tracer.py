@@ -27,19 +27,20 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
-from . import subjects
-from .bus import respond, respond_error
+from . import files, subjects
+from .bus import jetstream, respond, respond_error
 from .codec import CONTENT_TYPE, JSON, MSG_ID, decode_msg
 from .errors import EventsNotStored, KodoTimeout, WireError, problems_from
 from .executions import error_data
-from .models import EVENT_KINDS, SCHEMA_VERSION, Ack, AnswerRequest
+from .models import EVENT_KINDS, SCHEMA_VERSION, Ack, AnswerRequest, File
 from .publisher import QUEUE_HARD, EventPublisher
 
 log = logging.getLogger("kodo_bus.tracer")
@@ -258,6 +259,30 @@ class Tracer:
     async def action(self, data: Any) -> None:
         """For structured data a front end acts on (a link, a button, a next step), not a result."""
         await self._em.emit_async("action", data)
+
+    async def file(self, source: Path | str | bytes | BinaryIO, name: str | None = None) -> File:
+        """Hand the launcher a file (a path, bytes or a binary stream): uploaded in chunks to
+        their bucket, then a `file` event names it with its size and SHA-256, which
+        `Execution.download` and `kodo-bus files` check. `name` defaults to the path's name."""
+        if name is None:
+            if not isinstance(source, (str, Path)):
+                raise ValueError("tracer.file of bytes or a stream needs a name")
+            name = Path(source).name
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"a file name is one path part, not {name!r}")
+        base = self._em.base
+        obj = subjects.file_name(self.execution, "out", name)
+        ref = await files.upload(jetstream(self._nc), str(base["launcher"]), obj, source)
+        await self._em.emit_async("file", ref.model_dump())
+        return ref
+
+    def file_sync(self, source: Path | str | bytes | BinaryIO, name: str | None = None) -> File:
+        """`file` for sync flows (run in a thread): waits until the file is stored."""
+        future = asyncio.run_coroutine_threadsafe(self.file(source, name), self._loop)
+        try:
+            return future.result()
+        finally:
+            future.cancel()
 
     async def progress(self, done: float, total: float | None = None, message: str = "") -> None:
         """For long steps: a bar in `kodo-bus launch` and the dashboard; `total` None if unknown."""

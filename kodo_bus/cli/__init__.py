@@ -41,6 +41,7 @@ from . import (
     dashboard_cmd,
     exec_cmd,
     federation_cmd,
+    files_cmd,
     inspect_cmd,
     run_cmd,
     server_cmd,
@@ -54,6 +55,7 @@ server_cmd.register(app)
 run_cmd.register(app)
 federation_cmd.register(app)
 exec_cmd.register(app)
+files_cmd.register(app)
 dashboard_cmd.register(app)
 inspect_cmd.register(app)
 bench_cmd.register(app)

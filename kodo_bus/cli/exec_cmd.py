@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import re
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ from ..config import Credentials
 from ..errors import ConfigError, FieldProblem, InputsInvalid, KodoError, problems_from
 from ..execution_ref import Execution, status_of
 from ..executions import last_seq
+from ..files import upload_inputs
 from ..models import EVENT_KINDS, TERMINAL_STATUSES, Event
 from ..schema_model import model_from_schema
 from . import watch
@@ -213,17 +215,28 @@ def launch(  # noqa: PLR0917 (typer options)
     nats: NatsOpt = None,
     credentials: Credentials | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+    file_pairs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--file", "-f", help="A file input as field=path, uploaded first (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     interactive = _interactive() and inputs != "-"
+    uploads = dict(_file_pair(p) for p in file_pairs or [])
+    execution_id = secrets.token_hex(16)
     stage = "asking"
     """How far it got, for what a Ctrl-C means: nothing launched, maybe, or detached."""
 
     async def work(kb: Client) -> int:
         nonlocal stage
         target = await kb.flow(flow, via=via)
-        data = await gather_inputs(target.schema, target.name, pairs, inputs, interactive)
+        js = kb._jetstream(await kb._bus_for(target.urls))  # the flow's bus holds its files
+        refs = await upload_inputs(js, kb.user, execution_id, uploads)
+        given = [*(pairs or []), *(f"{k}={json.dumps(v)}" for k, v in refs.items())]
+        data = await gather_inputs(target.schema, target.name, given, inputs, interactive)
         stage = "launching"
-        execution = await target.launch(data, timeout=timeout)
+        execution = await target.launch(data, timeout=timeout, execution_id=execution_id)
         stage = "launched"
         if as_json and no_follow:
             reply = {
@@ -247,6 +260,15 @@ def launch(  # noqa: PLR0917 (typer options)
             console.print(f"[dim]{INTERRUPTED_AT[stage]}[/]")
         raise
     raise typer.Exit(code)
+
+
+def _file_pair(pair: str) -> tuple[str, Path]:
+    field, sep, path = pair.partition("=")
+    if not sep or not field or not path:
+        raise ConfigError(f"-f {pair!r}: expected field=path")
+    if not Path(path).is_file():
+        raise ConfigError(f"-f {pair!r}: no file {path}")
+    return field, Path(path)
 
 
 EVENTS_HELP = f"""Events of one execution, in order: what it said so far (`--follow`: until it
@@ -387,6 +409,8 @@ def _age(ts: float, now: float) -> str:
 
 @with_credentials
 def executions(  # noqa: PLR0917 (typer options)
+    action: Annotated[str | None, typer.Argument(help="rm: delete the executions named.")] = None,
+    ids: Annotated[list[str] | None, typer.Argument(help="With rm: " + ID_HELP)] = None,
     status: Annotated[
         list[str] | None, typer.Option("--status", "-s", help="Only this status (repeatable).")
     ] = None,
@@ -398,7 +422,15 @@ def executions(  # noqa: PLR0917 (typer options)
     credentials: Credentials | None = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Executions on the bus, newest first (from the KODO_EXECUTIONS bucket)."""
+    """Executions on the bus, newest first (from the KODO_EXECUTIONS bucket); `executions rm
+    ID...` deletes ended ones for good: files, events, record."""
+    if action is not None:
+        from .files_cmd import remove
+
+        if action != "rm" or not ids:
+            raise ConfigError(f"'executions {action}': the only action is 'rm ID...'")
+        remove(ids, nats, credentials, as_json)
+        return
 
     async def work(kb: Client) -> tuple[list[Any], dict[str, str]]:
         records = await kb.executions(

@@ -1,0 +1,298 @@
+"""Files in and out of executions, on the JetStream Object Store: one bucket per user.
+
+Why one bucket per user (`subjects.BUCKET_FILES`): an object's chunks go on a random subject and
+its metadata on its name in base64, so no subject permission confines a user to a prefix of a
+shared bucket. A bucket of one's own is a stream of one's own, which the secure profile gives
+each client in a store account of its own (`accounts.py`).
+
+Nothing here holds a file in memory: uploads stream from a file object chunk by chunk (nats-py's
+`put` reads into one reused buffer), downloads are written chunk by chunk to a temporary file
+beside the destination, hashed on the way, and renamed into place only when the SHA-256 is the
+one the reference names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.object_store import ObjectStore
+from pydantic import BaseModel
+
+from . import subjects
+from .config import ServiceSettings
+from .errors import FileDigestMismatch, FileError
+from .models import File
+
+CHUNK = 128 * 1024
+"""Bytes per Object Store chunk (nats-py's default, well under `max_payload`)."""
+
+FILES_MAX_AGE = float(ServiceSettings.model_fields["events_max_age"].default)
+"""Files live as long as the events that name them by default (7 days)."""
+
+PENDING_BYTES = 8 * 1024 * 1024
+"""Bytes a listing's subscription holds at most (object metadata: a few hundred bytes each)."""
+LIST_WAIT = 30.0
+"""Seconds a listing waits for the next object's metadata before giving up."""
+
+_STREAM_IN_USE = 10058
+"""JetStream `err_code`: the stream exists (two writers created the bucket at once)."""
+
+
+async def bucket(js: JetStreamContext, user: str) -> ObjectStore:
+    """`user`'s bucket, created the first time a file goes in (by its client or a node)."""
+    name = subjects.bucket_files(user)
+    try:
+        return await js.object_store(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    config = api.ObjectStoreConfig(
+        bucket=name,
+        description=f"kodo-bus: files of {user}'s executions",
+        ttl=FILES_MAX_AGE,
+        storage=api.StorageType.FILE,
+    )
+    try:
+        return await js.create_object_store(name, config=config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_IN_USE:
+            raise
+        return await js.object_store(name)
+
+
+def _hex(nats_digest: str | None) -> str:
+    """nats' `SHA-256=<base64url>` as the hex of `File.digest`."""
+    encoded = (nats_digest or "").split("=", 1)[-1]
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
+
+
+async def upload(
+    js: JetStreamContext, user: str, name: str, source: Path | str | bytes | BinaryIO
+) -> File:
+    """Store `source` (a path, bytes or a binary file object) as object `name` of `user`'s
+    bucket (`subjects.file_name`), chunk by chunk."""
+    store = await bucket(js, user)
+    meta = api.ObjectMeta(name=name, options=api.ObjectMetaOptions(max_chunk_size=CHUNK))
+    if isinstance(source, bytes):
+        info = await store.put(name, io.BytesIO(source), meta=meta)
+    elif isinstance(source, (str, Path)):
+        try:
+            stream = await asyncio.to_thread(Path(source).open, "rb")
+        except OSError as exc:
+            raise FileError(f"cannot read {source}: {exc.strerror or exc}") from None
+        try:
+            info = await store.put(name, stream, meta=meta)
+        finally:
+            stream.close()
+    else:
+        info = await store.put(name, source, meta=meta)  # type: ignore[arg-type]
+    return File(
+        bucket=subjects.bucket_files(user),
+        name=name,
+        size=int(info.size or 0),
+        digest=_hex(info.digest),
+    )
+
+
+async def _fetch(js: JetStreamContext, ref: File, target: BinaryIO) -> tuple[int, str]:
+    """Write `ref`'s chunks to `target`; the bytes written and their SHA-256.
+
+    Not nats-py's `ObjectStore.get`: it looks the stream up by subject (`STREAM.NAMES`, which
+    a client of the secure profile may not ask), and its push consumer outran a slow disk (the
+    subscription's pending limit dropped chunks and the flow-control request with them, and the
+    download stalled). Here each chunk is one direct get (`next_by_subj`): one chunk in memory.
+    """
+    try:
+        store = await js.object_store(ref.bucket)
+    except nats.js.errors.NotFoundError:
+        raise FileError(f"no bucket {ref.bucket} (expired, or deleted)") from None
+    try:
+        info = await store.get_info(ref.name)
+    except nats.js.errors.NotFoundError:
+        raise FileError(f"no file {ref.name} in {ref.bucket} (expired, or deleted)") from None
+    sha = hashlib.sha256()
+    size = 0
+    if not info.size:
+        return size, sha.hexdigest()
+    chunks = subjects.obj_subject(ref.bucket, f"C.{info.nuid}")
+    stream = subjects.obj_stream(ref.bucket)
+    seq = 1
+    while size < info.size:
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=chunks, next=True, direct=True)
+        except nats.js.errors.NotFoundError:
+            break  # fewer chunks than the size says: the digest check tells
+        data = msg.data or b""
+        sha.update(data)
+        size += len(data)
+        await asyncio.to_thread(target.write, data)
+        seq = (msg.seq or seq) + 1
+    return size, sha.hexdigest()
+
+
+async def download(js: JetStreamContext, ref: File, dest: Path) -> Path:
+    """Write `ref`'s content to `dest` (a file path), checked against its digest.
+
+    Written next to `dest` first and renamed into place, so a file that fails its digest (or a
+    download cut short) never appears under its name.
+    """
+    await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as target:
+            size, digest = await _fetch(js, ref, target)
+        if digest != ref.digest or size != ref.size:
+            raise FileDigestMismatch(
+                f"{ref.name}: got {size} bytes with sha256 {digest}, "
+                f"expected {ref.size} bytes with sha256 {ref.digest}"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return dest
+
+
+def refs_in(value: Any) -> Iterator[File]:
+    """Every `File` inside a validated inputs model (fields, lists, dicts, nested models)."""
+    if isinstance(value, File):
+        yield value
+    elif isinstance(value, BaseModel):
+        for field in type(value).model_fields:
+            yield from refs_in(getattr(value, field))
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from refs_in(item)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from refs_in(item)
+
+
+class InputFiles:
+    """The input files of one execution on its worker: downloaded before the flow, removed after.
+
+    A reference must name the launcher's own bucket: the worker reads every bucket, so a file
+    named in another user's bucket would be a way to read it through the flow. Any file of the
+    launcher's may be named (an output of an earlier execution, say).
+    """
+
+    def __init__(self, js: JetStreamContext, launcher: str) -> None:
+        self._js = js
+        self._bucket = subjects.bucket_files(launcher)
+        self._dir: Path | None = None
+
+    async def fetch(self, refs: Iterable[File]) -> None:
+        for number, ref in enumerate(refs):
+            if ref.bucket != self._bucket:
+                raise FileError(
+                    f"input file {ref.name!r} is in bucket {ref.bucket!r}: a flow reads only "
+                    f"its launcher's files ({self._bucket})"
+                )
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="kodo-files-"))
+            dest = self._dir / str(number) / ref.filename
+            ref._path = await download(self._js, ref, dest)
+
+    async def remove(self) -> None:
+        if self._dir is not None:
+            where, self._dir = self._dir, None
+            await asyncio.to_thread(shutil.rmtree, where, True)
+
+
+async def names_of(js: JetStreamContext, user: str, execution: str) -> list[str]:
+    """Names of every object of one execution in `user`'s bucket (inputs and outputs).
+
+    Reads the last metadata message of every object (not nats-py's `list`, whose watcher looks
+    the stream up with `STREAM.NAMES`, which a client of the secure profile may not ask)."""
+    bucket_name = subjects.bucket_files(user)
+    try:
+        await js.object_store(bucket_name)
+    except nats.js.errors.NotFoundError:
+        return []
+    sub = await js.subscribe(
+        subjects.obj_subject(bucket_name, "M.>"),
+        stream=subjects.obj_stream(bucket_name),
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        pending_bytes_limit=PENDING_BYTES,
+    )
+    names = []
+    prefix = f"{execution}/"
+    try:
+        state = await sub.consumer_info()
+        delivered = state.delivered.consumer_seq if state.delivered else 0
+        left = (state.num_pending or 0) + (delivered or 0)
+        while left > 0:  # none at all, or up to the one after which none are pending
+            msg = await sub.next_msg(timeout=LIST_WAIT)
+            left = msg.metadata.num_pending
+            info = api.ObjectInfo.from_response(json.loads(msg.data))
+            if info.name and info.name.startswith(prefix) and not info.deleted:
+                names.append(info.name)
+    finally:
+        await sub.unsubscribe()
+    return names
+
+
+async def delete(js: JetStreamContext, user: str, execution: str) -> int:
+    """Delete every file of one execution; the number deleted."""
+    names = await names_of(js, user, execution)
+    if not names:
+        return 0
+    store = await js.object_store(subjects.bucket_files(user))
+    for name in names:
+        try:
+            await store.delete(name)
+        except nats.js.errors.ObjectNotFoundError:
+            continue
+    return len(names)
+
+
+async def forget(js: JetStreamContext, user: str, execution: str) -> None:
+    """Delete one execution for good: its files, its events, then its record (last, so an
+    execution half deleted is still found and deleted again).
+
+    The events and the record are purged by subject, which needs `STREAM.PURGE` on the events
+    stream and the records bucket: the default profile and admins have it, a client of the
+    secure profile does not (its purge gets no answer: a `FileError` says so)."""
+    await delete(js, user, execution)
+    records = subjects.BUCKET_EXECUTIONS
+    purges = (
+        (subjects.STREAM_EVENTS, subjects.events(user, execution, "*")),
+        (
+            subjects.kv_stream(records),
+            subjects.kv_subject(records, subjects.record_key(user, execution)),
+        ),
+    )
+    for stream, subject in purges:
+        try:
+            await js.purge_stream(stream, subject=subject)
+        except nats.errors.TimeoutError:
+            raise FileError(
+                f"execution {execution}: its files are deleted, but {stream} did not answer "
+                f"the purge (on the secure profile only an admin may delete events and records)"
+            ) from None
+
+
+async def upload_inputs(
+    js: JetStreamContext, user: str, execution: str, paths: Mapping[str, Path | str]
+) -> dict[str, dict[str, Any]]:
+    """Upload the file inputs of a launch (field → local path) before it is sent; the references
+    to put in its inputs, by field."""
+    refs = {}
+    for field, path in paths.items():
+        name = subjects.file_name(execution, "in", f"{field}/{Path(path).name}")
+        refs[field] = (await upload(js, user, name, path)).model_dump()
+    return refs
