@@ -10,6 +10,7 @@ or delivery subject, and by reconfiguring his own bucket's stream to capture ali
 # ruff: noqa: F811  (pytest fixtures imported from test_security are parameters here)
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -75,7 +76,7 @@ async def test_alice_and_the_services_use_her_bucket(login: Any, tmp_path: Path)
     alice.clean()
 
 
-async def test_bob_cannot_reach_alices_bucket(login: Any) -> None:
+async def test_bob_cannot_reach_alices_bucket(login: Any, tmp_path: Path) -> None:
     """Every JetStream API of alice's bucket and its put subjects: a violation for bob."""
     ref = await alice_file(login)
     bob = await login("bob")
@@ -103,8 +104,9 @@ async def test_bob_cannot_reach_alices_bucket(login: Any) -> None:
         bob.errors.clear()
     # and what the SDK does with a reference to alice's file, when bob got hold of one
     with pytest.raises(NO_ANSWER):
-        await files.download(js, ref, Path(os.devnull).parent / "never-written")
+        await files.download(js, ref, tmp_path / "never-written")
     await bob.violation(f"STREAM.INFO.{ALICE_STREAM}")
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []  # not even a partial file
 
 
 async def test_reflection_through_bobs_own_bucket(login: Any, tmp_path: Path) -> None:
