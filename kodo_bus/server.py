@@ -108,6 +108,40 @@ def config_host(config: Path, _nested: int = 0) -> str | None:
     return found
 
 
+_PORT_KEY_RE = re.compile(
+    r"""^\s*(port|listen|http|monitor|http_port|monitor_port)\s*(?:[:=]\s*|\s+)(["']?)([^"'\s,;]*)\2""",
+    re.I,
+)
+
+
+def config_ports(config: Path, _nested: int = 0) -> tuple[int | None, int | None]:
+    """The client and monitoring ports a nats-server config file sets at its top level
+    (`port` or `listen`; `http`, `monitor`, `http_port` or `monitor_port`), None for each it
+    does not set — so `kodo-bus server --config` serves on the file's ports unless told
+    otherwise."""
+    try:
+        text = config.read_text()
+    except OSError:
+        return None, None
+    client: int | None = None
+    http: int | None = None
+    depth = 0
+    for raw in text.splitlines():
+        line, change = _scan(raw)
+        if depth == 0 and (m := _PORT_KEY_RE.match(line)):
+            key, value = m.group(1).lower(), m.group(3).rpartition(":")[2]
+            if value.isdigit():
+                if key in ("port", "listen"):
+                    client = int(value)
+                else:
+                    http = int(value)
+        elif depth == 0 and _nested < 5 and (m := _INCLUDE_RE.match(line)):
+            inner = config_ports(config.parent / m.group(2), _nested + 1)
+            client, http = inner[0] or client, inner[1] or http
+        depth += change
+    return client, http
+
+
 def is_loopback(host: str) -> bool:
     """Whether only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
     import ipaddress

@@ -17,9 +17,9 @@ import pytest
 
 from kodo_bus.config import ServerSettings
 from kodo_bus.errors import ServerError
-from kodo_bus.server import NatsServer
+from kodo_bus.server import NatsServer, config_ports
 
-from .conftest import KODO_BUS, REPO, Processes
+from .conftest import KODO_BUS, REPO, Processes, free_ports
 
 
 def _read_until(proc: object, pattern: str, timeout: float = 20) -> re.Match[str]:
@@ -86,7 +86,7 @@ def test_cli_server_port_in_use(procs: Processes, listening_socket: int, tmp_pat
         "server", "--port", str(listening_socket), "--http-port", "0", "--store", str(tmp_path)
     )
     output, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # the exit-code table: a server that cannot start is config
     assert f"port 127.0.0.1:{listening_socket} is already in use" in output
     assert "Traceback" not in output
 
@@ -103,7 +103,7 @@ def test_cli_server_binary_missing(procs: Processes, tmp_path: Path) -> None:
         env={"KODO_NATS_SERVER": str(tmp_path / "nope")},
     )
     output, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "nats-server binary" in output and "missing" in output
     assert len(output.strip().splitlines()) <= 2  # one error line and the --debug hint
 
@@ -213,6 +213,24 @@ async def test_cli_server_takes_the_host_of_its_config(procs: Processes, tmp_pat
     assert url == f"nats://127.0.0.2:{port}"
     await _serves(url, user="admin", password=password)
     assert _refused("127.0.0.1", port)
+    assert procs.stop(proc) == 0
+
+
+async def test_cli_server_serves_on_its_config_files_ports(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """`server --config` took 4222/8222 whatever the file said (issue 17, finding 8): without
+    `--port`/`--http-port`, the file's own ports; `config_ports` reads them."""
+    client, http = free_ports(2)
+    conf = tmp_path / "ports.conf"
+    conf.write_text(f"port: {client}\nhttp: 127.0.0.1:{http}\n")
+    assert config_ports(conf) == (client, http)
+    proc = procs.start("server", "--config", str(conf), "--store", str(tmp_path / "s"), cwd=REPO)
+    url = _read_until(proc, r"ready at (nats://\S+)").group(1)
+    assert url == f"nats://127.0.0.1:{client}"
+    await _serves(url)
+    with socket.create_connection(("127.0.0.1", http), timeout=5):
+        pass  # monitoring listens on the file's port
     assert procs.stop(proc) == 0
 
 

@@ -17,7 +17,7 @@ import typer
 
 from .. import procs
 from ..config import ServerSettings
-from ..server import NatsServer, find_binary, is_loopback
+from ..server import NatsServer, config_ports, default_config, find_binary, is_loopback
 from ..version import __version__
 from .app import console, out
 
@@ -114,11 +114,22 @@ HOST_HELP = (
 
 
 def server(  # noqa: PLR0917 (typer options)
-    port: Annotated[int, typer.Option("--port", "-p", help="Client port (0: a free one).")] = 4222,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            "-p",
+            help="Client port (0: a free one) [default: the --config file's, else 4222].",
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option("--host", help=HOST_HELP)] = None,
     http_port: Annotated[
-        int, typer.Option("--http-port", help="Monitoring port (0: a free one).")
-    ] = 8222,
+        int | None,
+        typer.Option(
+            "--http-port",
+            help="Monitoring port (0: a free one) [default: the --config file's, else 8222].",
+        ),
+    ] = None,
     store: Annotated[Path, typer.Option(help="JetStream store directory.")] = Path("data/nats"),
     config: Annotated[
         Path | None,
@@ -135,10 +146,19 @@ def server(  # noqa: PLR0917 (typer options)
 ) -> None:
     """Run a real nats-server (JetStream on) in the foreground until Ctrl-C or SIGTERM.
 
-    Listens on 127.0.0.1 unless `--host` or the `--config` file says otherwise; `--port`,
-    `--http-port` and `--store` always override the config file.
+    Listens on 127.0.0.1 unless `--host` or the `--config` file says otherwise, on the config
+    file's ports unless `--port` or `--http-port` say otherwise (4222 and 8222 when the file
+    sets none); `--store` always overrides the config file.
     """
-    settings = ServerSettings(host=host, port=port, http_port=http_port, store=store, config=config)
+    file_port, file_http = config_ports(config or default_config())
+    defaults = ServerSettings()
+    settings = ServerSettings(
+        host=host,
+        port=port if port is not None else file_port or defaults.port,
+        http_port=http_port if http_port is not None else file_http or defaults.http_port,
+        store=store,
+        config=config,
+    )
     echo = (lambda line: console.print(line, highlight=False, markup=False)) if verbose else None
     raise typer.Exit(_serve_until_signal(NatsServer(settings, echo=echo)))
 
