@@ -173,10 +173,13 @@ class KodoService:
                 if self._connected():
                     async with asyncio.timeout(STOP_STEP):
                         await self.nc.drain()
-            except (nats.errors.Error, TimeoutError) as exc:
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
                 log.debug("drain: %r", exc)
             if not self.nc.is_closed:
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except OSError as exc:  # the server died at this very moment: closed anyway
+                    log.debug("close: %r", exc)
 
     def _connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
