@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from kodo_bus.config import ServerSettings
 from kodo_bus.errors import FieldProblem, InputsInvalid
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes, free_ports
+from .conftest import REPO, Processes
 from .test_cli_fresh_bus import EXAMPLES, cli, error_and_hint
-from .test_reliability_cluster import cluster_conf
+from .test_reliability_cluster import cluster_servers
 
 
 def bus_with_node(procs: Processes, server: NatsServer) -> None:
@@ -167,23 +166,10 @@ def test_run_started_before_the_cluster_has_a_leader_waits_for_it(
     """One of three servers up (no JetStream quorum), a registry with 3 replicas started, then
     the two others: the registry waits for the leader and gets ready. It crashed with a bare
     `nats.errors.TimeoutError` from `js.key_value`."""
-    ports = free_ports(6)
-    client, routes = ports[:3], ports[3:]
-    servers = [
-        NatsServer(
-            ServerSettings(
-                port=client[i],
-                http_port=None,
-                store=tmp_path / f"s{i + 1}",
-                config=cluster_conf(f"s{i + 1}", client, routes, tmp_path),
-                server_name=f"s{i + 1}",
-            )
-        )
-        for i in range(3)
-    ]
+    servers = cluster_servers(tmp_path)
     try:
         servers[0].start()
-        url = ",".join(f"nats://127.0.0.1:{port}" for port in client)
+        url = ",".join(f"nats://127.0.0.1:{server.settings.port}" for server in servers)
         proc = procs.start(
             "run", "--role", "registry", "--id", "reg", "--nats", url,
             env={"KODO_REPLICAS": "3"},

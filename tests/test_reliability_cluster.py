@@ -46,11 +46,11 @@ def cluster_conf(name: str, client: list[int], routes: list[int], out: Path) -> 
     return path
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+def cluster_servers(tmp_path: Path) -> list[NatsServer]:
+    """The three servers of deploy/cluster on free ports, not started yet."""
     ports = free_ports(6)
     client, routes = ports[:3], ports[3:]
-    servers = [
+    return [
         NatsServer(
             ServerSettings(
                 port=client[i],
@@ -62,6 +62,11 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
         )
         for i in range(3)
     ]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    servers = cluster_servers(tmp_path)
     try:
         for server in servers:  # started in turn; each is ready once it listens
             server.start()
