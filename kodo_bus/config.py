@@ -170,7 +170,8 @@ class ConnectSettings(_Settings):
 
 
 class FlowDecl(BaseModel):
-    """One flow named in a config file, by `entry` (module:function) or `module`."""
+    """One flow named in a config file, by `entry` (module:function; with the crewai extra also
+    a crewai Crew or Flow `module:name`, or a crew YAML file) or `module`."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -236,12 +236,18 @@ def _from_decl(decl: FlowDecl) -> list[FlowSpec]:
         specs = flows_in_module(decl.module)
     else:
         assert decl.entry is not None
-        func = import_object(decl.entry)
-        if not callable(func):
-            raise ConfigError(f"flow entry {decl.entry!r} is not callable")
-        spec = spec_of(func) or FlowSpec(
-            name=func.__name__, func=func, entry=decl.entry, inputs=input_model(func)
-        )
+        from . import crew  # the crew kind: a crewai Crew or Flow, or a crew YAML file
+
+        found = crew.entry_spec(decl.entry)
+        if found is not None:
+            spec = found
+        else:
+            func = import_object(decl.entry)
+            if not callable(func):
+                raise ConfigError(f"flow entry {decl.entry!r} is not callable")
+            spec = spec_of(func) or FlowSpec(
+                name=func.__name__, func=func, entry=decl.entry, inputs=input_model(func)
+            )
         if decl.name:
             spec = replace(spec, name=check_token(decl.name, "flow name"))
         if decl.inputs:

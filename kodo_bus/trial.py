@@ -33,6 +33,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Self
 
+from . import crew
 from .bus import connect
 from .client import Client
 from .config import Credentials, ServerSettings, ServiceSettings
@@ -47,7 +48,7 @@ NODE = "try"
 """Node id of a trial without a node config (events carry it, as `try/hello`)."""
 GRACE = 2.0
 """Seconds an execution still running at the trial's end (Ctrl-C) gets before it is cancelled."""
-CREWAI_NEEDED = "crewai targets need `pip install kodo-bus[crewai]`"
+CREWAI_NEEDED = crew.CREWAI_NEEDED
 
 ObjectResolver = Callable[[Any, str], FlowSpec | None]
 """An imported object and its `module:name` → the flow it stands for (None: not its kind)."""
@@ -60,21 +61,9 @@ def _flow_function(obj: Any, entry: str) -> FlowSpec | None:
     return spec_of(obj)
 
 
-def _crewai_object(obj: Any, entry: str) -> FlowSpec | None:
-    """A crewai `Crew` or `Flow` (instance or class): not served yet without the extra."""
-    classes = obj.__mro__ if isinstance(obj, type) else type(obj).__mro__
-    if any(c.__module__.partition(".")[0] == "crewai" for c in classes):
-        raise ConfigError(f"{entry}: {CREWAI_NEEDED}")
-    return None
-
-
-def _crew_yaml(path: Path) -> FlowSpec:
-    raise ConfigError(f"{path}: {CREWAI_NEEDED}")
-
-
-OBJECT_RESOLVERS: list[ObjectResolver] = [_flow_function, _crewai_object]
+OBJECT_RESOLVERS: list[ObjectResolver] = [_flow_function, crew.object_spec]
 """Tried in order on the object a `module:name` target names; the first spec wins."""
-FILE_RESOLVERS: dict[str, FileResolver] = {".yaml": _crew_yaml, ".yml": _crew_yaml}
+FILE_RESOLVERS: dict[str, FileResolver] = {suffix: crew.file_spec for suffix in crew.SUFFIXES}
 """By suffix, for a target that is a file without `:name`."""
 
 

@@ -32,8 +32,8 @@ TRY_HELP = f"""Run one execution of a flow in this process, with no bus to start
 
 TARGET is `module:function` (found from the current directory), `path/to/file.py:function`
 (`kodo-bus try examples/hello.py:hello -i name=Ada`), or with `--config node.yaml` the name of
-one of that node's flows (run with the node's settings). Crew objects and crew YAML files: not
-yet ({trial.CREWAI_NEEDED}).
+one of that node's flows (run with the node's settings). A crewai Crew or Flow (`module:crew`)
+and a crew YAML file (`examples/crew/crew.yaml`) run too: {trial.CREWAI_NEEDED}.
 
 It starts a nats-server of its own (a temporary directory, free loopback ports) and runs the flow
 as a node does: on Ray, which is always needed — a local Ray is started (loopback only; its
