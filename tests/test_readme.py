@@ -84,6 +84,9 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert blocks[1].strip() == (
         "python3.11 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/pytest"
     )
+    # CI runs exactly that command, last, after the install steps the tests need beyond it
+    ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == blocks[1].strip()
 
 
 def test_readme_tutorial_blocks_are_complete() -> None:
