@@ -219,7 +219,10 @@ async def test_node_runs_flows_on_a_two_node_ray_cluster(
     # The node attaches to Ray at its first launch only: it may start while the worker joins.
     suffix = f"{time.monotonic_ns() % 10**10}"
     registry, node = f"ray-reg-{suffix}", f"ray-node-{suffix}"
-    beat = {"nats": [nats_server.url], "heartbeat": 0.5, "retry": -1}
+    # deploy/ray/node.yaml's heartbeat: the node's first launch attaches it to Ray (importing
+    # Ray holds the GIL for a while), and on a loaded machine three half-second beats can pass
+    # meanwhile: the registry would rightly take the node for dead.
+    beat = {"nats": [nats_server.url], "heartbeat": 2, "retry": -1}
     start_service(procs, tmp_path, cluster.env, id=registry, role="registry", **beat)
     node_proc = start_service(
         procs,
