@@ -16,6 +16,7 @@ import os
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any, TypeVar, get_type_hints
 
 from pydantic import AliasChoices, AliasPath, BaseModel, ValidationError
@@ -44,6 +45,9 @@ class FlowSpec:
     version: str = ""
     author: str = ""
     timeout: float | None = None
+    retention: float | None = None
+    """Seconds this flow's executions (events and record) are kept after they are written;
+    None: the bus's `events_max_age`. Sent as per-message TTLs (`Nats-TTL`)."""
 
     @property
     def is_async(self) -> bool:
@@ -146,8 +150,14 @@ def flow(
     author: str = "",
     inputs: type[BaseModel] | None = None,
     timeout: float | None = None,
+    retention: float | timedelta | None = None,
 ) -> Callable[[F], F]:
-    """Mark a function as a flow. The input model defaults to the first parameter's annotation."""
+    """Mark a function as a flow. The input model defaults to the first parameter's annotation.
+
+    `retention` (seconds or a timedelta, at least 1 s) keeps this flow's executions shorter
+    than the bus's `events_max_age`: results "obsolete once downloaded" need not fill the store.
+    """
+    kept = _retention(retention)
 
     def mark(func: F) -> F:
         spec = FlowSpec(
@@ -161,11 +171,22 @@ def flow(
             version=version,
             author=author,
             timeout=timeout,
+            retention=kept,
         )
         setattr(func, SPEC_ATTR, spec)
         return func
 
     return mark
+
+
+def _retention(value: float | timedelta | None) -> float | None:
+    """Seconds from `@flow(retention=...)`; JetStream's per-message TTL counts whole seconds."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds >= 1:
+        raise ConfigError(f"retention must be at least 1 second, not {value!r}")
+    return seconds
 
 
 def spec_of(func: Callable[..., Any]) -> FlowSpec | None:
