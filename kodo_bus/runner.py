@@ -110,7 +110,12 @@ class Runner:
     """Runs the executions of one node (every replica of the node id has one)."""
 
     def __init__(
-        self, nc: NATS, settings: ServiceSettings, flows: list[FlowSpec], instance: str = ""
+        self,
+        nc: NATS,
+        settings: ServiceSettings,
+        flows: list[FlowSpec],
+        instance: str = "",
+        pool: ActorPool | None = None,
     ) -> None:
         self._nc = nc
         self._instance = instance
@@ -140,7 +145,7 @@ class Runner:
         answers, from the record, for the executions nobody holds."""
         self._relay_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         self._pub: EventPublisher | None = None
-        self._pool: ActorPool | None = None
+        self._pool: ActorPool | None = pool  # `kodo-bus try`: local_pool.LocalPool, no Ray
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
         self._stopping = False
