@@ -166,12 +166,30 @@ class Client:
             query = query.model_copy(update={"offset": len(items)})
 
     async def flow(self, name: str, via: str | None = None) -> Flow:
-        """One flow by `name` or `node/name`; errors list the candidates."""
+        """One flow by `name` or `node/name`; errors list the candidates.
+
+        One request asks the registry for flows of exactly that name (a federation lists
+        hundreds of thousands of flows: downloading them all to pick one took seconds); only
+        when none is found does a second request fetch the flows the error names as candidates.
+        """
         node, _, flow_name = name.rpartition("/")
-        found = await self.flows(via=via, node=node or None)
-        exact = [f for f in found if f.name == flow_name]
+        query = FlowsQuery(name=flow_name, node=node or None, limit=10_000)
+        registry = via or await find_registry(self.nc)
+        exact: list[Flow] = []
+        while True:
+            try:
+                page = await flows_page(self.nc, registry, query, self.timeout)
+            except NoResponders:
+                if via is None:
+                    raise
+                raise await unknown_service(self.nc, via) from None
+            exact.extend(Flow(self, item) for item in page.items)
+            if len(exact) >= page.total or not page.items:
+                break
+            query = query.model_copy(update={"offset": len(exact)})
         if exact:
             return await choose(self, name, exact, via)
+        found = await self.flows(via=via, node=node or None)
         if node:  # the node may be misspelt, or not offer it: look at every node's flows
             everywhere = await self.flows(via=via)
             elsewhere = sorted({f.qualified_name for f in everywhere if f.name == flow_name})

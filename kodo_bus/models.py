@@ -265,6 +265,8 @@ class FlowsQuery(Request):
     """Request of `kodo.svc.<id>.flows`; every filter is optional."""
 
     q: str | None = None
+    name: str | None = None
+    """Only flows of exactly this name (`Client.flow` resolves a name with one request)."""
     tags: list[str] = Field(default_factory=list)
     organization: str | None = None
     node: str | None = None

@@ -191,6 +191,7 @@ def query_flows(items: Iterable[FlowItem], query: FlowsQuery) -> FlowsPage:
         item
         for item in items
         if (query.node is None or item.node == query.node)
+        and (query.name is None or item.name == query.name)
         and (query.organization is None or item.organization == query.organization)
         and (not wanted or wanted.issubset(item.tags))
         and (
@@ -283,6 +284,13 @@ class _Node:
         if body is None:
             body = cache[pos] = encode(self.item(pos, status), content_type)[0]
         return body
+
+
+def _both(masks: dict[str, int], other: dict[str, int]) -> dict[str, int]:
+    """`masks & other`, node by node, iterated in C (nodes left with 0 stay)."""
+    keys = masks.keys()
+    both = map(int.__and__, masks.values(), map(other.get, keys, repeat(0)))
+    return dict(zip(keys, both, strict=True))
 
 
 _Hit = tuple[_Node, int, NodeStatus]
@@ -384,6 +392,9 @@ class View:
         `entries` goes through the methods below, which note it here."""
         self._tags: dict[str, dict[str, int]] = {}
         """The tag index: tag → node → bit mask of its flows carrying the tag."""
+        self._names: dict[str, dict[str, int]] = {}
+        """The name index: flow name → node → bit mask of its flows of that name (a client
+        resolving one flow asks for it by name: one lookup, not a scan of every flow)."""
         self._flows = 0
         """Flows indexed."""
         self._rank: dict[str, int] | None = None
@@ -729,7 +740,7 @@ class View:
         assert best_key is not None
         status: NodeStatus = "offline" if best_key[0] else best.status
         catalog = best.catalog
-        if current is not None and current.catalog == catalog:
+        if current is not None and (current.catalog is catalog or current.catalog == catalog):
             catalog = current.catalog  # unchanged: its index and cached bodies stay valid
         else:
             self._dirty.add(node)
@@ -745,9 +756,13 @@ class View:
             path=best.path,
         )
         self.entries[node] = chosen
-        return current is None or any(
-            getattr(current, f) != getattr(chosen, f)
-            for f in ("catalog", "status", "via", "path", "replicas", "last_seen")
+        return (
+            current is None
+            or any(
+                getattr(current, f) != getattr(chosen, f)
+                for f in ("status", "via", "path", "replicas", "last_seen")
+            )
+            or current.catalog is not catalog
         )
 
     def load(self, entries: Iterable[NodeEntry], now: float) -> None:
@@ -830,16 +845,14 @@ class View:
         if query.node is not None or query.organization is not None:
             return self._query_filtered(query, text, wanted)
         masks: dict[str, int] | None = None  # node → its matching flows; None: every flow
+        if query.name is not None:  # the smallest set first: the others only narrow it
+            masks = self._names.get(query.name, {})  # read-only: the index's own dict
         if text is not None:
-            masks = self._values.matches(text)  # read-only: the index's own dict, maybe
+            found = self._values.matches(text)  # read-only: the index's own dict, maybe
+            masks = found if masks is None else _both(masks, found)
         for tag in wanted:
             tagged = self._tags.get(tag, {})
-            if masks is None:
-                masks = tagged
-            else:  # masks & tagged, node by node, iterated in C (nodes left with 0 stay)
-                keys = masks.keys()
-                both = map(int.__and__, masks.values(), map(tagged.get, keys, repeat(0)))
-                masks = dict(zip(keys, both, strict=True))
+            masks = tagged if masks is None else _both(masks, tagged)
         total = self._flows if masks is None else sum(map(int.bit_count, masks.values()))
         if query.offset >= total:
             return total, []
@@ -880,10 +893,11 @@ class View:
         found = None
         if text is not None and query.node is None:
             found = self._values.matches(text)
+        named = self._names.get(query.name, {}) if query.name is not None else None
         lo, hi = query.offset, query.offset + query.limit
         total = 0
         hits: list[_Hit] = []
-        for entry in self._candidates(query.node, found):
+        for entry in self._candidates(query.node, named if named is not None else found):
             catalog = entry.catalog
             if query.organization is not None and catalog.organization != query.organization:
                 continue
@@ -894,6 +908,8 @@ class View:
                 mask = node.matching(text, self._values)
             else:
                 mask = node.every
+            if named is not None:
+                mask &= named.get(catalog.node, 0)
             for tag in wanted:
                 mask &= node.tag_masks.get(tag, 0)
             if not mask:
@@ -970,6 +986,10 @@ class View:
                     del tagged[node_id]
                     if not tagged:
                         del self._tags[tag]
+                for f in old.catalog.flows:
+                    named = self._names.get(f.name)
+                    if named is not None and named.pop(node_id, None) is not None and not named:
+                        del self._names[f.name]
             if local is not None and node_id == local.node:
                 catalog: Catalog | None = local
             else:
@@ -980,6 +1000,9 @@ class View:
                 self._flows += len(catalog.flows)
                 for tag, mask in node.tag_masks.items():
                     self._tags.setdefault(tag, {})[node_id] = mask
+                for pos, f in enumerate(catalog.flows):
+                    named = self._names.setdefault(f.name, {})
+                    named[node_id] = named.get(node_id, 0) | 1 << pos
         self._dirty.clear()
         if values.needs_compacting():
             self._reindex()
