@@ -61,6 +61,11 @@ class StorageTimeout(KodoTimeout):
     than a majority of its servers up), or a server still starting."""
 
 
+class SnapshotStalled(KodoTimeout):
+    """A one-pass read of a stream (`snapshot.current`) waited longer than its bound for the
+    messages it counted at its start: the server went away, or its consumer stalled."""
+
+
 class LaunchUnanswered(KodoTimeout):
     """A launch got no reply, however often it was sent: the execution may have started.
 

@@ -5,6 +5,12 @@ need "every matching message as of now, then stop". Per-key `get`s cost a round 
 nats-py's `kv.keys()` decides it is done from `num_pending` on single messages, which can end
 early. Here the consumer's own count — delivered plus pending, read together right after it is
 created — says exactly how many messages to wait for.
+
+That count is fixed at the start, so the wait for it is bounded: a message counted and then
+deleted (a KV key expiring, a purge) never comes, and a server that stops answering delivers
+nothing more. After `idle` seconds without a message the consumer is asked what it still holds:
+nothing (the missing ones were deleted) ends the pass with what came; anything else, or no
+answer, is `SnapshotStalled` — a caller gets a typed error in bounded time instead of a hang.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from .bus import consumer_config
+from .errors import SnapshotStalled
+
+IDLE = 30.0
+"""Seconds `current` waits for the next message it counted before it asks the consumer why
+(far above an ordered consumer's idle heartbeat, which repairs a message lost in flight)."""
 
 
 async def current(
@@ -28,11 +39,14 @@ async def current(
     last_per_subject: bool = True,
     start_time: str | None = None,
     follow: bool = False,
+    idle: float = IDLE,
 ) -> AsyncIterator[Msg]:
     """Messages of `stream` on `subject` as of the call (the last per subject by default);
     with `follow`, then every new one until the caller stops iterating.
 
-    Deleted KV keys come as messages with an empty body; callers skip those.
+    Deleted KV keys come as messages with an empty body; callers skip those. Raises
+    `SnapshotStalled` when a counted message is `idle` seconds late and the consumer still
+    holds some (or does not answer); following after the pass waits without a bound.
     """
     if start_time is not None:
         config = consumer_config(
@@ -56,8 +70,33 @@ async def current(
         total = (info.num_pending or 0) + (delivered or 0)
         seen = 0
         while follow or seen < total:
-            yield await queue.get()
+            if seen >= total:
+                yield await queue.get()
+                seen += 1
+                continue
+            try:
+                msg = await asyncio.wait_for(queue.get(), idle)
+            except TimeoutError:
+                if await _left(sub, idle, f"{stream} {subject}: {seen} of {total}"):
+                    raise SnapshotStalled(
+                        f"reading {subject} of {stream}: {seen} of {total} messages came, and "
+                        f"none for {idle:g} s while the server still holds more"
+                    ) from None
+                total = seen  # the rest was deleted meanwhile: the pass is complete
+                continue
+            yield msg
             seen += 1
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+
+async def _left(sub: JetStreamContext.PushSubscription, idle: float, what: str) -> bool:
+    """Whether the consumer still has messages to deliver (raises `SnapshotStalled` when it
+    cannot say within `idle` seconds: the server is gone or stuck)."""
+    try:
+        async with asyncio.timeout(idle):
+            info = await sub.consumer_info()
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise SnapshotStalled(f"reading {what}: the consumer does not answer ({exc!r})") from exc
+    return bool(info.num_pending)
