@@ -303,6 +303,7 @@ class ServiceSettings(_Settings):
 
 
 DEFAULT_SERVER_HOST = "127.0.0.1"
+WEB_HOST, WEB_PORT = "127.0.0.1", 8300  # where `kodo-bus web` (and `up`) serve the panel
 
 
 class ServerSettings(_Settings):

@@ -46,6 +46,7 @@ from . import (
     run_cmd,
     server_cmd,
     try_cmd,
+    web_cmd,
 )
 from .app import app, console, state, use_house_style
 
@@ -61,6 +62,7 @@ inspect_cmd.register(app)
 bench_cmd.register(app)
 auth_cmd.register(app)
 try_cmd.register(app)
+web_cmd.register(app)
 use_house_style(app)
 
 

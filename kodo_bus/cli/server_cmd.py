@@ -16,9 +16,10 @@ from typing import Annotated
 import typer
 
 from .. import procs
-from ..config import ServerSettings
+from ..config import WEB_PORT, ServerSettings
 from ..server import NatsServer, config_ports, default_config, find_binary, is_loopback
 from ..version import __version__
+from . import web_cmd
 from .app import console, out
 
 UP_GRACE = 1.0
@@ -163,7 +164,7 @@ def server(  # noqa: PLR0917 (typer options)
     raise typer.Exit(_serve_until_signal(NatsServer(settings, echo=echo)))
 
 
-def up(
+def up(  # noqa: PLR0917 (typer options)
     port: Annotated[int, typer.Option("--port", "-p", help="Client port of the server.")] = 4222,
     store: Annotated[Path, typer.Option(help="JetStream store directory.")] = Path("data/nats"),
     http_port: Annotated[
@@ -175,8 +176,11 @@ def up(
     grace: Annotated[
         float, typer.Option(help="Seconds running executions get at Ctrl-C before cancelled.")
     ] = UP_GRACE,
+    web: Annotated[bool, typer.Option("--web/--no-web", help="Serve the web panel too.")] = True,
+    web_port: Annotated[int, typer.Option("--web-port", help="Port of the web panel.")] = WEB_PORT,
 ) -> None:
-    """Run the whole bus on this machine: embedded nats-server, a registry and an example node.
+    """Run the whole bus on this machine: embedded nats-server, a registry, an example node and
+    the web panel (`kodo-bus web`).
 
     Ctrl-C (or SIGTERM) stops the node, then the registry, then the server, in a few seconds
     (running executions get `--grace` seconds, then are cancelled); a second Ctrl-C kills what
@@ -201,8 +205,9 @@ def up(
             cwd=examples.resolve().parent,
         )
         console.print("registry [bold]up-registry[/] and node [bold]up-node[/] starting")
+        panel = [(web_cmd.spawn_for_up(server.url, web_port), SERVER_STOP)] if web else []
         # the node first: the registry hears its bye; the node's limit covers its Ray's stop
-        return [(node, grace + NODE_STOP), (registry, SERVER_STOP)]
+        return [*panel, (node, grace + NODE_STOP), (registry, SERVER_STOP)]
 
     raise typer.Exit(_serve_until_signal(server, start_services))
 

@@ -1,0 +1,92 @@
+"""`kodo-bus web`: the web panel (kodo_bus/web/) served by uvicorn, as this NATS user.
+
+It connects to NATS before it listens, so a wrong URL or credentials is one error line, not a
+server that answers every page with an error; it prints its URL once the socket is bound (with
+`--port 0`, the port the system chose), which is what `up` and the tests read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from ..config import WEB_HOST, WEB_PORT, Credentials
+from .app import console, out
+from .creds import with_credentials
+from .exec_cmd import client_for
+from .federation_cmd import NatsOpt
+
+SHUTDOWN_GRACE = 2
+"""Seconds open pages (their event streams) get at Ctrl-C before they are closed."""
+
+
+@with_credentials
+def web(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on. Loopback by default: the panel acts as its NATS user "
+            "for whoever reaches it.",
+        ),
+    ] = WEB_HOST,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port (0: a free one).")] = WEB_PORT,
+    via: Annotated[
+        str | None, typer.Option("--via", help="Registry to ask [default: any that answers].")
+    ] = None,
+    nats: NatsOpt = None,
+    credentials: Credentials | None = None,
+) -> None:
+    """Serve the web panel: flows, launch forms, live executions, questions, nodes (Ctrl-C
+    stops it)."""
+    import uvicorn
+
+    from ..web import create_app
+
+    async def main() -> None:
+        client = await client_for(nats, credentials).connect()
+        try:
+            app = create_app(client, via, connect=False)
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE,
+                lifespan="on",
+            )
+            server = uvicorn.Server(config)
+            serving = asyncio.create_task(server.serve())
+            while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn sets a flag)
+                await asyncio.sleep(0.05)
+            if server.started:
+                bound = server.servers[0].sockets[0].getsockname()[1]
+                out.print(f"web panel on http://{host}:{bound}", highlight=False)
+                sys.stdout.flush()
+            await serving
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print("stopped")
+        raise typer.Exit(130) from None
+
+
+def spawn_for_up(nats_url: str, port: int) -> subprocess.Popen[bytes]:
+    """The panel as a child of `kodo-bus up` (stopped with its other services); the child prints
+    its URL once it listens."""
+    from .. import procs
+
+    argv = [sys.executable, "-m", "kodo_bus", "web", "--nats", nats_url, "--port", str(port)]
+    return procs.spawn(argv)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(web)
