@@ -11,6 +11,7 @@ Events are JSON `Event`s with the header `Nats-Msg-Id: <execution>:<seq>`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -83,8 +84,21 @@ def record_key(record: ExecutionRecord) -> str:
 
 
 async def create_record(kv: KeyValue, record: ExecutionRecord) -> int:
-    """Store a new record; its revision."""
-    return int(await kv.create(record_key(record), record_bytes(record)))
+    """Store a new record, and its node's index entry beside it (sent together: the index
+    costs no round trip of its own); the record's revision. An index entry without its record
+    (a create that failed) is harmless: its reader checks the record."""
+    index = asyncio.ensure_future(index_record(kv, record))
+    try:
+        return int(await kv.create(record_key(record), record_bytes(record)))
+    finally:
+        await index
+
+
+async def index_record(kv: KeyValue, record: ExecutionRecord) -> None:
+    """Name the record in its node's index (`subjects.RECORD_NODE_KEY`), so the executions of
+    a dead node are found in proportion to that node's, not to the bucket's."""
+    key = subjects.record_node_key(record.node, record.launcher, record.execution)
+    await kv.put(key, b"")
 
 
 async def read_record(kv: KeyValue, key: str) -> tuple[ExecutionRecord, int] | None:

@@ -411,22 +411,20 @@ terminal record whose status is not stored, and nobody else will store it."""
 async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None) -> int:
     """End every unfinished execution of `node` (of one replica `instance` when given) as
     `lost`, and repair the recent endings it left half stored; how many this call ended
-    (another ender may win some: they are not counted)."""
+    (another ender may win some: they are not counted).
+
+    The node's index (`subjects.RECORD_NODE_KEY`) names its records, so this reads that
+    node's records only: a registry ending one dead node among thousands does not read the
+    whole bucket. A record is judged by what it says (its node, instance and status), never
+    by its index entry.
+    """
     try:
         kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
     except nats.js.errors.BucketNotFoundError:
         return 0
-    # One pass over the current keys (nats-py's kv.keys() can end before it has seen them all).
-    bucket = subjects.BUCKET_EXECUTIONS
-    prefix = subjects.kv_subject(bucket, "")
-    keys = [
-        msg.subject[len(prefix) :]
-        async for msg in snapshot.current(js, subjects.kv_stream(bucket), prefix + ">")
-        if msg.data
-    ]
     ended = 0
     horizon = time.time() - REPAIR_WITHIN
-    for key in keys:
+    for key in await records_of(js, node):
         current = await read_record(kv, key)
         if current is None:
             continue
@@ -441,3 +439,23 @@ async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None
         ending = await end_from_outside(js, kv, record, "lost", error_of("ExecutionLost", message))
         ended += ending.won
     return ended
+
+
+async def records_of(js: JetStreamContext, node: str) -> list[str]:
+    """The record keys `node`'s index names, in one pass over that index only (nats-py's
+    kv.keys() can end before it has seen them all)."""
+    bucket = subjects.BUCKET_EXECUTIONS
+    index = subjects.kv_subject(bucket, subjects.record_node_key(node, "*", "*"))
+    keys = []
+    async for msg in snapshot.current(js, subjects.kv_stream(bucket), index):
+        if (msg.headers or {}).get(KV_OPERATION) in (KV_DEL, KV_PURGE):
+            continue  # an index entry deleted or purged
+        user, execution = msg.subject.split(".")[-2:]
+        keys.append(subjects.record_key(user, execution))
+    return keys
+
+
+KV_OPERATION = "KV-Operation"
+"""NATS KV convention: the header that marks a deleted (`DEL`) or purged (`PURGE`) key."""
+KV_DEL = "DEL"
+KV_PURGE = "PURGE"

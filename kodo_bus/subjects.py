@@ -106,6 +106,11 @@ OBJ_STREAM = "OBJ_{bucket}"
 """NATS convention: the stream behind an Object Store bucket."""
 RECORD_KEY = "{user}.{execution}"
 """Key of an execution record: the launcher first, so permissions can confine a user to theirs."""
+RECORD_NODE_KEY = "node={node}.{user}.{execution}"
+"""The node's index of its records, in the same bucket: an empty value under this key names the
+record `<user>.<execution>` of an execution `node` took. A registry ending a dead node's
+executions reads `node=<node>.>` only, not every record of the bucket. `=` is in no user name
+(`check_token`), so no index key is ever a record key, nor inside a user's `<user>.>`."""
 
 INBOX = "_INBOX_{user}"
 """Inbox prefix of a user's connections: replies (and JetStream deliveries) to one user land
@@ -222,6 +227,10 @@ def kv_stream(bucket: str) -> str:
 
 def record_key(user: str, execution: str) -> str:
     return RECORD_KEY.format(user=user, execution=execution)
+
+
+def record_node_key(node: str, user: str, execution: str) -> str:
+    return RECORD_NODE_KEY.format(node=node, user=user, execution=execution)
 
 
 def inbox(user: str) -> str:

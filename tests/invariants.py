@@ -191,6 +191,8 @@ async def _read_records(
     if executions is None:
         for stored in await _scan(js, stream, prefix + ">", max(first, after + 1), last):
             key = stored.subject[len(prefix) :]
+            if key.count(".") != 1:
+                continue  # a node's index entry (`subjects.RECORD_NODE_KEY`), not a record
             execution = key.split(".", 1)[-1]
             out[execution] = (key, _record_of(key, stored.data, stored.headers))
         return out
