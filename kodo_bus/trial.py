@@ -1,13 +1,15 @@
 """`kodo-bus try`: one execution of one flow, on a bus that lives for that execution alone.
 
 Why a whole bus and not a plain call of the function: a flow's events are numbered and published
-by its Ray worker into JetStream, and the runner hands the job to that worker over NATS, so the
+by its worker into JetStream, and the runner hands the job to that worker over NATS, so the
 events `try` shows are the ones `launch` shows only if the same parts make them. So a trial is a
-nats-server of its own (in a temporary directory, free loopback ports, no monitoring), a
-`Runner` serving the one flow in this process — which runs it on Ray like any node, a local Ray
-it starts at the launch and stops at its end unless told a running one — and a `Client` that
-launches and follows it. Everything it started is stopped at the end, by PID, also after an
-error or Ctrl-C; `kodo-bus try` sweeps whatever is still below its process after that.
+nats-server of its own (in a temporary directory, free loopback ports, no monitoring; it costs
+about 0.1 s to start and stop), a `Runner` serving the one flow in this process, and a `Client`
+that launches and follows it. The worker is an `ExecActor` in this process (`LocalPool`): Ray
+costs seconds to start, so it is started only for a flow that uses Ray (`uses_ray`) or when
+asked (`ray=True`, a `ray_address`), and then runs the flow as a node does, stopped at the end.
+Everything it started is stopped at the end, by PID, also after an error or Ctrl-C; `kodo-bus
+try` sweeps whatever is still below its process after that.
 
 Targets are resolved before any of it starts, so a bad one costs nothing: `module:function`,
 `path/to/file.py:function`, or a flow name with a node config. Objects and files other than
@@ -40,6 +42,7 @@ from .config import Credentials, ServerSettings, ServiceSettings
 from .errors import ConfigError, KodoError
 from .flow_ref import Flow
 from .flows import FlowSpec, load_flows, spec_of
+from .local_pool import LocalPool
 from .models import FlowItem
 from .runner import Runner
 from .server import PACKAGED_CONFIG, NatsServer
@@ -82,6 +85,30 @@ class Target:
         except TypeError:  # a builtin or a C callable: no file
             return None
         return Path(found).resolve() if found else None
+
+    @property
+    def uses_ray(self) -> bool:
+        """Whether the flow's module refers to Ray (`uses_ray`): then it runs on Ray."""
+        module = sys.modules.get(getattr(inspect.unwrap(self.spec.func), "__module__", ""))
+        return module is not None and uses_ray(module)
+
+
+def uses_ray(module: ModuleType) -> bool:
+    """A global of the module is Ray or comes from it (`import ray`, `from ray import remote`,
+    a `@ray.remote` function or actor class): the flow calls Ray, which in a Ray worker is
+    connected and anywhere else would start a Ray nobody stops. A flow reaching Ray only through
+    another module's helpers is not seen: `kodo-bus try --ray` is for it."""
+    for value in list(vars(module).values()):
+        if isinstance(value, ModuleType):
+            origin = value.__name__
+        else:
+            try:
+                origin = getattr(value, "__module__", None) or type(value).__module__
+            except Exception:  # a lazy proxy that fails on attribute access: not Ray's
+                continue
+        if isinstance(origin, str) and (origin == "ray" or origin.startswith("ray.")):
+            return True
+    return False
 
 
 def resolve(target: str, config: Path | None = None) -> Target:
@@ -230,13 +257,19 @@ def flow_line(traceback_text: str, source: Path | None) -> str | None:
 class Trial:
     """The bus of one trial: `async with Trial(target) as trial: await trial.flow.launch(...)`.
 
-    `ray_address`: a running Ray on this machine (its workers must reach the trial's loopback
-    server); None starts a local one at the launch, as a node does, and stops it at the end.
+    `ray`: run the flow on Ray (True), in this process (False), or on Ray only if the flow uses
+    it or `ray_address` is given (None). `ray_address`: a running Ray on this machine (its
+    workers must reach the trial's loopback server); without it a local one is started at the
+    launch, as a node does, and stopped at the end.
     """
 
-    def __init__(self, target: Target, *, ray_address: str | None = None) -> None:
+    def __init__(
+        self, target: Target, *, ray_address: str | None = None, ray: bool | None = None
+    ) -> None:
         self.target = target
         self._ray_address = ray_address
+        self.on_ray = ray if ray is not None else bool(ray_address) or target.uses_ray
+        """Whether the flow runs on Ray (else on an in-process worker)."""
         self._stack = contextlib.AsyncExitStack()
         self.server: NatsServer | None = None
         self.runner: Runner | None = None
@@ -290,7 +323,9 @@ class Trial:
         nc = await connect(settings.connect_settings())
         stack.push_async_callback(nc.close)
         spec = self.target.spec
-        runner = self.runner = Runner(nc, settings, [spec], instance=secrets.token_hex(4))
+        local = None if self.on_ray else LocalPool(nc, settings.id, settings.connect_settings(), 1)
+        instance = secrets.token_hex(4)
+        runner = self.runner = Runner(nc, settings, [spec], instance=instance, pool=local)
         await runner.start()
         stack.push_async_callback(runner.stop)
         client = self.client = Client(server.url, retry=0)

@@ -1,6 +1,7 @@
 """`kodo-bus try TARGET` (issue 19) as a user runs it: the real binary in a subprocess, with its
-own nats-server and its own local Ray, judged by its output, its exit code and the processes
-it leaves (every process seen below it while it ran must be gone once it exits).
+own nats-server, the flow in its process (or on its own local Ray, for a flow that uses Ray or
+with `--ray`), judged by its output, its exit code and the processes it leaves (every process
+seen below it while it ran must be gone once it exits).
 
 The reference for "the same events" is a `kodo-bus launch` of the same flow on a real bus: a
 nats-server and a hybrid node serving `examples.hello` on the session's Ray.
@@ -53,6 +54,20 @@ async def wait(inputs: dict, tracer: Tracer) -> None:
 
 
 import asyncio
+"""
+USES_RAY = f"""\
+import ray
+
+{FAILING}
+
+@ray.remote
+def square(x: int) -> int:
+    return x * x
+
+
+@flow(summary="squares on Ray")
+async def squares(inputs: dict, tracer: Tracer) -> int:
+    return await square.remote(3)
 """
 
 
@@ -195,18 +210,23 @@ def test_try_prints_the_events_a_launch_prints(
     assert served.proc.poll() is None, served.text()
 
     before = trials_dirs()
-    runs = {}
-    for form in ((), ("--json",)):  # one after the other: each must leave nothing behind
-        run = runs[form] = start(
-            procs, tmp_path, "try", "examples/hello.py:hello", "-i", "name=Ada", *form
+    runs: dict[tuple[str, ...], Run] = {}
+    on_ray = ("--json", "--ray")
+    forms: list[tuple[str, ...]] = [(), ("--json",), on_ray]
+    for how in forms:  # one after the other: each must leave nothing behind
+        run = runs[how] = start(
+            procs, tmp_path, "try", "examples/hello.py:hello", "-i", "name=Ada", *how
         )
         assert run.wait() == 0, run.text()
-        assert run.seen, "no nats-server or Ray ran below it: what did it run on?"
         assert_nothing_left(run, before)
+    ran = {how: {p.name() for p in run.seen.values()} for how, run in runs.items()}
+    assert "raylet" in ran[on_ray], ran  # --ray: on a Ray of its own
+    assert not {"raylet", "gcs_server"} & (ran[()] | ran[("--json",)]), ran  # else in-process
 
     tried = events_of(runs[("--json",)].out.read_text())  # every stdout line is one JSON event
     launched = events_of(launches[("--json",)])
     assert comparable(tried) == comparable(launched)
+    assert comparable(events_of(runs[on_ray].out.read_text())) == comparable(launched)
     assert [e["kind"] for e in tried][:3] == ["meta", "inputs", "status"]
     assert tried[0]["node"] == "try" and tried[0]["data"]["entry"] == "examples.hello:hello"
     assert tried[-2]["data"] == "Hello, **Ada**!"
@@ -291,16 +311,36 @@ def test_bad_inputs_exit_2_before_any_server_starts(procs: Processes, tmp_path: 
     assert not run.seen
 
 
+# -- a flow that uses Ray runs on Ray -------------------------------------------------------------
+@pytest.mark.slow
+def test_a_flow_that_uses_ray_runs_on_a_ray_of_its_own(procs: Processes, tmp_path: Path) -> None:
+    (tmp_path / "try_ray_flows.py").write_text(USES_RAY)
+    before = trials_dirs()
+    run = start(procs, tmp_path, "try", "try_ray_flows.py:squares", "--json", cwd=tmp_path)
+    assert run.wait() == 0, run.text()
+    events = events_of(run.out.read_text())
+    assert [e["data"] for e in events if e["kind"] == "final"] == [9], run.text()
+    assert "raylet" in {p.name() for p in run.seen.values()}
+    assert_nothing_left(run, before)
+
+
 # -- Ctrl-C ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ctrl_c_exits_130_and_leaves_nothing(procs: Processes, tmp_path: Path) -> None:
-    (tmp_path / "try_failing_flows.py").write_text(FAILING)
+@pytest.mark.parametrize(
+    ("source", "ran"),
+    [(FAILING, {"nats-server"}), (USES_RAY, {"nats-server", "raylet"})],
+    ids=["in-process", "on-ray"],
+)
+def test_ctrl_c_exits_130_and_leaves_nothing(
+    procs: Processes, tmp_path: Path, source: str, ran: set[str]
+) -> None:
+    (tmp_path / "try_failing_flows.py").write_text(source)
     before = trials_dirs()
     run = start(procs, tmp_path, "try", "try_failing_flows.py:wait", cwd=tmp_path)
-    run.wait_for("waiting")  # the flow runs on its Ray worker
+    run.wait_for("waiting")  # the flow runs on its worker: in the process, or on Ray
     run.look()
     names = {p.name() for p in run.seen.values() if _alive(p)}
-    assert "nats-server" in names and "raylet" in names, names
+    assert ran <= names and ("raylet" in names) == ("raylet" in ran), names
     os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
     assert run.wait(within=60) == 130, run.text()
     assert "interrupted" in run.err.read_text()
