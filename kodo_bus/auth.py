@@ -137,6 +137,7 @@ def _registry(name: str) -> Permissions:
         *node.publish,
         s.SYNC,
         s.registry_view(name),
+        s.REGISTRY_ASK_ALL,  # an ask names the registry asked
         s.SVC_CATALOG.format(service="*"),
         _kv(view, ">"),
         _api("STREAM", "INFO", _kv_stream(view)),
@@ -155,7 +156,8 @@ def _registry(name: str) -> Permissions:
         _api("CONSUMER", "INFO", _kv_stream(view), "*"),
         _api("CONSUMER", "INFO", _kv_stream(records), "*"),
     ]
-    sub = [*node.subscribe, s.NODE_ALL, s.REGISTRY_VIEW_ALL, s.ADMIN_FORGET_ALL]
+    sub = [*node.subscribe, s.NODE_ALL, s.REGISTRY_VIEW_ALL, s.registry_ask(name)]
+    sub.append(s.ADMIN_FORGET_ALL)
     return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
 
 

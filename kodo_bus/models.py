@@ -215,8 +215,9 @@ class RegistryView(Message):
     Each sender keeps one numbered stream per bus it publishes on: `full` (the whole view, in
     `parts` messages each under a size cap), then `changes` (entries that changed, ids removed)
     and, in a quiet heartbeat interval, a `beat`. A receiver that sees a gap in `seq` or a new
-    `epoch` publishes an `ask` naming the sender in `want`, and gets a `full` back. A message
-    without `epoch` is a whole view from a 0.1 registry, taken as a `full` in one part.
+    `epoch` publishes an `ask` on `kodo.registry.<sender>.ask` naming the sender in `want`, and
+    gets a `full` back. A message without `epoch` is a whole view from a 0.1 registry, taken as
+    a `full` in one part.
     """
 
     registry: str

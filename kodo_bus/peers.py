@@ -31,9 +31,9 @@ from nats.aio.msg import Msg
 
 from . import subjects
 from .bus import connect
-from .codec import CONTENT_TYPE, MSGPACK, encode
+from .codec import CONTENT_TYPE, MSGPACK, decode_msg, encode
 from .config import ConnectSettings
-from .errors import ConnectError
+from .errors import ConnectError, WireError
 from .models import SCHEMA_VERSION, NodeEntry, RegistryView
 from .tasks import TaskSet
 
@@ -155,6 +155,11 @@ class Peers:
 
         # feed off too: asks for our view arrive there
         await nc.subscribe(subjects.REGISTRY_VIEW_ALL, cb=on_view)
+
+        async def on_ask(msg: Msg) -> None:
+            await self.on_ask(msg, [url])
+
+        await nc.subscribe(subjects.registry_ask(self.settings.id), cb=on_ask)
         self.registry.changed.set()
 
     # -- receiving ---------------------------------------------------------------------------------
@@ -219,14 +224,31 @@ class Peers:
             epoch=state.epoch,
             want=[sender],
         )
-        self.tasks.spawn(self._send(nc, ask), f"ask {sender}")
+        self.tasks.spawn(self._send(nc, ask, sender), f"ask {sender}")
 
-    async def _send(self, nc: NATS, message: RegistryView) -> None:
+    async def _send(self, nc: NATS, message: RegistryView, sender: str) -> None:
         body, headers = encode(message)
         try:
-            await nc.publish(subjects.registry_view(self.settings.id), body, headers=headers)
+            await nc.publish(subjects.registry_ask(sender), body, headers=headers)
         except nats.errors.Error as exc:
             log.warning("cannot ask for a view: %r", exc)
+
+    async def on_ask(self, msg: Msg, urls: list[str] | None) -> None:
+        """An ask on `kodo.registry.<our id>.ask`, on our own bus (`urls` None) or a link's.
+
+        (Asks used to travel on the asker's view subject, which a one-way link such as
+        deploy/leaf's cannot let in without letting in every view of the other side.)
+        """
+        rejects = self.registry.rejects
+        try:
+            view = decode_msg(msg, RegistryView)
+        except WireError as exc:
+            rejects.reject("an ask", exc)
+            return
+        if view.kind != "ask":
+            rejects.reject(view.registry, f"a {view.kind!r} view on the ask subject {msg.subject}")
+            return
+        self.asked(view, urls)
 
     def asked(self, view: RegistryView, urls: list[str] | None) -> None:
         """Someone missed part of our stream on the bus the ask came on: a `full` is due."""

@@ -98,6 +98,9 @@ class Registry:
         ]
         # feed off too: asks for a provider's view arrive on its own bus
         self._subs.append(await self.nc.subscribe(subjects.REGISTRY_VIEW_ALL, cb=self.on_view_msg))
+        self._subs.append(
+            await self.nc.subscribe(subjects.registry_ask(self.settings.id), cb=self._on_ask)
+        )
         self.tasks.spawn(self._flusher(), "view flusher")
         self.tasks.spawn(self._liveness(), "liveness")
         body, headers = encode(SyncRequest(registry=self.settings.id))
@@ -436,6 +439,9 @@ class Registry:
         return Ack(message=f"{me}: {target} forgotten ({what})")
 
     # -- views of other registries ---------------------------------------------------------------
+    async def _on_ask(self, msg: Msg) -> None:
+        await self.peers.on_ask(msg, None)
+
     async def on_view_msg(self, msg: Msg, urls: list[str] | None = None) -> None:
         """A republished view, from our own bus (`urls` None) or from a `connect` bus."""
         sender = subjects.token(msg.subject, 2)

@@ -28,6 +28,11 @@ SYNC = "kodo.sync"
 REGISTRY_VIEW = "kodo.registry.{registry}.view"
 """A registry or provider republishes its view (for registries that feed on it)."""
 REGISTRY_VIEW_ALL = "kodo.registry.*.view"
+REGISTRY_ASK = "kodo.registry.{registry}.ask"
+"""A registry that missed part of `registry`'s stream asks it for its whole view. Named after
+the registry asked, not the asker, so a one-way link (deploy/leaf) can let in the asks for its
+own provider and nothing else."""
+REGISTRY_ASK_ALL = "kodo.registry.*.ask"
 
 # -- request/reply on every service (msgpack or json, the reply mirrors the request) -------------
 SVC_INFO = "kodo.svc.{service}.info"
@@ -159,6 +164,10 @@ def registry_view(registry: str) -> str:
     return REGISTRY_VIEW.format(registry=registry)
 
 
+def registry_ask(registry: str) -> str:
+    return REGISTRY_ASK.format(registry=registry)
+
+
 def svc_info(service: str) -> str:
     return SVC_INFO.format(service=service)
 
@@ -270,6 +279,8 @@ ALL_PATTERNS: tuple[str, ...] = (
     SYNC,
     REGISTRY_VIEW,
     REGISTRY_VIEW_ALL,
+    REGISTRY_ASK,
+    REGISTRY_ASK_ALL,
     SVC_INFO,
     SVC_FLOWS,
     SVC_NODES,

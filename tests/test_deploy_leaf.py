@@ -209,6 +209,10 @@ async def test_provider_view_crosses_the_leaf_link_and_nothing_else(
         node = {"id": NODE, "organization": ORG, "flows": [{"module": FLOWS}]}
         service(procs, tmp_path, leaf, ray_address, **node)
         service(procs, tmp_path, leaf, id=PROVIDER, role="provider", organization=ORG)
+        # The hub's registry comes up after the provider has sent its whole view (as after a
+        # restart of the hub): its ask for that view must cross the link.
+        async with Client(pair.leaf.url) as on_leaf:
+            await eventually(lambda: on_leaf.flows(via=PROVIDER), lambda fs: len(fs) > 0)
         service(procs, tmp_path, hub, id=REGISTRY, role="registry")
 
         await view_reaches_the_hub(pair, procs)
@@ -333,8 +337,11 @@ def hub_saw_the_view_only(hub_tap: Tap, m: Markers) -> None:
 
 
 def leaf_saw_nothing_of_the_hub(leaf_tap: Tap, m: Markers) -> None:
-    """From the hub, the leaf got nothing: not the hub's events, nor its registry's sync."""
+    """From the hub, the leaf got nothing but asks for the provider's view: not the hub's
+    events, nor its registry's sync or view."""
     assert sync_senders(leaf_tap.seen(is_(subjects.SYNC))) == {PROVIDER}
+    registry = {s for s in leaf_tap.subjects() if s.startswith("kodo.registry.")}
+    assert registry <= {subjects.registry_view(PROVIDER), subjects.registry_ask(PROVIDER)}
     marked = [x.subject for _, x in leaf_tap.msgs if m.marker.encode() in x.data]
     assert set(marked) <= m.leaf_own
     assert {s for s in leaf_tap.subjects() if m.marker in s} <= m.leaf_own
