@@ -10,6 +10,7 @@ nats-server and a hybrid node serving `examples.hello` on the session's Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -79,6 +80,8 @@ class Run:
     out: Path
     err: Path
     seen: dict[int, psutil.Process] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    """Of the processes seen, by PID (a process gone has no name to ask)."""
 
     def look(self) -> None:
         """Note every process below it now (Ray's, the nats-server)."""
@@ -87,7 +90,10 @@ class Run:
         except psutil.NoSuchProcess:
             return
         for child in below:
-            self.seen.setdefault(child.pid, child)
+            if child.pid not in self.seen:
+                with contextlib.suppress(psutil.Error):  # gone already: no name to note
+                    self.names[child.pid] = child.name()
+                self.seen[child.pid] = child
 
     def wait(self, within: float = 150.0) -> int:
         deadline = time.monotonic() + within
@@ -219,7 +225,7 @@ def test_try_prints_the_events_a_launch_prints(
         )
         assert run.wait() == 0, run.text()
         assert_nothing_left(run, before)
-    ran = {how: {p.name() for p in run.seen.values()} for how, run in runs.items()}
+    ran = {how: set(run.names.values()) for how, run in runs.items()}
     assert "raylet" in ran[on_ray], ran  # --ray: on a Ray of its own
     assert not {"raylet", "gcs_server"} & (ran[()] | ran[("--json",)]), ran  # else in-process
 
@@ -320,7 +326,7 @@ def test_a_flow_that_uses_ray_runs_on_a_ray_of_its_own(procs: Processes, tmp_pat
     assert run.wait() == 0, run.text()
     events = events_of(run.out.read_text())
     assert [e["data"] for e in events if e["kind"] == "final"] == [9], run.text()
-    assert "raylet" in {p.name() for p in run.seen.values()}
+    assert "raylet" in run.names.values()
     assert_nothing_left(run, before)
 
 
