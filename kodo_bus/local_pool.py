@@ -77,7 +77,12 @@ class LocalPool(ActorPool):
         if self._streams is None:
             self._streams = (sys.stdout, sys.stderr)
         handle = _Handle(actor)
-        await handle.start.remote()
+        try:
+            await handle.start.remote()
+        except BaseException:
+            if not self._workers:  # no stop follows a pool that did not start
+                self._restore()
+            raise
         worker = _Worker(handle, subject)
         worker.watch = self._tasks.spawn(self._watch(worker), "kodo-actor-watch")
         return worker
@@ -94,6 +99,9 @@ class LocalPool(ActorPool):
 
     async def stop(self) -> None:
         await super().stop()
+        self._restore()
+
+    def _restore(self) -> None:
         if self._streams is not None:
             sys.stdout, sys.stderr = self._streams
             self._streams = None

@@ -3,13 +3,13 @@
 Why a whole bus and not a plain call of the function: a flow's events are numbered and published
 by its worker into JetStream, and the runner hands the job to that worker over NATS, so the
 events `try` shows are the ones `launch` shows only if the same parts make them. So a trial is a
-nats-server of its own (in a temporary directory, free loopback ports, no monitoring; it costs
-about 0.1 s to start and stop), a `Runner` serving the one flow in this process, and a `Client`
-that launches and follows it. The worker is an `ExecActor` in this process (`LocalPool`): Ray
-costs seconds to start, so it is started only for a flow that uses Ray (`uses_ray`) or when
-asked (`ray=True`, a `ray_address`), and then runs the flow as a node does, stopped at the end.
-Everything it started is stopped at the end, by PID, also after an error or Ctrl-C; `kodo-bus
-try` sweeps whatever is still below its process after that.
+nats-server of its own (in a temporary directory, free loopback ports, no monitoring; it starts
+and stops in about 10 ms: not worth a second path for events), a `Runner` serving the one flow
+in this process, and a `Client` that launches and follows it. The worker is an `ExecActor` in
+this process (`LocalPool`): Ray costs seconds to start, so it is started only for a flow that
+uses Ray (`uses_ray`) or when asked (`ray=True`, a `ray_address`), and then runs the flow as a
+node does. Everything it started is stopped at the end, by PID, also after an error or Ctrl-C;
+`kodo-bus try` sweeps whatever is still below its process after that.
 
 Targets are resolved before any of it starts, so a bad one costs nothing: `module:function`,
 `path/to/file.py:function`, or a flow name with a node config. Objects and files other than
