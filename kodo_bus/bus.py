@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import secrets
 import ssl
@@ -32,9 +33,10 @@ from pydantic import BaseModel
 
 from . import subjects
 from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
-from .config import ConnectSettings, Credentials
+from .config import EVENTS_MAX_BYTES, RECORDS_MAX_BYTES, ConnectSettings, Credentials
 from .errors import (
     AuthError,
+    ConfigError,
     ConnectError,
     FieldProblem,
     KodoTimeout,
@@ -435,12 +437,15 @@ async def ensure_stream(
     replicas: int = 1,
     max_bytes: int | None = None,
     duplicate_window: float = 120.0,
+    allow_msg_ttl: bool = False,
 ) -> api.StreamInfo:
-    """Create the stream, or bring an existing one to this configuration (idempotent).
+    """Create the stream, or bring an existing one to this configuration in place (idempotent).
 
-    An existing stream that already matches is left alone without a write, so processes with
-    read-only rights on it (nodes in the secure profile) start fine. Waits for JetStream's
-    leaders first (`_when_storage_answers`).
+    Limits retention with `discard: old`: at `max_bytes` (or `max_age`) the oldest messages
+    go, never a new one refused. An existing stream that already matches is left alone without
+    a write, so processes with read-only rights on it (nodes in the secure profile) start
+    fine; one whose limits drifted is updated, and if that is refused (no right to) it is used
+    as it is, with a warning. Waits for JetStream's leaders first (`_when_storage_answers`).
     """
     config = api.StreamConfig(
         name=name,
@@ -453,6 +458,7 @@ async def ensure_stream(
         num_replicas=replicas,
         duplicate_window=min(duplicate_window, max_age) if max_age else duplicate_window,
         allow_direct=True,
+        allow_msg_ttl=allow_msg_ttl or None,
     )
 
     async def make() -> api.StreamInfo:
@@ -468,20 +474,69 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.
     except nats.js.errors.NotFoundError:
         pass
     else:
-        c = info.config
-        if (
-            list(c.subjects or []) == config.subjects
-            and c.max_age == config.max_age
-            and (c.num_replicas or 1) == config.num_replicas
-            and (c.max_bytes or -1) == (config.max_bytes or -1)
-        ):
-            return info
+        return await _conform(js, info, config)
     try:
         return await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
-        return await js.update_stream(config)
+        # Another process created it between our look-up and our create.
+        return await _conform(js, await js.stream_info(config.name), config)
+
+
+def _drift(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
+    """The settings in which an existing stream differs from `want` (empty: leave it alone).
+    Per-message TTLs, once allowed, cannot be disallowed (JetStream's rule), so only a missing
+    `allow_msg_ttl` counts."""
+    drift = []
+    if list(have.subjects or []) != list(want.subjects or []):
+        drift.append("subjects")
+    if (have.max_age or 0) != (want.max_age or 0):
+        drift.append("max_age")
+    if (have.max_bytes or -1) != (want.max_bytes or -1):
+        drift.append("max_bytes")
+    if (have.num_replicas or 1) != (want.num_replicas or 1):
+        drift.append("num_replicas")
+    if have.discard != want.discard:
+        drift.append("discard")
+    if want.allow_msg_ttl and not have.allow_msg_ttl:
+        drift.append("allow_msg_ttl")
+    return drift
+
+
+async def _conform(
+    js: JetStreamContext, info: api.StreamInfo, want: api.StreamConfig
+) -> api.StreamInfo:
+    """Bring an existing stream to `want`'s subjects and limits in place; its other settings
+    (a KV bucket's history, rollups, deny-delete) are kept as they are."""
+    drift = _drift(info.config, want)
+    if not drift:
+        return info
+    config = replace(
+        info.config,
+        subjects=want.subjects,
+        max_age=want.max_age,
+        max_bytes=want.max_bytes if want.max_bytes is not None else -1,
+        num_replicas=want.num_replicas,
+        discard=want.discard,
+        allow_msg_ttl=bool(info.config.allow_msg_ttl or want.allow_msg_ttl) or None,
+        duplicate_window=min(info.config.duplicate_window, want.max_age or math.inf),
+    )
+    try:
+        updated = await js.update_stream(config)
+    except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+        # A node of the secure profile may create the stream but not update it: the registry
+        # (or an admin) brings it to the new limits; until then it is used as it is.
+        log.warning(
+            "stream %s differs from this configuration (%s) and could not be updated (%r): "
+            "using it as it is",
+            want.name,
+            ", ".join(drift),
+            exc,
+        )
+        return info
+    log.info("stream %s brought to the configured %s", want.name, ", ".join(drift))
+    return updated
 
 
 STORAGE_WAIT = 30.0
@@ -516,12 +571,28 @@ async def ensure_bucket(
     replicas: int = 1,
     max_bytes: int | None = None,
     description: str | None = None,
+    limits: bool = False,
 ) -> KeyValue:
-    """Create the KV bucket if it is missing and return it (an existing one is kept as is).
+    """Create the KV bucket if it is missing and return it. An existing one is kept as it is,
+    unless `limits`: then its `ttl`, `max_bytes` and replicas are brought to these in place,
+    with `discard: old` (at its limit the least recently written keys go, a write is never
+    refused — nats-py makes buckets `discard: new`) and per-message TTLs allowed.
     Waits for JetStream's leaders first (`_when_storage_answers`)."""
 
     async def make() -> KeyValue:
-        return await _ensure_bucket(js, bucket, ttl, history, replicas, max_bytes, description)
+        kv = await _ensure_bucket(js, bucket, ttl, history, replicas, max_bytes, description)
+        if limits:
+            want = api.StreamConfig(
+                name=subjects.kv_stream(bucket),
+                subjects=[subjects.kv_subject(bucket, ">")],
+                max_age=ttl,
+                max_bytes=max_bytes,
+                num_replicas=replicas,
+                discard=api.DiscardPolicy.OLD,
+                allow_msg_ttl=True,
+            )
+            await _conform(js, await js.stream_info(subjects.kv_stream(bucket)), want)
+        return kv
 
     return await _when_storage_answers(make, f"bucket {bucket}")
 
@@ -557,17 +628,56 @@ async def _ensure_bucket(  # noqa: PLR0917
         return await js.key_value(bucket)
 
 
+INSUFFICIENT_RESOURCES = (10023, 10047)
+"""JetStream API error codes: the server's (or account's) store cannot reserve a stream's
+`max_bytes` (`max_file_store` smaller than the limits asked for)."""
+
+
 async def ensure_execution_storage(
-    js: JetStreamContext, *, max_age: float, replicas: int = 1
+    js: JetStreamContext,
+    *,
+    max_age: float,
+    replicas: int = 1,
+    max_bytes: int = EVENTS_MAX_BYTES,
+    records_max_bytes: int = RECORDS_MAX_BYTES,
 ) -> KeyValue:
-    """The events stream and the executions bucket every node and registry relies on."""
+    """The events stream and the executions bucket every node and registry relies on, with
+    their size limits (`-1`: none) and per-message TTLs allowed (`@flow(retention=...)`).
+
+    What a full store loses first is written in README ("Storage limits"): the oldest events
+    and the least recently written records; an existing deployment's stream and bucket are
+    brought to these limits in place.
+    """
     from .subjects import BUCKET_EXECUTIONS, EVENTS_ALL, STREAM_EVENTS
 
-    await ensure_stream(js, STREAM_EVENTS, [EVENTS_ALL], max_age=max_age, replicas=replicas)
-    return await ensure_bucket(
-        js,
-        BUCKET_EXECUTIONS,
-        ttl=max_age,
-        replicas=replicas,
-        description="kodo-bus: current record of every execution",
-    )
+    try:
+        await ensure_stream(
+            js,
+            STREAM_EVENTS,
+            [EVENTS_ALL],
+            max_age=max_age,
+            replicas=replicas,
+            max_bytes=_limit(max_bytes),
+            allow_msg_ttl=True,
+        )
+        return await ensure_bucket(
+            js,
+            BUCKET_EXECUTIONS,
+            ttl=max_age,
+            replicas=replicas,
+            max_bytes=_limit(records_max_bytes),
+            description="kodo-bus: current record of every execution",
+            limits=True,
+        )
+    except nats.js.errors.APIError as exc:
+        if exc.err_code not in INSUFFICIENT_RESOURCES:
+            raise
+        raise ConfigError(
+            f"JetStream cannot reserve the execution storage ({exc.description}): the events "
+            f"stream asks {max_bytes} bytes and the records bucket {records_max_bytes} — lower "
+            "events_max_bytes / records_max_bytes, or raise the server's max_file_store"
+        ) from None
+
+
+def _limit(max_bytes: int) -> int | None:
+    return None if max_bytes < 0 else max_bytes

@@ -34,6 +34,17 @@ LAUNCH_RESPONDERS_WITHIN = 5.0
 its catalog, which may be heard a moment before it takes launches (it is starting, or a
 replica restarts). The same execution id each time, so nothing runs twice."""
 
+EVENTS_MAX_BYTES = 4 * 1024**3
+"""Bytes the `KODO_EVENTS` stream holds at most; past it the oldest events are discarded. Why
+4 GiB: at the ~3.5 KB a short execution stores, over a million executions — days of a busy
+node — and with `RECORDS_MAX_BYTES` half of the packaged server's 10 GB `max_file_store`,
+the rest left to files and views."""
+RECORDS_MAX_BYTES = 1024**3
+"""Bytes the `KODO_EXECUTIONS` bucket holds at most; past it the least recently written
+records are discarded. A record is ~400 bytes, so this holds more executions than the events
+stream does: a record outlives its events, and a follower of an execution whose events went
+is told from its record (`ExecutionLost`), rather than finding nothing."""
+
 
 def split_urls(values: str | Iterable[str]) -> list[str]:
     """URLs from one string or several, each possibly a comma-separated list."""
@@ -244,6 +255,11 @@ class ServiceSettings(_Settings):
     """Long-lived Ray actors that run executions. Default: max_running, at most 4."""
     events_max_age: float = Field(default=7 * 24 * 3600.0, gt=0)
     """Seconds JetStream keeps execution events and records."""
+    events_max_bytes: int = Field(default=EVENTS_MAX_BYTES, ge=-1)
+    """Bytes of the events stream at most (-1: no limit); the oldest events go first."""
+    records_max_bytes: int = Field(default=RECORDS_MAX_BYTES, ge=-1)
+    """Bytes of the executions bucket at most (-1: no limit); the least recently written
+    records go first."""
     retention: float = Field(default=7 * 24 * 3600.0, gt=0)
     """Seconds an offline node stays in a registry's view before the registry prunes it: long
     enough for a machine away over a week-end to come back listed, short enough that a view

@@ -682,7 +682,9 @@ class _InOrder:
     until `start` is. `None` trusts the first event read (the last resort of a live follow
     whose start could not be read). A gap is waited for until `GAP_WAIT` after the first event
     behind it was stored, the longest a re-send of the missing one can take; an old gap (history
-    that expired, an event never stored) is skipped once the stream has nothing more to give.
+    that expired, an event never stored) and a gap from seq 1 (the oldest events of the
+    execution discarded at the stream's size limit) are skipped once the stream has nothing
+    more to give.
     """
 
     def __init__(self, start: int | None = 1) -> None:
@@ -707,9 +709,15 @@ class _InOrder:
             yield event
 
     def gap_deadline(self) -> float | None:
-        """Wall-clock time after which the missing events can no longer come (None: no gap)."""
+        """Wall-clock time after which the missing events can no longer come (None: no gap).
+
+        A gap from seq 1 can never be filled: the node stores an execution's first events
+        before it answers the launch, ahead of any other, so later ones read without them
+        mean they were discarded (the stream's size limit, or `retention`)."""
         if not self.early:
             return None
+        if self.last == 0:
+            return 0.0
         return min(stored for _, stored in self.early.values()) + GAP_WAIT
 
     def skip_gap(self, execution: str) -> None:

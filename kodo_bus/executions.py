@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 import traceback as tb
 from collections.abc import Callable
@@ -89,7 +90,7 @@ async def create_record(kv: KeyValue, record: ExecutionRecord) -> int:
     (a create that failed) is harmless: its reader checks the record."""
     index = asyncio.ensure_future(index_record(kv, record))
     try:
-        return int(await kv.create(record_key(record), record_bytes(record)))
+        return int(await kv.create(record_key(record), record_bytes(record), msg_ttl=_ttl(record)))
     finally:
         await index
 
@@ -99,6 +100,16 @@ async def index_record(kv: KeyValue, record: ExecutionRecord) -> None:
     a dead node are found in proportion to that node's, not to the bucket's."""
     key = subjects.record_node_key(record.node, record.launcher, record.execution)
     await kv.put(key, b"")
+
+
+def _ttl(record: ExecutionRecord) -> int | None:
+    """The record write's `Nats-TTL` (whole seconds): the terminal write of a record of a flow
+    with a `retention` carries it, so the record goes `retention` after the execution ended.
+    Live writes carry none: a record that expired while its execution waited or ran could not
+    be ended (the bucket's history is 1, so the terminal write replaces them)."""
+    if record.retention is None or record.status not in TERMINAL_STATUSES:
+        return None
+    return max(1, math.ceil(record.retention))
 
 
 async def read_record(kv: KeyValue, key: str) -> tuple[ExecutionRecord, int] | None:
@@ -149,7 +160,11 @@ async def update_record(
         new = new.model_copy(update={"updated": time.time()})
         try:
             written = await js_retry(
-                functools.partial(kv.update, key, record_bytes(new), last=revision), f"update {key}"
+                # nats-py's public `update` sends no TTL; its `_update` (what `update` calls) does
+                functools.partial(
+                    kv._update, key, record_bytes(new), last=revision, msg_ttl=_ttl(new)
+                ),
+                f"update {key}",
             )
         except nats.js.errors.KeyWrongLastSequenceError:
             continue

@@ -276,6 +276,7 @@ class ExecActor:
         r = job.record
         execution = r.execution
         emitter = Emitter(envelope(r), job.seq, self._pub.put)
+        self._pub.retain(execution, r.retention)
         loop = asyncio.get_running_loop()
         record = _RecordWriter(self._kv, (r, job.revision), self._work)
 

@@ -475,3 +475,6 @@ class ExecutionRecord(Message):
     """Why it ended, when not `finished`."""
     instance: str = ""
     """The node process (replica) that holds the execution ('' before replicas were told apart)."""
+    retention: float | None = None
+    """Seconds each of its events is kept after it was stored, and this record after the
+    execution ended (`@flow(retention=...)`, sent as `Nats-TTL`); None: `events_max_age`."""

@@ -48,6 +48,10 @@ while it is disconnected (its reconnect buffer would store those ahead of the ev
 the connection); one it held when the connection dropped may still be stored after it was given
 up: the error is then a stored event reported lost, never the other way round.
 
+**Retention per flow.** An execution of a flow declared with `@flow(retention=...)` is
+`retain`ed: each of its messages carries the header `Nats-TTL`, so the stream (`allow_msg_ttl`)
+removes it that many seconds after storing it, before the bus's `events_max_age`.
+
 Used by the Ray actors (every event of a running flow) and by the node's runner (the events
 before the hand-over), so both number and deliver events the same way.
 """
@@ -58,6 +62,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -109,6 +114,12 @@ LOST_KEPT = 10_000
 """Executions whose lost events are remembered until a `drain` reports them."""
 LOST_IDS_SHOWN = 5
 """Ids of lost messages named in an error, per execution."""
+
+RETAINED = 20_000
+"""Executions whose TTL a publisher remembers (the most recently retained): past that, an old
+execution's further events are kept for `events_max_age`, the safe side."""
+MSG_TTL = Header.MSG_TTL.value
+"""Per-message TTL header (nats-server 2.11+, streams with `allow_msg_ttl`)."""
 
 BATCH_KINDS = frozenset({"markdown", "text", "html", "stdout", "stderr"})
 """Event kinds whose bursts travel as one message (a JSON array of events)."""
@@ -177,13 +188,31 @@ class EventPublisher:
         self._idle = False
         """The task waits for work: a put from another thread must wake it (else it need not:
         a wake per event, across threads, cost more than the event)."""
+        self._ttl: OrderedDict[str, str] = OrderedDict()
+        """`Nats-TTL` of the executions `retain`ed (bounded by `RETAINED`)."""
         self._thread = threading.get_ident()
         self.task = loop.create_task(self._run(), name="kodo-event-publisher")
         self.task.add_done_callback(self._ended)
 
+    def retain(self, execution: str, seconds: float | None) -> None:
+        """Store the events of `execution` queued from now on with a TTL of `seconds` (whole
+        seconds, at least 1: JetStream's unit); None keeps them for the stream's `max_age`.
+        Called on the loop's thread, before the execution's first event."""
+        if seconds is None:
+            self._ttl.pop(execution, None)
+            return
+        self._ttl[execution] = str(max(1, math.ceil(seconds)))
+        self._ttl.move_to_end(execution)
+        if len(self._ttl) > RETAINED:
+            self._ttl.popitem(last=False)
+
     # -- producers (any thread) ----------------------------------------------------------------
     def put(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         """Queue one message; never waits (see `wait_room_sync` and `wait_room` for that)."""
+        if self._ttl:
+            ttl = self._ttl.get(headers.get(MSG_ID, "").partition(":")[0])
+            if ttl is not None:
+                headers[MSG_TTL] = ttl
         self._queue.append((subject, body, headers))
         with self._count:
             self._bytes += len(body) + EVENT_OVERHEAD

@@ -162,7 +162,11 @@ class Runner:
     async def start(self) -> None:
         self._js = jetstream(self._nc)
         self._kv = await ensure_execution_storage(
-            self._js, max_age=self._settings.events_max_age, replicas=self._settings.replicas
+            self._js,
+            max_age=self._settings.events_max_age,
+            replicas=self._settings.replicas,
+            max_bytes=self._settings.events_max_bytes,
+            records_max_bytes=self._settings.records_max_bytes,
         )
         self._pub = EventPublisher(self._nc, asyncio.get_running_loop())
         node = self._settings.id
@@ -335,7 +339,9 @@ class Runner:
             root=request.root or (execution if request.parent is None else None),
             depth=request.depth,
             instance=self._instance,
+            retention=spec.retention,
         )
+        self._pub.retain(execution, spec.retention)
         timeout = request.timeout or spec.timeout
         emitter = Emitter(envelope(record), 0, self._pub.put)
         ex = _Execution(record=record, spec=spec, inputs=inputs, timeout=timeout, emitter=emitter)
