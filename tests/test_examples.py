@@ -33,6 +33,8 @@ def up_url(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Iterat
         str(port),
         "--http-port",
         "0",
+        "--web-port",
+        "0",
         "--store",
         str(store),
         cwd=REPO,

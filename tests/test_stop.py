@@ -122,7 +122,7 @@ async def up_bus(procs: Processes, tmp_path: Path, *args: str) -> tuple[Popen, P
     port, http_port = free_ports(2)
     log = tmp_path / "up.log"
     up = start(
-        procs, log, "up", "--port", str(port), "--http-port", str(http_port),
+        procs, log, "up", "--port", str(port), "--http-port", str(http_port), "--web-port", "0",
         "--store", str(tmp_path / "store"), *args,
     )  # fmt: skip
     url = f"nats://127.0.0.1:{port}"
