@@ -359,6 +359,8 @@ def render_conf(
     lines += [
         "max_payload: 8MB",
         "max_pending: 64MB",
+        # a slow reader loses messages rather than stalling publishers (kodo_bus/nats-server.conf)
+        "no_fast_producer_stall: true",
         "max_connections: 10000",
         'ping_interval: "20s"',
         "ping_max: 3",
