@@ -320,6 +320,7 @@ class ServiceSettings(_Settings):
 
 DEFAULT_SERVER_HOST = "127.0.0.1"
 WEB_HOST, WEB_PORT = "127.0.0.1", 8300  # where `kodo-bus web` (and `up`) serve the panel
+WEB_SESSIONS_MAX, WEB_SESSION_IDLE = 64, 1800.0  # browsers logged in at once; idle s to log out
 
 
 class ServerSettings(_Settings):
