@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -28,14 +29,16 @@ import msgpack
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 
 from . import subjects
 from .bus import connect
-from .codec import CONTENT_TYPE, MSGPACK, decode_msg, encode
+from .codec import CONTENT_TYPE, MSGPACK, content_type_of, decode_msg, encode
 from .config import ConnectSettings
 from .errors import ConnectError, WireError
-from .models import SCHEMA_VERSION, NodeEntry, RegistryView
+from .models import SCHEMA_VERSION, Catalog, FlowInfo, NodeEntry, RegistryView
 from .tasks import TaskSet
+from .view import catalog_problem
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -51,6 +54,88 @@ few messages, and a change still crosses one bus in well under a second."""
 MAX_STREAMS = 1024
 """Streams of other registries a receiver tracks; the oldest is dropped past it (then asked
 for afresh when heard again), so made-up registry ids cannot grow memory."""
+ASK_BACKOFF_BEATS = 6
+"""Longest wait between two asks of one stream, in heartbeats."""
+CACHED_PER_NODE = 4
+"""Catalogs remembered per node by the bytes they arrived as (a node's catalog reaches a
+registry from several streams, with or without `urls` filled in)."""
+VIEW_PENDING_BYTES = 256 * 1024 * 1024
+"""View messages a registry holds before it has taken them in (nats-py's default is 128 MB):
+a few whole views of 10,000 nodes (tens of MB each) may arrive at once, and a message dropped
+here is a gap, an ask and one more whole view on the bus."""
+PACE_PARTS = 16
+"""Parts of a view sent between two round trips to the server: a whole view goes out in steps
+the server and the receivers keep up with, not as one burst of tens of MB."""
+ENCODE_SLICE = 100
+"""Entries encoded between two turns of the event loop when a view goes out."""
+_UNPACK_ERRORS = (
+    ValueError,
+    TypeError,
+    msgpack.ExtraData,
+    msgpack.FormatError,
+    msgpack.StackError,
+    msgpack.OutOfData,
+)
+
+
+@dataclass(slots=True)
+class WireEntry:
+    """One entry of a view message as it arrived: its catalog not decoded (only where its bytes
+    are, and its small fields), everything else plain data."""
+
+    span: tuple[int, int]
+    """Where the catalog's bytes are in the message."""
+    flows: tuple[int, int]
+    """Where its flows are (the bulk of it)."""
+    head: dict[str, Any]
+    """The catalog's fields but `flows` (node, revision, urls...)."""
+    fields: dict[str, Any]
+    """The entry's fields but `catalog` (status, path...)."""
+
+
+def parse_view(subject: str, data: bytes) -> tuple[dict[str, Any], list[WireEntry]]:
+    """A msgpack `RegistryView` cut apart without building its catalogs.
+
+    Decoding every flow of every entry (and validating it) was most of a registry's time in a
+    federation: each node's catalog reaches it from several streams, and again with each change
+    of the node's status. The flows are skipped here (C speed, nothing allocated) and decoded
+    later only for catalogs whose bytes the registry has not seen yet.
+    """
+    up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
+    up.feed(data)
+    head: dict[str, Any] = {}
+    entries: list[WireEntry] = []
+    try:
+        for _ in range(up.read_map_header()):
+            key = up.unpack()
+            if key != "nodes":
+                head[key] = up.unpack()
+                continue
+            for _ in range(up.read_array_header()):
+                fields: dict[str, Any] = {}
+                span = flows = (0, 0)
+                small: dict[str, Any] = {}
+                for _ in range(up.read_map_header()):
+                    name = up.unpack()
+                    if name != "catalog":
+                        fields[name] = up.unpack()
+                        continue
+                    start = up.tell()
+                    for _ in range(up.read_map_header()):
+                        field = up.unpack()
+                        if field == "flows":
+                            at = up.tell()
+                            up.skip()
+                            flows = (at, up.tell())
+                        else:
+                            small[field] = up.unpack()
+                    span = (start, up.tell())
+                entries.append(WireEntry(span, flows, small, fields))
+        if up.tell() != len(data):
+            raise msgpack.ExtraData(None, None)
+    except _UNPACK_ERRORS as exc:
+        raise WireError(subject, f"undecodable view ({exc!r})") from None
+    return head, entries
 
 
 @dataclass(slots=True)
@@ -74,9 +159,13 @@ class _Inbound:
     seq: int = 0
     synced: bool = False
     """A `full` was taken in and every message since, in order."""
-    parts: list[NodeEntry] | None = None
-    """The parts of a `full` taken so far (None: not assembling one)."""
+    got: set[str] | None = None
+    """Nodes of the `full` being taken in, its parts so far all in order (None: not taking
+    one in); the sender's other copies are dropped when its last part arrives."""
     asked: float = 0.0
+    backoff: float = 0.0
+    """Seconds before asking again (0: the first wait); doubles with each ask until a `full`
+    arrives whole."""
 
 
 class Peers:
@@ -96,6 +185,15 @@ class Peers:
         """Streams heard, by (sender, bus: '' for our own, else the url of the link)."""
         self.sent_messages = 0
         self.sent_bytes = 0
+        self._catalogs: dict[str, dict[bytes, Catalog]] = {}
+        """Node → catalogs taken in, by a digest of the bytes they arrived as (and of the urls
+        filled in when they had none): the same bytes again are not decoded again."""
+        self._flows: dict[str, tuple[list[FlowInfo], bytes]] = {}
+        """Node → its catalog's flows (the list) in msgpack: the bulk of a catalog, compared
+        byte for byte with the flows of an incoming copy before decoding it."""
+        self._packed: dict[str, tuple[Catalog, bytes]] = {}
+        """Node → its catalog (the object) and that catalog in msgpack: encoded once, not at
+        every change of the node's status, on every stream, in every `full`."""
 
     def _targets(self) -> Iterator[tuple[str, _Outbound]]:
         if not self.settings.feeds and "" not in self._out:
@@ -143,7 +241,10 @@ class Peers:
             name=f"{self.settings.id}-peer",
         )
         try:
-            nc = await connect(settings)
+            # no_echo: the server does not hand our own stream back to us on this connection
+            # (a whole view is tens of MB at 10,000 nodes; read back for nothing, it made the
+            # server cut the link as a slow consumer)
+            nc = await connect(settings, no_echo=True)
         except ConnectError as exc:
             log.error("cannot reach peer bus %s: %s", url, exc)
             return
@@ -154,7 +255,11 @@ class Peers:
             await self.registry.on_view_msg(msg, [url])
 
         # feed off too: asks for our view arrive there
-        await nc.subscribe(subjects.REGISTRY_VIEW_ALL, cb=on_view)
+        await nc.subscribe(
+            subjects.REGISTRY_VIEW_ALL,
+            cb=on_view,
+            pending_bytes_limit=VIEW_PENDING_BYTES,
+        )
 
         async def on_ask(msg: Msg) -> None:
             await self.on_ask(msg, [url])
@@ -163,6 +268,98 @@ class Peers:
         self.registry.changed.set()
 
     # -- receiving ---------------------------------------------------------------------------------
+    def decode(self, msg: Msg, urls: list[str] | None) -> tuple[RegistryView, list[str]]:
+        """One view message as a `RegistryView`, and what was wrong with entries left out.
+
+        Entries whose path holds this registry came back around a loop: never taken in, they
+        are not decoded either; in `changes` they count as removed (the sender's earlier copy,
+        if any, must not be chosen any more).
+        """
+        if content_type_of(msg.data, msg.headers) != MSGPACK or not msg.data:
+            return self._checked(decode_msg(msg, RegistryView))
+        head, raw = parse_view(msg.subject, msg.data)
+        try:
+            view = RegistryView.model_validate({**head, "nodes": []})
+        except ValidationError as exc:
+            raise WireError(msg.subject, f"not a valid RegistryView: {exc}") from None
+        if view.kind == "ask":
+            return view, []
+        fill = view.urls or urls or []
+        me = self.settings.id
+        problems: list[str] = []
+        looped: list[str] = []
+        data = memoryview(msg.data)
+        for item in raw:
+            node = item.head.get("node")
+            path = item.fields.get("path")
+            if isinstance(path, list) and me in path and isinstance(node, str):
+                looped.append(node)
+                continue
+            try:
+                catalog = self._catalog(node, item, data, fill)
+                problem = catalog_problem(catalog)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                view.nodes.append(NodeEntry.model_validate({**item.fields, "catalog": catalog}))
+            except ValidationError as exc:
+                problems.append(f"not a valid NodeEntry: {exc.errors(include_url=False)[:1]}")
+            except _UNPACK_ERRORS as exc:
+                problems.append(f"undecodable catalog ({exc!r})")
+        if looped and view.kind == "changes":
+            view.removed.extend(looped)
+        return view, problems
+
+    def _checked(self, view: RegistryView) -> tuple[RegistryView, list[str]]:
+        """`decode`'s rules for a view decoded whole (JSON, from a foreign publisher): the same
+        entries left out, the same problems named."""
+        me = self.settings.id
+        problems: list[str] = []
+        kept: list[NodeEntry] = []
+        looped: list[str] = []
+        for entry in view.nodes:
+            if me in entry.path:
+                looped.append(entry.catalog.node)
+            elif (problem := catalog_problem(entry.catalog)) is not None:
+                problems.append(problem)
+            else:
+                kept.append(entry)
+        view.nodes = kept
+        if looped and view.kind == "changes":
+            view.removed.extend(looped)
+        return view, problems
+
+    def _catalog(self, node: object, item: WireEntry, data: memoryview, fill: list[str]) -> Catalog:
+        """The entry's catalog: the one decoded before from the same bytes, else decoded now."""
+        raw = data[item.span[0] : item.span[1]]
+        digest = hashlib.blake2b(raw, digest_size=16)
+        if not item.head.get("urls"):
+            digest.update("\n".join(fill).encode())
+        key = digest.digest()
+        known = self._catalogs.get(node) if isinstance(node, str) else None
+        if known is not None and (catalog := known.get(key)) is not None:
+            return catalog
+        current = self.registry.view.entries.get(node) if isinstance(node, str) else None
+        flows = data[item.flows[0] : item.flows[1]]
+        if current is not None and item.flows[1] and flows == self._flows_bytes(current.catalog):
+            # the same flows (the bulk) with other small fields (urls filled in, or not yet;
+            # a new start): validate those, share the flows already validated
+            catalog = Catalog.model_validate({**item.head, "flows": current.catalog.flows})
+        else:
+            catalog = Catalog.model_validate(msgpack.unpackb(raw, raw=False))
+        if not catalog.urls:
+            catalog = catalog.model_copy(update={"urls": list(fill)})
+        if current is not None and current.catalog == catalog:
+            catalog = current.catalog  # one object for every copy: memory, and `is` checks
+        if len(self._catalogs) > 2 * len(self.registry.view.entries) + 1024:
+            entries = self.registry.view.entries
+            self._catalogs = {n: c for n, c in self._catalogs.items() if n in entries}
+        known = self._catalogs.setdefault(catalog.node, {})
+        known[key] = catalog
+        if len(known) > CACHED_PER_NODE:
+            del known[next(iter(known))]
+        return catalog
+
     def receive(self, view: RegistryView, urls: list[str] | None) -> set[str]:
         """Take in one message of another registry's stream; returns nodes whose entry changed.
 
@@ -183,23 +380,28 @@ class Peers:
         in_order = state.epoch == view.epoch and view.seq == state.seq + 1
         state.epoch, state.seq = view.epoch, view.seq
         changed: set[str] = set()
+        fill = view.urls or urls or []
         if view.kind == "full":
+            # each part is taken in as it comes (as changes: its entries are the sender's
+            # newest), so a `full` missing a part still brings what arrived; only the
+            # removal of what the sender no longer holds waits for a whole one
             if view.part == 0:
-                state.parts = []
-            elif state.parts is None or not in_order:
-                state.parts = None
+                state.got = set()
+            elif state.got is None or not in_order:
+                state.got = None
+                state.synced = False
                 self._ask(state, sender, bus)
-                return view_.heard_from(sender, now)
-            state.parts.extend(view.nodes)
-            if view.part + 1 >= view.parts:
-                entries, state.parts = state.parts, None
-                state.synced = True
-                return view_.take_full(sender, entries, view.urls or urls or [], now)
-            return view_.heard_from(sender, now)
+            removed: list[str] = []
+            if state.got is not None:
+                state.got.update(e.catalog.node for e in view.nodes)
+                if view.part + 1 >= view.parts:
+                    got, state.got = state.got, None
+                    removed = [n for n in view_.heard.get(sender, {}) if n not in got]
+                    state.synced = True
+                    state.backoff = 0.0
+            return view_.take_changes(sender, view.nodes, removed, fill, now)
         if view.kind == "changes":
-            changed = view_.take_changes(
-                sender, view.nodes, view.removed, view.urls or urls or [], now
-            )
+            changed = view_.take_changes(sender, view.nodes, view.removed, fill, now)
         else:
             changed = view_.heard_from(sender, now)
         if not (in_order and state.synced):
@@ -208,11 +410,20 @@ class Peers:
         return changed
 
     def _ask(self, state: _Inbound, sender: str, bus: str) -> None:
-        """Ask `sender` for its whole view on `bus`, at most once a heartbeat per stream."""
+        """Ask `sender` for its whole view on `bus`; again only after a wait that doubles until
+        a whole `full` arrives.
+
+        A receiver too busy to read loses parts of the `full` it asked for; asking again each
+        second (as before) brought one more whole view (tens of MB at 10,000 nodes) on top of
+        the one still arriving, and the registry fell further behind with each.
+        """
         now = time.monotonic()
-        if now - state.asked < min(1.0, self.settings.heartbeat):
+        beat = self.settings.heartbeat
+        wait = state.backoff or min(1.0, beat)
+        if now - state.asked < wait:
             return
         state.asked = now
+        state.backoff = min(2 * wait, ASK_BACKOFF_BEATS * beat)
         nc = self.registry.nc if bus == "" else self.links.get(bus)
         if nc is None or not nc.is_connected:
             return
@@ -289,23 +500,60 @@ class Peers:
         for _, out in list(self._targets()):
             if out.full:
                 if whole is None:
-                    whole = self._encoded(self.registry.republished().nodes)
+                    whole = await self._encoded(self.registry.republished().nodes)
                 await self._send_stream(out, "full", whole, [])
                 out.full = False
             elif entries or removed:
                 if body is None:
-                    body = self._encoded(entries)
+                    body = await self._encoded(entries)
                 await self._send_stream(out, "changes", body, removed)
             elif now - out.last >= self.settings.heartbeat * 0.9:
                 await self._send_stream(out, "beat", [], [])
 
-    def _encoded(self, entries: list[NodeEntry]) -> list[bytes]:
-        """Each entry as it goes out: with this registry at the end of its path."""
+    async def _encoded(self, entries: list[NodeEntry]) -> list[bytes]:
+        """Each entry as it goes out: with this registry at the end of its path.
+
+        A whole view is thousands of entries, each catalog encoded the first time it goes out:
+        seconds of CPU on a loaded machine. The loop gets a turn every `ENCODE_SLICE` entries,
+        so the connection is still read meanwhile (a registry that reads nothing for the
+        server's write deadline is cut as a slow consumer, and every stream it hears has a gap).
+        """
         me = self.settings.id
-        return [
-            msgpack.packb({**e.model_dump(mode="json", exclude_none=True), "path": [*e.path, me]})
-            for e in entries
-        ]
+        out: list[bytes] = []
+        for i in range(0, len(entries), ENCODE_SLICE):
+            out.extend(self.pack(e, [*e.path, me]) for e in entries[i : i + ENCODE_SLICE])
+            if i + ENCODE_SLICE < len(entries):
+                await asyncio.sleep(0)  # a turn for the other tasks, not a wait
+        return out
+
+    def _flows_bytes(self, catalog: Catalog) -> bytes:
+        """The flows of `catalog` in msgpack, as `pack` writes them (cached with the catalog)."""
+        cached = self._flows.get(catalog.node)
+        if cached is None or not _same_items(cached[0], catalog.flows):
+            if len(self._flows) > 2 * len(self.registry.view.entries) + 1024:
+                entries = self.registry.view.entries
+                self._flows = {n: c for n, c in self._flows.items() if n in entries}
+            dumped = [f.model_dump(mode="json", exclude_none=True) for f in catalog.flows]
+            cached = self._flows[catalog.node] = (catalog.flows, msgpack.packb(dumped))
+        return cached[1]
+
+    def pack(self, entry: NodeEntry, path: list[str] | None = None) -> bytes:
+        """`entry` in msgpack (as `codec.encode` writes it; `path` in place of its own), its
+        catalog's bytes reused while the catalog object stays the same."""
+        catalog = entry.catalog
+        node = catalog.node
+        cached = self._packed.get(node)
+        if cached is None or cached[0] is not catalog:
+            if len(self._packed) > 2 * len(self.registry.view.entries) + 1024:
+                entries = self.registry.view.entries
+                self._packed = {n: c for n, c in self._packed.items() if n in entries}
+            head = catalog.model_dump(mode="json", exclude_none=True, exclude={"flows"})
+            body = _pack(head, self._flows_bytes(catalog), "flows")
+            cached = self._packed[node] = (catalog, body)
+        fields = entry.model_dump(mode="json", exclude_none=True, exclude={"catalog"})
+        if path is not None:
+            fields["path"] = path
+        return _pack(fields, cached[1], "catalog")
 
     async def _send_stream(
         self, out: _Outbound, kind: str, entries: list[bytes], removed: list[str]
@@ -328,7 +576,7 @@ class Peers:
             if kind == "full":
                 fields |= {"part": i, "parts": len(parts)}
             fields["removed"] = gone
-            body = _pack(fields, chunk)
+            body = _pack(fields, chunk, "nodes")
             if len(body) > out.nc.max_payload:
                 log.error("a view entry is larger than the server's max_payload: not sent")
                 continue
@@ -340,9 +588,17 @@ class Peers:
                 return
             self.sent_messages += 1
             self.sent_bytes += len(body)
+            if i % PACE_PARTS == PACE_PARTS - 1 and i + 1 < len(parts):
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await out.nc.flush(timeout=5)
         out.last = time.monotonic()
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await out.nc.flush(timeout=2)
+
+
+def _same_items(a: list[FlowInfo], b: list[FlowInfo]) -> bool:
+    """Whether two lists hold the very same objects (catalogs sharing validated flows)."""
+    return a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True)))
 
 
 def _chunks(
@@ -368,14 +624,17 @@ def _chunks(
     yield chunk, gone
 
 
-def _pack(fields: dict[str, Any], entries: list[bytes]) -> bytes:
-    """A `RegistryView` in msgpack, its `nodes` spliced from entries encoded once."""
+def _pack(fields: dict[str, Any], encoded: list[bytes] | bytes, name: str) -> bytes:
+    """A msgpack map of `fields` and `name`, the value of `name` spliced from bytes encoded
+    once: an array of them (a `RegistryView`'s nodes) or one value (a `NodeEntry`'s catalog)."""
     packer = msgpack.Packer()
-    parts = [packer.pack_map_header(len(fields) + 1)]
-    for name, value in fields.items():
-        parts.append(packer.pack(name))
+    parts = [packer.pack_map_header(len(fields) + 1), packer.pack(name)]
+    if isinstance(encoded, bytes):
+        parts.append(encoded)
+    else:
+        parts.append(packer.pack_array_header(len(encoded)))
+        parts.extend(encoded)
+    for key, value in fields.items():
+        parts.append(packer.pack(key))
         parts.append(packer.pack(value))
-    parts.append(packer.pack("nodes"))
-    parts.append(packer.pack_array_header(len(entries)))
-    parts.extend(entries)
     return b"".join(parts)

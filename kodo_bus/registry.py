@@ -37,7 +37,7 @@ from .models import (
     RegistryView,
     SyncRequest,
 )
-from .peers import Peers
+from .peers import VIEW_PENDING_BYTES, Peers
 from .tasks import TaskSet
 from .view import MAX_REPLICAS, View, catalog_problem
 
@@ -97,7 +97,13 @@ class Registry:
             await self.nc.subscribe(subjects.ADMIN_FORGET_ALL, cb=self._on_forget),
         ]
         # feed off too: asks for a provider's view arrive on its own bus
-        self._subs.append(await self.nc.subscribe(subjects.REGISTRY_VIEW_ALL, cb=self.on_view_msg))
+        self._subs.append(
+            await self.nc.subscribe(
+                subjects.REGISTRY_VIEW_ALL,
+                cb=self.on_view_msg,
+                pending_bytes_limit=VIEW_PENDING_BYTES,
+            )
+        )
         self._subs.append(
             await self.nc.subscribe(subjects.registry_ask(self.settings.id), cb=self._on_ask)
         )
@@ -184,21 +190,23 @@ class Registry:
         retry: set[str] = set()
         first: tuple[str, BaseException] | None = None
         while self._dirty:
-            node = self._dirty.pop()
-            key = KEY.format(node=node)
-            entry = self.view.entries.get(node)
-            try:
-                if entry is None:
-                    await self.kv.delete(key)
-                else:
-                    await self.kv.put(key, encode(entry)[0])
-            except (nats.js.errors.InvalidKeyError, nats.errors.MaxPayloadError) as exc:
-                log.error("cannot persist %s, ever (it stays in memory only): %r", key, exc)
-            except (nats.errors.Error, TimeoutError) as exc:
-                retry.add(node)
-                first = first or (key, exc)
-                if not self.nc.is_connected:
-                    break
+            # a burst (a federation's full view) is thousands of writes: a batch at a time in
+            # flight, not one round trip after the other
+            batch = [self._dirty.pop() for _ in range(min(WRITE_BATCH, len(self._dirty)))]
+            results = await asyncio.gather(*map(self._write, batch), return_exceptions=True)
+            for node, result in zip(batch, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                key = KEY.format(node=node)
+                if isinstance(result, nats.js.errors.InvalidKeyError | nats.errors.MaxPayloadError):
+                    log.error("cannot persist %s, ever (it stays in memory only): %r", key, result)
+                elif isinstance(result, nats.errors.Error | TimeoutError):
+                    retry.add(node)
+                    first = first or (key, result)
+                elif isinstance(result, BaseException):
+                    raise result
+            if retry and not self.nc.is_connected:
+                break
         if first is not None:
             log.warning(
                 "cannot persist %s and %d other(s) (will retry on next change): %r",
@@ -207,6 +215,15 @@ class Registry:
                 first[1],
             )
         self._dirty |= retry
+
+    async def _write(self, node: str) -> None:
+        assert self.kv is not None
+        key = KEY.format(node=node)
+        entry = self.view.entries.get(node)
+        if entry is None:
+            await self.kv.delete(key)
+        else:
+            await self.kv.put(key, self.peers.pack(entry))
 
     # -- announcements ---------------------------------------------------------------------------
     async def _on_node(self, msg: Msg) -> None:
@@ -452,8 +469,11 @@ class Registry:
                 "an invalid registry id", f"{msg.subject!r}: the registry id is not a subject token"
             )
             return
+        if not self.settings.feeds and not _maybe_ask(msg.data):
+            return  # a provider takes nothing in: only asks matter, decode nothing else
         try:
-            view = decode_msg(msg, RegistryView)
+            # entries: each catalog taken in is checked like one (and loops are left out)
+            view, problems = self.peers.decode(msg, urls)
         except WireError as exc:
             self.rejects.reject(sender, exc)
             return
@@ -465,15 +485,8 @@ class Registry:
             return
         if not self.settings.feeds:
             return
-        kept: list[NodeEntry] = []
-        for entry in view.nodes:  # each entry is a catalog taken in: checked like one
-            problem = catalog_problem(entry.catalog)
-            if problem is None:
-                kept.append(entry)
-            else:
-                self.rejects.reject(sender, f"an entry of the view of {sender!r}: {problem}")
-        if len(kept) != len(view.nodes):
-            view = view.model_copy(update={"nodes": kept})
+        for problem in problems:
+            self.rejects.reject(sender, f"an entry of the view of {sender!r}: {problem}")
         changed = self.peers.receive(view, urls)
         if changed:
             self._mark(*changed)
@@ -559,11 +572,13 @@ class Registry:
 
 
 LOST_GRACE = 2.0
+"""Seconds, at least, a silent process gets past the ttl before its executions end `lost`."""
+WRITE_BATCH = 64
+"""View entries written to the KV bucket at once (in flight together)."""
 MAX_REFUSED = 100_000
 """Refused catalogs remembered (the oldest forgotten past it: then fetched once more)."""
 PRUNE_EVERY = 60.0
 """Seconds, at most, between two looks for nodes offline past the retention."""
-"""Seconds, at least, a silent process gets past the ttl before its executions end `lost`."""
 
 
 async def _mark_lost(nc: NATS, node: str, instance: str | None, who: str) -> None:
@@ -580,6 +595,12 @@ async def _mark_lost(nc: NATS, node: str, instance: str | None, who: str) -> Non
         raise
     except Exception as exc:  # never let the execution layer crash the registry
         log.error("cannot mark executions of %s lost: %r", who, exc)
+
+
+def _maybe_ask(data: bytes) -> bool:
+    """Whether a view message may be an `ask` (a cheap look at its bytes: every ask holds the
+    string; a message without it is a view a provider does not take in)."""
+    return b"ask" in data
 
 
 class _KvMsg:
