@@ -6,7 +6,8 @@ subprocess stopped by its PID.
 It browses the flows, fills a form with a bad value then a good one, watches the execution's
 events arrive, answers `hitl`'s question, cancels a flow, follows a chain to its next flow,
 checks that hostile markdown/html ran no script, and refuses a POST without its CSRF token.
-Each page's screenshot goes to docs/img/ (the README shows them).
+With KODO_WEB_SCREENSHOTS=docs/img each page's screenshot goes there (the README shows them);
+without it none is written.
 
 The browser is never optional in CI: without chromium the module fails, unless
 KODO_WEB_TESTS=local says this is a developer's machine without it (then it skips).
@@ -40,7 +41,7 @@ from .conftest import KODO_BUS, REPO, Processes, _server
 pytestmark = pytest.mark.ray
 NODE = "web-node"
 REGISTRY = "web-registry"
-SHOTS = REPO / "docs" / "img"
+SHOTS_ENV = "KODO_WEB_SCREENSHOTS"
 WAIT = 60.0
 """Seconds a page may take to show what a test waits for (the first launch starts Ray)."""
 
@@ -181,9 +182,20 @@ def until(browser: WebDriver, check: Callable[[], Any], what: str, within: float
         time.sleep(0.05)
 
 
+def shots_dir() -> Path | None:
+    """Where screenshots go: only when `KODO_WEB_SCREENSHOTS` names a directory (relative to the
+    repository), e.g. docs/img to refresh the README's pictures; never by default, so a test run
+    leaves the working tree clean."""
+    given = os.environ.get(SHOTS_ENV, "").strip()
+    return REPO / given if given else None
+
+
 def shot(browser: WebDriver, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SHOTS / f"web-{name}.png"))
+    where = shots_dir()
+    if where is None:
+        return
+    where.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(where / f"web-{name}.png"))
 
 
 def ended(browser: WebDriver) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from ..config import WEB_HOST, WEB_PORT, Credentials
+from ..config import WEB_HOST, WEB_PORT, WEB_SESSION_IDLE, WEB_SESSIONS_MAX, Credentials, nats_urls
+from ..errors import AuthError
 from .app import console, out
 from .creds import with_credentials
 from .exec_cmd import client_for
@@ -25,7 +26,7 @@ SHUTDOWN_GRACE = 2
 
 
 @with_credentials
-def web(
+def web(  # noqa: PLR0917 (typer options)
     host: Annotated[
         str,
         typer.Option(
@@ -38,19 +39,42 @@ def web(
     via: Annotated[
         str | None, typer.Option("--via", help="Registry to ask [default: any that answers].")
     ] = None,
+    sessions_max: Annotated[
+        int,
+        typer.Option("--sessions", min=1, help="Browsers logged in at once at most (secure bus)."),
+    ] = WEB_SESSIONS_MAX,
+    session_idle: Annotated[
+        float,
+        typer.Option(
+            "--session-idle", min=0.1, help="Seconds without a request that log a browser out."
+        ),
+    ] = WEB_SESSION_IDLE,
     nats: NatsOpt = None,
     credentials: Credentials | None = None,
 ) -> None:
     """Serve the web panel: flows, launch forms, live executions, questions, nodes (Ctrl-C
-    stops it)."""
+    stops it). On a bus that wants credentials, started without a password, creds or nkey of
+    its own, it asks each browser for its NATS user and password and connects as that user."""
     import uvicorn
 
+    from ..client import Client
     from ..web import create_app
+    from ..web.sessions import Sessions
 
     async def main() -> None:
-        client = await client_for(nats, credentials).connect()
+        own = client_for(nats, credentials)
+        client: Client | None = own
+        sessions: Sessions | None = None
         try:
-            app = create_app(client, via, connect=False)
+            await own.connect()
+        except AuthError:
+            if _has_secret(credentials):
+                raise  # the operator's own credentials were refused: one error line
+            client = None  # a bus that wants credentials: each browser logs in as its user
+            sessions = Sessions(nats_urls(nats or None), credentials, cap=sessions_max,
+                                idle=session_idle)  # fmt: skip
+        try:
+            app = create_app(client, via, connect=False, sessions=sessions)
             config = uvicorn.Config(
                 app,
                 host=host,
@@ -67,16 +91,26 @@ def web(
             if server.started:
                 bound = server.servers[0].sockets[0].getsockname()[1]
                 out.print(f"web panel on http://{host}:{bound}", highlight=False)
+                if sessions is not None:
+                    out.print("the bus wants credentials: each browser logs in as its NATS user")
                 sys.stdout.flush()
             await serving
         finally:
-            await client.close()
+            if client is not None:
+                await client.close()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         console.print("stopped")
         raise typer.Exit(130) from None
+
+
+def _has_secret(credentials: Credentials | None) -> bool:
+    """Credentials that authenticate by themselves (a user name alone, say KODO_USER, does not)."""
+    if credentials is None:
+        return False
+    return any(x is not None for x in (credentials.password, credentials.creds, credentials.nkey))
 
 
 def spawn_for_up(nats_url: str, port: int) -> subprocess.Popen[bytes]:

@@ -1,8 +1,10 @@
-"""The panel's ASGI app: one SDK `Client` (the panel's NATS user), routes, static assets.
+"""The panel's ASGI app: routes, static assets, and where its NATS connections come from.
 
-The panel keeps no state of its own beyond its NATS connection: every page is read from the
+The panel keeps no state of its own beyond its NATS connections: every page is read from the
 bus when it is asked for (a registry's view, the records bucket, the events stream), so two
-panels, or a panel and the CLI, never disagree.
+panels, or a panel and the CLI, never disagree. On an open bus it has one SDK `Client` (its
+command line's user); on a secure bus none of its own, only one per logged-in browser
+(`sessions.py`), so NATS enforces what each browser sees.
 """
 
 from __future__ import annotations
@@ -16,26 +18,42 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..client import Client
-from . import execution_pages, launch, pages
-from .context import Panel
+from . import execution_pages, launch, login, pages
+from .context import Web
+from .sessions import Sessions
 
 
-def create_app(client: Client, via: str | None = None, connect: bool = True) -> Starlette:
-    """The panel around `client` (connected at start-up when `connect`, closed at shutdown)."""
+def create_app(
+    client: Client | None,
+    via: str | None = None,
+    connect: bool = True,
+    sessions: Sessions | None = None,
+) -> Starlette:
+    """The panel around `client` (connected at start-up when `connect`, closed at shutdown), or,
+    with `sessions` (and no client), one client per logged-in browser, all closed at shutdown."""
+    if (client is None) == (sessions is None):
+        raise ValueError("create_app: give a client (open bus) or sessions (secure bus)")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if connect:
+        if client is not None and connect:
             await client.connect()
+        if sessions is not None:
+            await sessions.start()
         try:
             yield
         finally:
-            if connect:
+            if sessions is not None:
+                await sessions.stop()
+            if client is not None and connect:
                 await client.close()
 
     static = resources.files("kodo_bus.web") / "static"
     routes = [
         Route("/", pages.flows_page),
+        Route("/login", login.login_page, methods=["GET"]),
+        Route("/login", login.login, methods=["POST"]),
+        Route("/logout", login.logout, methods=["POST"]),
         Route("/flows/{node}/{name}", launch.form_page, methods=["GET"]),
         Route("/flows/{node}/{name}", launch.submit, methods=["POST"]),
         Route("/executions", pages.executions_page),
@@ -46,6 +64,6 @@ def create_app(client: Client, via: str | None = None, connect: bool = True) -> 
         Route("/nodes", pages.nodes_page),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.panel = Panel(client, via)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={401: login.needs_login})
+    app.state.web = Web(client, sessions, via)
     return app

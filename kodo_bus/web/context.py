@@ -1,4 +1,9 @@
-"""What every route shares: the panel (its SDK client and registry) and the checked form."""
+"""What every route shares: the panel (the SDK client of this request, the registry) and the
+checked form.
+
+On an open bus the panel has one client, its command line's user. On a secure bus it has none:
+each request goes through the client of the browser's session (`sessions.py`), and a request
+without one is answered 401, which the app turns into the login page."""
 
 from __future__ import annotations
 
@@ -12,18 +17,31 @@ from starlette.responses import HTMLResponse, Response
 from ..client import Client
 from ..discovery import find_registry
 from . import csrf
+from .sessions import COOKIE, Session, Sessions
 
 MAX_FORM = 1_000_000
 """Bytes of a submitted form at most (inputs of a flow, an answer)."""
 
 
 @dataclass
+class Web:
+    """The app-wide part: the open bus's one client, or the secure bus's sessions."""
+
+    client: Client | None
+    sessions: Sessions | None = None
+    via: str | None = None
+    page_size: int = 20
+
+
+@dataclass
 class Panel:
-    """What the routes share: the SDK client and the registry to ask (None: any that answers)."""
+    """What a route works with: the client of this request (the browser's session's on a secure
+    bus) and the registry to ask (None: any that answers)."""
 
     client: Client
     via: str | None = None
     page_size: int = 20
+    session: Session | None = None
 
     @property
     def user(self) -> str:
@@ -31,6 +49,32 @@ class Panel:
 
     async def registry(self) -> str:
         return self.via or await find_registry(self.client.nc)
+
+
+def web_of(request: Request) -> Web:
+    web: Web = request.app.state.web
+    return web
+
+
+def session_of(request: Request) -> Session | None:
+    """The browser's session on a secure bus (None without one, or on an open bus)."""
+    sessions = web_of(request).sessions
+    return sessions.get(request.cookies.get(COOKIE)) if sessions is not None else None
+
+
+def panel_of(request: Request) -> Panel:
+    """This request's panel; raises 401 (→ the login page) on a secure bus without a session."""
+    known: Panel | None = request.state.__dict__.get("panel")
+    if known is not None:
+        return known
+    web = web_of(request)
+    session = session_of(request)
+    client = web.client if web.sessions is None else (session.client if session else None)
+    if client is None:
+        raise HTTPException(401, "log in first")
+    panel = Panel(client, web.via, web.page_size, session)
+    request.state.panel = panel
+    return panel
 
 
 async def form_of(request: Request) -> dict[str, str] | None:
@@ -53,8 +97,3 @@ def refused(request: Request) -> Response:
         "reload the page and send it again.</p>",
         status_code=403,
     )
-
-
-def panel_of(request: Request) -> Panel:
-    panel: Panel = request.app.state.panel
-    return panel

@@ -4,6 +4,7 @@ it — answer its question, cancel it — each a CSRF-checked POST through the S
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -14,7 +15,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 
 from .. import subjects
 from ..codec import decode_events
-from ..errors import InputsInvalid, KodoError, RemoteError, WireError
+from ..errors import ExecutionNotFound, InputsInvalid, KodoError, RemoteError, WireError
 from ..execution_ref import Execution
 from ..models import TERMINAL_STATUSES
 from . import forms, live
@@ -41,6 +42,8 @@ async def execution_page(request: Request) -> Response:
     try:
         ex = await _handle(request)
         record = await ex.record()
+    except ExecutionNotFound:
+        return not_found(request)
     except KodoError as exc:
         return trouble(request, "Execution", exc, "/executions")
     ident = escape(ex.id)
@@ -74,6 +77,20 @@ async def execution_page(request: Request) -> Response:
     return page(request, f"{record.flow} {ex.id[:8]}", body, active="/executions")
 
 
+def not_found(request: Request) -> Response:
+    """An id that is nobody's, or someone else's: the same answer, since this user's connection
+    cannot tell them apart (NATS lets it read its own executions only)."""
+    user = escape(panel_of(request).user)
+    given = escape(request.path_params["execution"])
+    body = (
+        '<h1>Execution not found</h1><p class="error-box" id="not-found">'
+        f'No execution <span class="mono">{given}</span> of user <strong>{user}</strong>: it does '
+        "not exist, or it is another user's, which this user may not see.</p>"
+        '<p><a href="/executions">Your executions</a></p>'
+    )
+    return page(request, "Execution not found", body, status=404, active="/executions")
+
+
 async def tree_html(ex: Execution, depth: int = 0, budget: list[int] | None = None) -> str:
     """The executions this one launched, and theirs, as nested lists of links."""
     budget = budget if budget is not None else [TREE_MAX]
@@ -104,12 +121,20 @@ async def events(request: Request) -> Response:
     except ValueError:
         after = 0
     field = csrf_field(request)
+    session = panel_of(request).session
 
     async def children() -> dict[str, Any]:
         return {"target": "children", "html": await tree_html(ex)}
 
+    async def body() -> AsyncIterator[bytes]:
+        with session.streaming() if session else contextlib.nullcontext():
+            stream = live.stream(ex, field, after, children)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    yield chunk
+
     response = StreamingResponse(
-        live.stream(ex, field, after, children),
+        body(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -33,7 +33,7 @@ def page(
     links = "".join(
         f'<a href="{href}"{on if href == active else ""}>{name}</a>' for href, name in NAV
     )
-    user = escape(request.app.state.panel.user)
+    who = _who(request)
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -42,7 +42,7 @@ def page(
 <script src="/static/panel.js" defer></script>
 </head><body>
 <header><a class="brand" href="/">kodo-bus</a><nav>{links}</nav>
-<span class="who" title="NATS user of this panel">{user}</span></header>
+{who}</header>
 <main>{body}</main>
 <footer>kodo-bus {escape(__version__)} · talks to NATS, keeps nothing</footer>
 </body></html>"""
@@ -50,6 +50,20 @@ def page(
     secure(response)
     csrf.ensure_cookie(request, response)
     return response
+
+
+def _who(request: Request) -> str:
+    """The NATS user the page was read as; with a session (secure bus) a logout button too."""
+    panel = request.state.__dict__.get("panel")
+    if panel is None:
+        return ""
+    user = f'<span class="who" title="NATS user of this page">{escape(panel.user)}</span>'
+    if panel.session is None:
+        return user
+    return (
+        f'<form class="logout" method="post" action="/logout">{csrf_field(request)}{user}'
+        '<button type="submit" class="link">log out</button></form>'
+    )
 
 
 def secure(response: HTMLResponse) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from html import escape
 from typing import Any
 
@@ -139,7 +139,7 @@ async def stream(
     csrf_field: str,
     after: int,
     children: Callable[[], Any],
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     """SSE bytes of an execution: its events from the start (those up to `after`, which the
     browser already has, skipped), a `children` message once it ended, then `end`.
 
