@@ -496,17 +496,20 @@ class Peers:
             entries, removed = [], []
         now = time.monotonic()
         body: list[bytes] | None = None
-        whole: list[bytes] | None = None
-        for _, out in list(self._targets()):
+        whole: tuple[list[NodeEntry], list[bytes]] | None = None
+        for key, out in list(self._targets()):
             if out.full:
                 if whole is None:
-                    whole = await self._encoded(self.registry.republished().nodes)
-                await self._send_stream(out, "full", whole, [])
+                    nodes = self.registry.republished().nodes
+                    whole = nodes, await self._encoded(nodes)
+                kept, _ = _split_horizon(key, *whole)
+                await self._send_stream(out, "full", kept, [])
                 out.full = False
             elif entries or removed:
                 if body is None:
                     body = await self._encoded(entries)
-                await self._send_stream(out, "changes", body, removed)
+                kept, skipped = _split_horizon(key, entries, body)
+                await self._send_stream(out, "changes", kept, removed + skipped)
             elif now - out.last >= self.settings.heartbeat * 0.9:
                 await self._send_stream(out, "beat", [], [])
 
@@ -594,6 +597,28 @@ class Peers:
         out.last = time.monotonic()
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await out.nc.flush(timeout=2)
+
+
+def _split_horizon(
+    bus: str, entries: list[NodeEntry], encoded: list[bytes]
+) -> tuple[list[bytes], list[str]]:
+    """What goes out on `bus` ('' for our own, else the link's url): every entry but those of
+    nodes living on that bus (their `urls` name it), and the ids of those left out.
+
+    The registries of a bus hear its nodes directly, and a copy sent back came around a loop:
+    in a ring or a chain that was a fifth of each whole view at 5 buses, sent for nothing.
+    A node is offered nowhere else by this rule: only back where it is heard first-hand.
+    """
+    if not bus:
+        return encoded, []
+    kept: list[bytes] = []
+    skipped: list[str] = []
+    for entry, body in zip(entries, encoded, strict=True):
+        if bus in entry.catalog.urls:
+            skipped.append(entry.catalog.node)
+        else:
+            kept.append(body)
+    return kept, skipped
 
 
 def _same_items(a: list[FlowInfo], b: list[FlowInfo]) -> bool:

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import msgpack
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -29,13 +30,16 @@ pytestmark = pytest.mark.slow
 
 
 class Tap:
-    """Every view message on one bus: its size, and how many arrived."""
+    """Every view message on one bus: its size, how many arrived, and the nodes they carried."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.nodes: set[str] = set()
 
     async def on_msg(self, msg: Msg) -> None:
         self.sizes.append(len(msg.data))
+        view = msgpack.unpackb(msg.data)
+        self.nodes.update(e["catalog"]["node"] for e in view.get("nodes", []))
 
 
 @asynccontextmanager
@@ -133,6 +137,11 @@ async def scenario(
         biggest = max(max(t.sizes) for t in taps)
         assert biggest <= CHUNK_BYTES, biggest
         assert sum(len(t.sizes) for t in taps) > 0
+        # split horizon: no registry sends a bus the nodes living on it (they are heard there
+        # first-hand; a copy sent back came around a loop), yet every bus lists every node
+        for i, tap in enumerate(taps):
+            assert tap.nodes, i
+            assert not {n for n in tap.nodes if n.startswith(f"b{i}-")}, i
 
 
 async def test_a_ring_of_four_buses_linked_both_ways(
