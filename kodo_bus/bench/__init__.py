@@ -18,3 +18,6 @@ SCENARIOS: tuple[str, ...] = (
     "federation",
 )
 """In the order `all` runs them (cheap and Ray-bound first, then the process-bound ones)."""
+
+ON_DEMAND: tuple[str, ...] = ("soak",)
+"""Scenarios `all` leaves out: they run for minutes (`kodo-bus bench soak --minutes N`)."""

@@ -92,6 +92,9 @@ class ScenarioResult(BaseModel):
     figures: list[Figure] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    samples: list[dict[str, float]] = Field(default_factory=list)
+    """Figures over time (a soak samples the server every few seconds), one dict per sample
+    with the same keys; empty for a scenario measured once."""
 
     def add(
         self,
@@ -140,6 +143,7 @@ class ScenarioRecord(BaseModel):
     figures: list[FigureRecord]
     notes: list[str]
     seconds: float
+    samples: list[dict[str, float]] = Field(default_factory=list)
 
 
 class BenchRecord(BaseModel):
@@ -161,6 +165,7 @@ class BenchRecord(BaseModel):
                 figures=[FigureRecord.of(f) for f in result.figures],
                 notes=result.notes,
                 seconds=result.seconds,
+                samples=result.samples,
             )
         )
 

@@ -196,6 +196,12 @@ class BenchEnv:
         return self._server.pid if self._server is not None else None
 
     @property
+    def monitor_url(self) -> str | None:
+        """The embedded nats-server's monitoring base URL (`/varz`, `/jsz`...); None on a bus
+        given with --nats (its monitoring is not this run's to find)."""
+        return self._server.monitor_url if self._server is not None else None
+
+    @property
     def service_id(self) -> str:
         return f"bench-{self.run_id}"
 

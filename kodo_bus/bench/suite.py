@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, Field
 
-from . import SCENARIOS
+from . import ON_DEMAND, SCENARIOS
 from .common import BenchRecord, ScenarioResult, Stopwatch
 from .env import BenchEnv, BenchError, BenchSettings
 
@@ -30,6 +30,10 @@ class Sizes(BaseModel):
     queries: int = Field(default=300, ge=1)
     buses: int = Field(default=5, ge=2)
     bus_nodes: int = Field(default=2000, ge=2)
+    minutes: float = Field(default=10.0, gt=0)
+    events_max_bytes: int = Field(default=64 * 2**20, ge=-1)
+    records_max_bytes: int = Field(default=16 * 2**20, ge=-1)
+    sample_every: float = Field(default=5.0, gt=0)
 
 
 QUICK = Sizes(
@@ -44,13 +48,15 @@ QUICK = Sizes(
     queries=5,
     buses=3,
     bus_nodes=20,
+    minutes=0.2,
+    sample_every=2.0,
 )
 """Tiny sizes for the smoke tests and `--quick`: does every scenario work?"""
 
 
 async def run_one(env: BenchEnv, name: str, s: Sizes) -> ScenarioResult:
     """One scenario by name, with the sizes given."""
-    from . import events, federation, launch, memory, registry, throughput
+    from . import events, federation, launch, memory, registry, soak, throughput
 
     if name == "launch":
         return await launch.run(env, n=s.launches, warmup=s.warmup)
@@ -73,7 +79,19 @@ async def run_one(env: BenchEnv, name: str, s: Sizes) -> ScenarioResult:
         return await federation.run(
             env, buses=s.buses, nodes=s.bus_nodes, flows=s.flows, heartbeat=s.heartbeat
         )
-    raise BenchError(f"unknown scenario {name!r}: choose from all, {', '.join(SCENARIOS)}")
+    if name == "soak":
+        return await soak.run(
+            env,
+            minutes=s.minutes,
+            events_max_bytes=s.events_max_bytes,
+            records_max_bytes=s.records_max_bytes,
+            sample_every=s.sample_every,
+        )
+    raise BenchError(f"unknown scenario {name!r}: choose from all, {', '.join(NAMES)}")
+
+
+NAMES = (*SCENARIOS, *ON_DEMAND)
+"""Every scenario a command line may name (`all` runs `SCENARIOS`)."""
 
 
 async def run_suite(
@@ -85,8 +103,8 @@ async def run_suite(
     """Run `names` (or every scenario for `all`) and return the record of the whole run."""
     chosen = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
     for name in chosen:
-        if name not in SCENARIOS:
-            raise BenchError(f"unknown scenario {name!r}: choose from all, {', '.join(SCENARIOS)}")
+        if name not in NAMES:
+            raise BenchError(f"unknown scenario {name!r}: choose from all, {', '.join(NAMES)}")
     if sizes is None:
         sizes = QUICK if settings.quick else Sizes()
     watch = Stopwatch()

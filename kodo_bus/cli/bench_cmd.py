@@ -15,21 +15,33 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from ..bench import SCENARIOS
+from ..bench import ON_DEMAND, SCENARIOS
 from ..bench.common import ScenarioResult, markdown_table, table
 from ..bench.env import BenchSettings
-from ..bench.suite import QUICK, Sizes, run_suite
+from ..bench.soak import parse_bytes, samples_markdown, samples_table
+from ..bench.suite import NAMES, QUICK, Sizes, run_suite
 from .app import console, out
 
-HELP = f"""Measure kodo-bus: {", ".join(SCENARIOS)} or all.
+HELP = f"""Measure kodo-bus: {", ".join(SCENARIOS)} or all; {", ".join(ON_DEMAND)} on demand.
 
 Every figure is printed with a floor measured in the same run (a bare Ray task, a bare NATS
 request, bare nats-py publish→subscribe...). `all` takes about a minute (idle 2-core machine).
+`soak --minutes N` launches no-op executions at full rate for N minutes against small store
+limits and prints the store, nats-server's RSS, consumers and connections over time.
 """
 
 
+def _size(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return -1 if value.strip() == "-1" else parse_bytes(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
 def bench(  # noqa: PLR0917 (typer options)
-    scenario: Annotated[str, typer.Argument(help=f"all | {' | '.join(SCENARIOS)}")] = "all",
+    scenario: Annotated[str, typer.Argument(help=f"all | {' | '.join(NAMES)}")] = "all",
     nats: Annotated[
         str | None, typer.Option("--nats", help="Bus to measure (default: an embedded server).")
     ] = None,
@@ -58,6 +70,18 @@ def bench(  # noqa: PLR0917 (typer options)
     bus_nodes: Annotated[
         int | None, typer.Option(help="federation: simulated nodes per bus [2000].")
     ] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="soak: minutes of launches at full rate [10].")
+    ] = None,
+    events_max_bytes: Annotated[
+        str | None, typer.Option(help="soak: limit of the events stream, e.g. 64MiB [64MiB].")
+    ] = None,
+    records_max_bytes: Annotated[
+        str | None, typer.Option(help="soak: limit of the executions bucket [16MiB].")
+    ] = None,
+    sample_every: Annotated[
+        float | None, typer.Option(help="soak: seconds between samples of the server [5].")
+    ] = None,
     max_running: Annotated[
         int, typer.Option(help="Executions the benchmark node runs at once.")
     ] = 32,
@@ -65,8 +89,8 @@ def bench(  # noqa: PLR0917 (typer options)
 ) -> None:
     """Benchmark kodo-bus (launch latency, throughput, events, registry, memory)."""
     names = [scenario]
-    if scenario != "all" and scenario not in SCENARIOS:
-        raise typer.BadParameter(f"choose from all, {', '.join(SCENARIOS)}", param_hint="SCENARIO")
+    if scenario != "all" and scenario not in NAMES:
+        raise typer.BadParameter(f"choose from all, {', '.join(NAMES)}", param_hint="SCENARIO")
     base = QUICK if quick else Sizes()
     given = {
         "launches": launches,
@@ -78,6 +102,10 @@ def bench(  # noqa: PLR0917 (typer options)
         "load_seconds": load_seconds,
         "buses": buses,
         "bus_nodes": bus_nodes,
+        "minutes": minutes,
+        "events_max_bytes": _size(events_max_bytes, "--events-max-bytes"),
+        "records_max_bytes": _size(records_max_bytes, "--records-max-bytes"),
+        "sample_every": sample_every,
     }
     try:
         sizes = Sizes.model_validate(
@@ -89,8 +117,13 @@ def bench(  # noqa: PLR0917 (typer options)
         raise typer.BadParameter(problem["msg"], param_hint=f"--{name}") from None
     settings = BenchSettings(nats=nats, quick=quick, max_running=max_running, ray_cpus=ray_cpus)
 
+    results: list[ScenarioResult] = []
+
     def show(result: ScenarioResult) -> None:
+        results.append(result)
         if not json_out:
+            if result.samples:
+                out.print(samples_table(result))
             out.print(table([result], title=f"kodo-bus bench {result.scenario}"))
 
     if not json_out:
@@ -114,6 +147,10 @@ def bench(  # noqa: PLR0917 (typer options)
     )
     if markdown:
         out.print(markdown_table(record), markup=False, highlight=False, soft_wrap=True)
+        for result in results:
+            if result.samples:
+                md = samples_markdown(result)
+                out.print(md, markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
