@@ -16,6 +16,7 @@ KODO_WEB_TESTS=local says this is a developer's machine without it (then it skip
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -145,10 +146,17 @@ def _wait_for(probe: Callable[[], Any], procs: Processes, tmp: Path, what: str) 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    chromium = _need("chromium")
+    with chromium() as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[WebDriver]:
+    """A headless Chromium of its own (its own cookie jar); the driver stopped by its PID."""
+    binary = _need("chromium")
     driver_path = _need("chromedriver")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(arg)
     options.add_argument("--window-size=1200,900")

@@ -64,7 +64,7 @@ def session_of(request: Request) -> Session | None:
 
 def panel_of(request: Request) -> Panel:
     """This request's panel; raises 401 (→ the login page) on a secure bus without a session."""
-    known: Panel | None = request.state.__dict__.get("panel")
+    known: Panel | None = getattr(request.state, "panel", None)
     if known is not None:
         return known
     web = web_of(request)

@@ -114,6 +114,7 @@ async def tree_html(ex: Execution, depth: int = 0, budget: list[int] | None = No
 async def events(request: Request) -> Response:
     try:
         ex = await _handle(request)
+        await ex.record()  # an id that is not this user's is a 404 here, not a stream that fails
     except KodoError as exc:
         return HTMLResponse(escape(str(exc)), status_code=404)
     try:

@@ -54,7 +54,7 @@ def page(
 
 def _who(request: Request) -> str:
     """The NATS user the page was read as; with a session (secure bus) a logout button too."""
-    panel = request.state.__dict__.get("panel")
+    panel = getattr(request.state, "panel", None)
     if panel is None:
         return ""
     user = f'<span class="who" title="NATS user of this page">{escape(panel.user)}</span>'

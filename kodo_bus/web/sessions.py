@@ -85,6 +85,10 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._open)
 
+    def __contains__(self, session_id: object) -> bool:
+        """Whether a session is open (without touching it, unlike `get`)."""
+        return session_id in self._open
+
     def get(self, session_id: str | None) -> Session | None:
         """The session of this cookie value (touched), or None."""
         found = self._open.get(session_id) if session_id else None
