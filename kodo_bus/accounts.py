@@ -240,6 +240,7 @@ def render_accounts(users: Iterable[tuple[User, Permissions]]) -> list[str]:
     exports = [
         f"{{ service: {_q(s.launch('*', '*', '*'))} }}",
         f"{{ service: {_q(s.EXEC_CONTROL_ALL)} }}",
+        f"{{ service: {_q(s.exec_control_at_node('*'))} }}",
         f"{{ service: {_q(s.SVC_INFO.format(service='*'))} }}",
         f"{{ service: {_q(s.SVC_FLOWS.format(service='*'))} }}",
         f"{{ service: {_q(s.SVC_NODES.format(service='*'))} }}",
@@ -267,6 +268,8 @@ def _outsider(user: User, stores: list[_Store]) -> list[str]:
             s.launch(user.name, "*", "*"),
             s.exec_cancel(user.name, "*"),
             s.exec_answer(user.name, "*"),
+            s.exec_cancel_at(user.name, "*", "*"),
+            s.exec_answer_at(user.name, "*", "*"),
             *reach,
         ]
     live = s.ROOT + ".>" if monitor else s.events_of_user(user.name)

@@ -121,7 +121,9 @@ def _node(name: str) -> Permissions:
     pub += files_service_api()
     # Workflows: a node launches the next flows on behalf of the execution's launcher.
     pub.append(s.launch("*", "*", "*"))
-    sub += [s.launch_node(name), s.SYNC, s.EXEC_CONTROL_ALL]
+    # and hands a cancel or answer to the node holding the execution (`runner.py`, control)
+    pub.append(s.exec_control_at_node("*"))
+    sub += [s.launch_node(name), s.SYNC, s.EXEC_CONTROL_ALL, s.exec_control_at_node(name)]
     # Its runner and Ray workers hand jobs and outcomes to each other.
     pub.append(s.work_of_node(name))
     sub.append(s.work_of_node(name))
@@ -167,6 +169,8 @@ def _client(name: str) -> Permissions:
         s.launch(name, "*", "*"),
         s.exec_cancel(name, "*"),
         s.exec_answer(name, "*"),
+        s.exec_cancel_at(name, "*", "*"),
+        s.exec_answer_at(name, "*", "*"),
         s.SVC_INFO.format(service="*"),
         s.SVC_FLOWS.format(service="*"),
         s.SVC_NODES.format(service="*"),

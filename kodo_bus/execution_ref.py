@@ -30,6 +30,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from pydantic import BaseModel
 
 from . import files, subjects
 from .bus import JETSTREAM_TRANSIENT, MAX_CONSUMERS_REACHED, consumer_config, js_retry
@@ -43,6 +44,7 @@ from .errors import (
     ExecutionTimeout,
     KodoError,
     KodoTimeout,
+    NoResponders,
     WireError,
 )
 from .models import (
@@ -362,13 +364,32 @@ class Execution:
 
     async def cancel(self) -> None:
         """Ask the node to stop the execution; it ends `cancelled` within about 2 s."""
-        subject = subjects.exec_cancel(await self._launcher(), self.id)
-        await self._client._request(subject, Empty(), Ack, nc=self._nc)
+        launcher = await self._launcher()
+        await self._control(
+            subjects.exec_cancel(launcher, self.id),
+            subjects.exec_cancel_at(launcher, self.id, self.node),
+            Empty(),
+        )
 
     async def answer(self, data: Any) -> None:
         """Answer the question an `awaiting` execution asked (validated by the node)."""
-        subject = subjects.exec_answer(await self._launcher(), self.id)
-        await self._client._request(subject, AnswerRequest(data=data), Ack, nc=self._nc)
+        launcher = await self._launcher()
+        await self._control(
+            subjects.exec_answer(launcher, self.id),
+            subjects.exec_answer_at(launcher, self.id, self.node),
+            AnswerRequest(data=data),
+        )
+
+    async def _control(self, public: str, addressed: str, message: BaseModel) -> None:
+        """Ask the execution's node (only its processes hear it), or, when its node is not
+        known or none of its processes is up, any node (one answers from the record)."""
+        if self.node and subjects.is_token(self.node):
+            try:
+                await self._client._request(addressed, message, Ack, nc=self._nc)
+                return
+            except NoResponders:
+                pass  # no process of its node is up: any node answers from the record
+        await self._client._request(public, message, Ack, nc=self._nc)
 
     # -- files and housekeeping ----------------------------------------------------------------
     async def files(self) -> list[File]:

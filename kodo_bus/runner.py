@@ -84,6 +84,12 @@ ANSWER_RELAY = 5.0
 validates it, so this bounds a stuck actor, not a human)."""
 RELAYS_AT_ONCE = 16
 """Answers being relayed concurrently; more wait in the subscription (back-pressure)."""
+FORWARDED = "Kodo-Forwarded-Subject"
+"""Header of a cancel or answer one process of a node id hands to the process (replica) that
+holds the execution, on `kodo.work.<node>.control.<instance>`: the subject it came on."""
+FORWARD_WITHIN = ANSWER_RELAY + 1.0
+"""Seconds a node waits for the reply of the node (or process) it handed a request to: that
+one may relay an answer to its worker for up to `ANSWER_RELAY`."""
 
 
 @dataclass
@@ -118,7 +124,7 @@ class Runner:
         pool: ActorPool | None = None,
     ) -> None:
         self._nc = nc
-        self._instance = instance
+        self._instance = instance or secrets.token_hex(4)
         """This process among the replicas of its node id (stored in every record it creates,
         so the death of one replica ends its executions only)."""
         self._settings = settings
@@ -135,15 +141,21 @@ class Runner:
         self._reserved = 0
         """Slots held by launches being accepted that start at once."""
         self._launch_sub: Subscription | None = None
-        self._cancel_sub: Subscription | None = None
-        """Every cancel on the bus, once: one subscription per execution cost more CPU (SUB,
-        UNSUB, a task) than a no-op execution's events."""
-        self._answer_sub: Subscription | None = None
-        """Every answer on the bus, once: the holder relays it to its worker's open question."""
-        self._record_sub: Subscription | None = None
-        """Every cancel and answer, in the queue group all nodes share: exactly one node
-        answers, from the record, for the executions nobody holds."""
+        self._public_sub: Subscription | None = None
+        """Cancels and answers on the public subjects, in the queue group all nodes share: one
+        node gets each, answers it if it holds the execution, else from the record or by
+        handing it to the node the record names. Not one subscription per execution: that
+        cost more CPU (SUB, UNSUB, a task) than a no-op execution's events."""
+        self._addressed_sub: Subscription | None = None
+        """Cancels and answers addressed to this node id (`EXEC_CONTROL_AT_NODE`, the SDK's
+        way), in the queue group of the id: no other node hears them, one process of the id
+        gets each."""
+        self._forwarded_sub: Subscription | None = None
+        """Cancels and answers another process of this node id got for an execution this one
+        holds (`WORK_CONTROL`)."""
         self._relay_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
+        self._hand_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
+        """Requests being handed to their holder at once; more wait in the subscription."""
         self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = pool  # `kodo-bus try`: local_pool.LocalPool, no Ray
         self._js: JetStreamContext | None = None
@@ -170,10 +182,14 @@ class Runner:
         )
         self._pub = EventPublisher(self._nc, asyncio.get_running_loop())
         node = self._settings.id
-        self._cancel_sub = await self._nc.subscribe(subjects.EXEC_CANCEL_ALL, cb=self._on_cancel)
-        self._answer_sub = await self._nc.subscribe(subjects.EXEC_ANSWER_ALL, cb=self._on_answer)
-        self._record_sub = await self._nc.subscribe(
-            subjects.EXEC_CONTROL_ALL, queue=subjects.EXEC_QUEUE, cb=self._on_unheld
+        self._public_sub = await self._nc.subscribe(
+            subjects.EXEC_CONTROL_ALL, queue=subjects.EXEC_QUEUE, cb=self._on_control
+        )
+        self._addressed_sub = await self._nc.subscribe(
+            subjects.exec_control_at_node(node), queue=node, cb=self._on_control
+        )
+        self._forwarded_sub = await self._nc.subscribe(
+            subjects.work_control(node, self._instance or "-"), cb=self._on_forwarded
         )
         self._launch_sub = await self._nc.subscribe(
             subjects.launch_node(node), queue=node, cb=self._on_launch
@@ -207,11 +223,11 @@ class Runner:
         for ex in list(self._live.values()):  # whatever did not end in time (Ray still starting)
             with contextlib.suppress(Exception):
                 await self._end_outside(ex, "cancelled", "Cancelled", "the node stopped")
-        for sub in (self._cancel_sub, self._answer_sub, self._record_sub):
+        for sub in (self._public_sub, self._addressed_sub, self._forwarded_sub):
             if sub is not None:  # cancels and answers were honoured through the grace period
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        self._cancel_sub = self._answer_sub = self._record_sub = None
+        self._public_sub = self._addressed_sub = self._forwarded_sub = None
         if self._pool is not None:
             await self._pool.stop()
             self._pool = None
@@ -560,15 +576,23 @@ class Runner:
         self._live.pop(ex.record.execution, None)
 
     # -- control -----------------------------------------------------------------------------
-    # Every cancel and answer gets exactly one reply: the process holding the execution gives
-    # it (on the plain subscriptions, which every node has), and for an execution nobody holds
-    # one node of the `EXEC_QUEUE` group gives it from the record — `not_found` when there is
-    # none, `not_found` (cancel) or `closed` (answer) when it ended — and stays silent when the
-    # record says it is live (its holder answers).
-    def _held(self, msg: Msg) -> _Execution | None:
+    # Every cancel and answer gets exactly one reply, from one process: each request reaches one
+    # process through a queue group — on the public subjects (`EXEC_CONTROL_ALL`) one node of
+    # all, on the subjects addressed to a node (`EXEC_CONTROL_AT_NODE`, the SDK's way) one
+    # process of that node id, so no other node hears it. That process answers from memory if
+    # it holds the execution; else from the record — `not_found` when there is none,
+    # `not_found` (cancel) or `closed` (answer) when it ended — or, when the record says it is
+    # live, hands the request to its holder: the node the record names (its addressed subject)
+    # or the replica of this id it names (`WORK_CONTROL`), and passes the reply back. A holder
+    # that is gone leaves the request unanswered, until a registry ends its executions `lost`.
+    #
+    # One subscription per request, never a plain one beside a queue one on the same subject:
+    # on the secure profile a request from another account delivered to two subscriptions of
+    # one connection has its reply refused (seen with nats-server 2.15.1).
+    def _held(self, subject: str) -> _Execution | None:
         """The execution this process holds for a control subject, if any."""
-        parts = msg.subject.split(".")
-        if len(parts) != 5:
+        parts = subject.split(".")
+        if len(parts) not in (5, 6):
             return None
         ex = self._live.get(parts[3])
         # The user in the subject is what NATS permissions checked: it must be the launcher's.
@@ -576,10 +600,27 @@ class Runner:
             return None
         return ex
 
-    async def _on_cancel(self, msg: Msg) -> None:
-        ex = self._held(msg)
-        if ex is None:  # the holder, or the record, answers
-            return
+    async def _on_control(self, msg: Msg) -> None:
+        """A cancel or answer this process got, of all nodes' or of this node id's."""
+        await self._control(msg, msg.subject, forward=True)
+
+    async def _on_forwarded(self, msg: Msg) -> None:
+        """A cancel or answer another process of this id got for an execution held here."""
+        await self._control(msg, (msg.headers or {}).get(FORWARDED, ""), forward=False)
+
+    async def _control(self, msg: Msg, subject: str, *, forward: bool) -> None:
+        parts = subject.split(".")
+        if len(parts) not in (5, 6) or parts[4] not in ("cancel", "answer"):
+            return  # not a documented subject
+        ex = self._held(subject)
+        if ex is None:
+            await self._from_record(msg, subject, forward=forward)
+        elif parts[4] == "cancel":
+            await self._on_cancel(msg, ex)
+        else:
+            await self._on_answer(msg, ex)
+
+    async def _on_cancel(self, msg: Msg, ex: _Execution) -> None:
         try:
             decode_msg(msg, Empty)
         except WireError as exc:
@@ -612,13 +653,10 @@ class Runner:
             return stored[0].status
         return None
 
-    async def _on_answer(self, msg: Msg) -> None:
+    async def _on_answer(self, msg: Msg, ex: _Execution) -> None:
         """Relay an answer to the held execution's open question (the worker validates and
         replies); its no responders is the answer `closed`. Relayed in tasks: a stuck actor
         must not hold up the answers to the node's other executions."""
-        ex = self._held(msg)
-        if ex is None:
-            return
         await self._relay_slots.acquire()
         task = asyncio.create_task(self._relay(msg, ex), name=f"answer-{ex.record.execution}")
         self._tasks.add(task)
@@ -652,12 +690,10 @@ class Runner:
         if msg.reply:
             await self._nc.publish(msg.reply, reply.data, headers=reply.headers)
 
-    async def _on_unheld(self, msg: Msg) -> None:
-        """Answer, from its record, for an execution no process holds — here one node of all
-        gets each request (the queue group), so the reply is one whatever the fleet's size."""
-        parts = msg.subject.split(".")
-        if len(parts) != 5 or parts[4] not in ("cancel", "answer") or self._held(msg):
-            return  # not a documented subject, or held here: the plain subscription answers
+    async def _from_record(self, msg: Msg, subject: str, *, forward: bool) -> None:
+        """Answer, from its record, for an execution this process does not hold; with
+        `forward`, hand a live one to its holder."""
+        parts = subject.split(".")
         user, execution, action = parts[2], parts[3], parts[4]
         try:
             key = subjects.record_key(
@@ -673,7 +709,9 @@ class Runner:
                 log.warning("%s of %s: cannot read its record: %r", action, execution, exc)
                 return
         if stored is not None and stored[0].status not in TERMINAL_STATUSES:
-            return  # live: its holder answers (a dead one's is ended `lost` by a registry)
+            if forward:  # live: its holder answers (a dead one's is ended `lost` by a registry)
+                await self._hand_over(msg, subject, stored[0])
+            return
         try:
             decode_msg(msg, Empty if action == "cancel" else AnswerRequest)
         except WireError as exc:
@@ -687,6 +725,39 @@ class Runner:
         else:
             status = stored[0].status
             await respond_error(msg, "closed", f"execution {execution} already ended ({status})")
+
+    async def _hand_over(self, msg: Msg, subject: str, record: ExecutionRecord) -> None:
+        """Hand a request for a live execution to the process that holds it, in a task (a
+        holder slow to reply must not hold up this node's other requests)."""
+        user, execution, action = subject.split(".")[2:5]
+        headers = dict(msg.headers or {})
+        if record.node != self._settings.id:
+            at = subjects.exec_cancel_at if action == "cancel" else subjects.exec_answer_at
+            target = at(user, execution, record.node)
+        elif record.instance != self._instance:
+            target = subjects.work_control(record.node, record.instance or "-")
+            headers[FORWARDED] = subject
+        else:
+            return  # this process's, not held (yet, or any more): nothing to hand on
+        await self._hand_slots.acquire()  # apart from the relays: two nodes handing requests
+        # to each other must not wait for each other's slots
+        task = asyncio.create_task(self._forward(msg, target, headers), name=f"hand-{execution}")
+        self._tasks.add(task)
+        task.add_done_callback(self._handed)
+
+    def _handed(self, task: asyncio.Task[Any]) -> None:
+        self._hand_slots.release()
+        self._done(task)
+
+    async def _forward(self, msg: Msg, target: str, headers: dict[str, str]) -> None:
+        try:
+            reply = await self._nc.request(
+                target, msg.data, timeout=FORWARD_WITHIN, headers=headers
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+            return  # its holder is gone: unanswered, as if it had been asked itself
+        if msg.reply:
+            await self._nc.publish(msg.reply, reply.data, headers=reply.headers)
 
     async def _cancel_running(self, ex: _Execution) -> None:
         ex.cancel_requested = True

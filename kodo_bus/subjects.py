@@ -64,6 +64,16 @@ EXEC_ANSWER_ALL = "kodo.exec.*.*.answer"
 EXEC_QUEUE = "kodo-exec"
 """The queue group every node joins on `kodo.exec.*.*.*` to answer, from the record, for the
 executions nobody holds (ended or unknown): one reply per request whatever the number of nodes."""
+EXEC_CANCEL_AT = "kodo.exec.{user}.{execution}.cancel.{node}"
+"""A cancel addressed to the node that runs the execution (the SDK knows it from the launch
+reply or the record): only the processes of that node id hear it, so no other node does any
+work for it. `EXEC_CANCEL` stays for a launcher that does not know the node, and is where the
+SDK turns when nobody answers here (no process of the node is up)."""
+EXEC_ANSWER_AT = "kodo.exec.{user}.{execution}.answer.{node}"
+"""An answer addressed to the node that runs the execution (as `EXEC_CANCEL_AT`)."""
+EXEC_CONTROL_AT_NODE = "kodo.exec.*.*.*.{node}"
+"""What a node subscribes to, in the queue group of its id: one of its processes gets each
+request; the holder answers, another answers from the record or hands it on (`WORK_CONTROL`)."""
 
 EVENTS = "kodo.events.{user}.{execution}.{kind}"
 EVENTS_ALL = "kodo.events.>"
@@ -80,6 +90,9 @@ WORK_OUTCOMES = "kodo.work.{node}.{pool}.outcomes"
 WORK_ASK = "kodo.work.{node}.ask.{execution}"
 """Where `tracer.ask` listens while its question is open; the node holding the execution relays
 the public answer there, and no responders means no open question (the reply is `closed`)."""
+WORK_CONTROL = "kodo.work.{node}.control.{instance}"
+"""A process of a node id hands a cancel or answer addressed to the node to the process (replica)
+`instance` that holds the execution (header `Kodo-Forwarded-Subject`: the subject it came on)."""
 WORK_OF_NODE = "kodo.work.{node}.>"
 """All of one node's internal work traffic (its permissions)."""
 
@@ -208,6 +221,18 @@ def exec_answer(user: str, execution: str) -> str:
     return EXEC_ANSWER.format(user=user, execution=execution)
 
 
+def exec_cancel_at(user: str, execution: str, node: str) -> str:
+    return EXEC_CANCEL_AT.format(user=user, execution=execution, node=node)
+
+
+def exec_answer_at(user: str, execution: str, node: str) -> str:
+    return EXEC_ANSWER_AT.format(user=user, execution=execution, node=node)
+
+
+def exec_control_at_node(node: str) -> str:
+    return EXEC_CONTROL_AT_NODE.format(node=node)
+
+
 def events(user: str, execution: str, kind: str) -> str:
     return EVENTS.format(user=user, execution=execution, kind=kind)
 
@@ -295,6 +320,9 @@ ALL_PATTERNS: tuple[str, ...] = (
     EXEC_CONTROL_ALL,
     EXEC_CANCEL_ALL,
     EXEC_ANSWER_ALL,
+    EXEC_CANCEL_AT,
+    EXEC_ANSWER_AT,
+    EXEC_CONTROL_AT_NODE,
     EVENTS,
     EVENTS_ALL,
     EVENTS_OF_EXECUTION,
@@ -304,6 +332,7 @@ ALL_PATTERNS: tuple[str, ...] = (
     WORK_JOBS,
     WORK_OUTCOMES,
     WORK_ASK,
+    WORK_CONTROL,
     WORK_OF_NODE,
 )
 """Every subject pattern above; the documentation test walks this tuple."""
@@ -325,3 +354,7 @@ def work_ask(node: str, execution: str) -> str:
 
 def work_of_node(node: str) -> str:
     return WORK_OF_NODE.format(node=node)
+
+
+def work_control(node: str, instance: str) -> str:
+    return WORK_CONTROL.format(node=node, instance=instance)
