@@ -68,6 +68,7 @@ PACE_PARTS = 16
 the server and the receivers keep up with, not as one burst of tens of MB."""
 ENCODE_SLICE = 100
 """Entries encoded between two turns of the event loop when a view goes out."""
+_FLOWS_KEY = msgpack.packb("flows")
 _UNPACK_ERRORS = (
     ValueError,
     TypeError,
@@ -188,12 +189,12 @@ class Peers:
         self._catalogs: dict[str, dict[bytes, Catalog]] = {}
         """Node → catalogs taken in, by a digest of the bytes they arrived as (and of the urls
         filled in when they had none): the same bytes again are not decoded again."""
-        self._flows: dict[str, tuple[list[FlowInfo], bytes]] = {}
-        """Node → its catalog's flows (the list) in msgpack: the bulk of a catalog, compared
-        byte for byte with the flows of an incoming copy before decoding it."""
-        self._packed: dict[str, tuple[Catalog, bytes]] = {}
-        """Node → its catalog (the object) and that catalog in msgpack: encoded once, not at
-        every change of the node's status, on every stream, in every `full`."""
+        self._packed: dict[str, tuple[Catalog, bytes, int, int]] = {}
+        """Node → its catalog (the object), that catalog in msgpack, and where its flows (the
+        bulk) are in those bytes: encoded once, not at every change of the node's status, on
+        every stream, in every `full`; the flows of an incoming copy are compared with them
+        before decoding it. (One copy of the bytes: a second one of the flows cost a registry
+        holding 10,000 nodes some 45 MB.)"""
 
     def _targets(self) -> Iterator[tuple[str, _Outbound]]:
         if not self.settings.feeds and "" not in self._out:
@@ -341,7 +342,7 @@ class Peers:
             return catalog
         current = self.registry.view.entries.get(node) if isinstance(node, str) else None
         flows = data[item.flows[0] : item.flows[1]]
-        if current is not None and item.flows[1] and flows == self._flows_bytes(current.catalog):
+        if current is not None and item.flows[1] and flows == self._flows_of(current.catalog):
             # the same flows (the bulk) with other small fields (urls filled in, or not yet;
             # a new start): validate those, share the flows already validated
             catalog = Catalog.model_validate({**item.head, "flows": current.catalog.flows})
@@ -529,34 +530,40 @@ class Peers:
                 await asyncio.sleep(0)  # a turn for the other tasks, not a wait
         return out
 
-    def _flows_bytes(self, catalog: Catalog) -> bytes:
-        """The flows of `catalog` in msgpack, as `pack` writes them (cached with the catalog)."""
-        cached = self._flows.get(catalog.node)
-        if cached is None or not _same_items(cached[0], catalog.flows):
-            if len(self._flows) > 2 * len(self.registry.view.entries) + 1024:
-                entries = self.registry.view.entries
-                self._flows = {n: c for n, c in self._flows.items() if n in entries}
+    def _flows_of(self, catalog: Catalog) -> memoryview:
+        """The flows of `catalog` in msgpack, as `pack` writes them."""
+        _, body, start, end = self._packed_catalog(catalog)
+        return memoryview(body)[start:end]
+
+    def _packed_catalog(self, catalog: Catalog) -> tuple[Catalog, bytes, int, int]:
+        """`catalog` in msgpack (cached while the catalog object stays the same; its flows'
+        bytes reused when a new catalog object shares the flows already validated)."""
+        node = catalog.node
+        cached = self._packed.get(node)
+        if cached is not None and cached[0] is catalog:
+            return cached
+        if cached is not None and _same_items(cached[0].flows, catalog.flows):
+            flows = cached[1][cached[2] : cached[3]]
+        else:
             dumped = [f.model_dump(mode="json", exclude_none=True) for f in catalog.flows]
-            cached = self._flows[catalog.node] = (catalog.flows, msgpack.packb(dumped))
-        return cached[1]
+            flows = msgpack.packb(dumped)
+        if len(self._packed) > 2 * len(self.registry.view.entries) + 1024:
+            entries = self.registry.view.entries
+            self._packed = {n: c for n, c in self._packed.items() if n in entries}
+        head = catalog.model_dump(mode="json", exclude_none=True, exclude={"flows"})
+        body = _pack(head, flows, "flows")
+        start = len(_FLOWS_KEY) + len(msgpack.Packer().pack_map_header(len(head) + 1))
+        packed = self._packed[node] = (catalog, body, start, start + len(flows))
+        return packed
 
     def pack(self, entry: NodeEntry, path: list[str] | None = None) -> bytes:
         """`entry` in msgpack (as `codec.encode` writes it; `path` in place of its own), its
         catalog's bytes reused while the catalog object stays the same."""
-        catalog = entry.catalog
-        node = catalog.node
-        cached = self._packed.get(node)
-        if cached is None or cached[0] is not catalog:
-            if len(self._packed) > 2 * len(self.registry.view.entries) + 1024:
-                entries = self.registry.view.entries
-                self._packed = {n: c for n, c in self._packed.items() if n in entries}
-            head = catalog.model_dump(mode="json", exclude_none=True, exclude={"flows"})
-            body = _pack(head, self._flows_bytes(catalog), "flows")
-            cached = self._packed[node] = (catalog, body)
+        body = self._packed_catalog(entry.catalog)[1]
         fields = entry.model_dump(mode="json", exclude_none=True, exclude={"catalog"})
         if path is not None:
             fields["path"] = path
-        return _pack(fields, cached[1], "catalog")
+        return _pack(fields, body, "catalog")
 
     async def _send_stream(
         self, out: _Outbound, kind: str, entries: list[bytes], removed: list[str]

@@ -70,7 +70,16 @@ def test_an_entry_packed_reads_as_encode_writes_it() -> None:
         replicas=2,
         path=["a"],
     )
-    assert msgpack.unpackb(make_peers().pack(entry)) == msgpack.unpackb(encode(entry)[0])
+    peers = make_peers()
+    assert msgpack.unpackb(peers.pack(entry)) == msgpack.unpackb(encode(entry)[0])
+    flows = [f.model_dump(mode="json", exclude_none=True) for f in entry.catalog.flows]
+    assert bytes(peers._flows_of(entry.catalog)) == msgpack.packb(flows)
+    # a new catalog object sharing the flows: its bytes built from the flows' bytes held
+    moved = entry.catalog.model_copy(update={"urls": ["nats://x:4222"]})
+    assert moved.flows is entry.catalog.flows
+    packed = peers.pack(entry.model_copy(update={"catalog": moved}))
+    assert msgpack.unpackb(packed)["catalog"] == moved.model_dump(mode="json", exclude_none=True)
+    assert bytes(peers._flows_of(moved)) == msgpack.packb(flows)
 
 
 def test_decode_agrees_with_a_plain_decode() -> None:

@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from .. import subjects
 from ..codec import encode
 from ..config import ServerSettings
-from ..errors import KodoTimeout
+from ..errors import KodoTimeout, NoResponders
 from ..peers import CHUNK_BYTES
 from ..server import NatsServer
 from .common import Floor, ScenarioResult, Stopwatch
@@ -161,10 +161,12 @@ class _Federation:
 
 
 async def _flows_on(nc: NATS, registry: str) -> int:
-    """Flows `registry` lists; 0 while it is too busy taking in a burst to answer in time."""
+    """Flows `registry` lists; 0 while it is too busy taking in a burst to answer in time, or
+    reconnecting (a registry cut by its server as a slow reader comes back; the figures show
+    what that cost)."""
     try:
         return (await info(nc, registry)).flows
-    except KodoTimeout:
+    except (KodoTimeout, NoResponders):
         return 0
 
 
