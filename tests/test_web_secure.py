@@ -30,7 +30,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from kodo_bus.auth import UserStore
 from kodo_bus.client import Client
 from kodo_bus.config import Credentials, ServerSettings
-from kodo_bus.errors import AuthError, KodoError
+from kodo_bus.errors import AuthError, ConfigError, KodoError
 from kodo_bus.server import NatsServer
 from kodo_bus.web.sessions import COOKIE, Sessions
 
@@ -235,6 +235,9 @@ async def test_sessions_cap_idle_and_stop(bus: NatsServer) -> None:
     try:
         with pytest.raises(AuthError):
             await sessions.login("alice", "wrong")
+        for name in ("", "a.b"):  # never a fallback to KODO_USER or a wildcard
+            with pytest.raises(ConfigError):
+                await sessions.login(name, password("alice"))
         first = await sessions.login("alice", password("alice"))
         second = await sessions.login("bob", password("bob"))
         assert first is not None and second is not None and first.id != second.id

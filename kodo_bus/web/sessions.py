@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..client import Client
 from ..config import WEB_SESSION_IDLE, WEB_SESSIONS_MAX, Credentials
+from ..subjects import check_token
 from .live import stop as stop_task
 
 COOKIE = "kodo_session"
@@ -105,6 +106,7 @@ class Sessions:
         `ConfigError` for a user name that cannot be a subject token."""
         if self.full():
             return None
+        check_token(user, "user")  # an empty name would fall back to KODO_USER in `Client`
         credentials = self.tls.model_copy(
             update={"user": user, "password": password, "creds": None, "nkey": None}
         )
