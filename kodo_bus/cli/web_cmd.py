@@ -90,9 +90,9 @@ def web(  # noqa: PLR0917 (typer options)
                 await asyncio.sleep(0.05)
             if server.started:
                 bound = server.servers[0].sockets[0].getsockname()[1]
-                out.print(f"web panel on http://{host}:{bound}", highlight=False)
-                if sessions is not None:
+                if sessions is not None:  # before the URL, which is what `up` and tests wait for
                     out.print("the bus wants credentials: each browser logs in as its NATS user")
+                out.print(f"web panel on http://{host}:{bound}", highlight=False)
                 sys.stdout.flush()
             await serving
         finally:
