@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -40,7 +40,7 @@ async def current(
     start_time: str | None = None,
     follow: bool = False,
     idle: float = IDLE,
-) -> AsyncIterator[Msg]:
+) -> AsyncGenerator[Msg, None]:
     """Messages of `stream` on `subject` as of the call (the last per subject by default);
     with `follow`, then every new one until the caller stops iterating.
 

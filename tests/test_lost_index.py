@@ -50,9 +50,12 @@ async def test_mark_lost_reads_the_dead_nodes_records_only(fresh_server: NatsSer
         mine = [_record(node, status) for status in ("running", "pending", "finished")]
         for record in mine:
             await create_record(kv, record)
-            ev = Event(seq=1, ts=time.time(), kind="status", data={"status": record.status},
-                       execution=record.execution, node=node, flow="f", launcher="local")  # fmt: skip
-            await js.publish(*event_message(ev)[:2], headers=event_message(ev)[2])
+            ev = Event(
+                seq=1, ts=time.time(), kind="status", data={"status": record.status},
+                execution=record.execution, node=node, flow="f", launcher="local",
+            )  # fmt: skip
+            subject, body, headers = event_message(ev)
+            await js.publish(subject, body, headers=headers)
 
         assert sorted(await records_of(jetstream(reader), node)) == sorted(
             subjects.record_key(r.launcher, r.execution) for r in mine
