@@ -16,6 +16,7 @@ SCENARIOS: tuple[str, ...] = (
     "registry",
     "memory",
     "federation",
+    "slowreader",
 )
 """In the order `all` runs them (cheap and Ray-bound first, then the process-bound ones)."""
 

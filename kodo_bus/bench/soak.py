@@ -65,7 +65,7 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def _get(url: str) -> dict[str, Any]:
+def fetch_json(url: str) -> dict[str, Any]:
     """One monitoring endpoint (blocking: called through `asyncio.to_thread`)."""
     with urllib.request.urlopen(url, timeout=5) as reply:
         data: dict[str, Any] = json.loads(reply.read())
@@ -84,9 +84,9 @@ def _streams(jsz: dict[str, Any]) -> dict[str, dict[str, Any]]:
 async def sample(monitor: str) -> dict[str, float]:
     """The server's store, memory, consumers and connections now."""
     jsz, varz, connz = await asyncio.gather(
-        asyncio.to_thread(_get, f"{monitor}/jsz?streams=true"),
-        asyncio.to_thread(_get, f"{monitor}/varz"),
-        asyncio.to_thread(_get, f"{monitor}/connz"),
+        asyncio.to_thread(fetch_json, f"{monitor}/jsz?streams=true"),
+        asyncio.to_thread(fetch_json, f"{monitor}/varz"),
+        asyncio.to_thread(fetch_json, f"{monitor}/connz"),
     )
     streams = _streams(jsz)
     events = streams.get(subjects.STREAM_EVENTS, {})
@@ -299,12 +299,10 @@ def _verdict(
     result.add("nats-server RSS, most", peak["rss_bytes"] / MiB, "MiB")
     third = [p for p in samples if p["t"] >= elapsed * 2 / 3]
     if len(third) >= 2 and third[-1]["t"] > third[0]["t"]:
-        growth = (third[-1]["store_bytes"] - third[0]["store_bytes"]) / MiB
-        result.add(
-            "store growth over the last third",
-            growth / (third[-1]["t"] - third[0]["t"]) * 60,
-            "MiB/min",
-        )
+        minutes = (third[-1]["t"] - third[0]["t"]) / 60
+        for key, name in (("store_bytes", "store"), ("rss_bytes", "nats-server RSS")):
+            growth = (third[-1][key] - third[0][key]) / MiB
+            result.add(f"{name} growth over the last third", growth / minutes, "MiB/min")
     within = all(f.met is not False for f in result.figures if f.target is not None)
     result.params["verdict"] = "pass" if within else "fail"
     reached = events_max_bytes >= 0 and peak["events_bytes"] >= 0.9 * events_max_bytes

@@ -34,6 +34,8 @@ class Sizes(BaseModel):
     events_max_bytes: int = Field(default=64 * 2**20, ge=-1)
     records_max_bytes: int = Field(default=16 * 2**20, ge=-1)
     sample_every: float = Field(default=5.0, gt=0)
+    slow_events: int = Field(default=1_000_000, ge=4)
+    reader_rate: float = Field(default=40_000.0, gt=0)
 
 
 QUICK = Sizes(
@@ -50,13 +52,14 @@ QUICK = Sizes(
     bus_nodes=20,
     minutes=0.2,
     sample_every=2.0,
+    slow_events=2000,
 )
 """Tiny sizes for the smoke tests and `--quick`: does every scenario work?"""
 
 
 async def run_one(env: BenchEnv, name: str, s: Sizes) -> ScenarioResult:
     """One scenario by name, with the sizes given."""
-    from . import events, federation, launch, memory, registry, soak, throughput
+    from . import events, federation, launch, memory, registry, slowreader, soak, throughput
 
     if name == "launch":
         return await launch.run(env, n=s.launches, warmup=s.warmup)
@@ -79,6 +82,8 @@ async def run_one(env: BenchEnv, name: str, s: Sizes) -> ScenarioResult:
         return await federation.run(
             env, buses=s.buses, nodes=s.bus_nodes, flows=s.flows, heartbeat=s.heartbeat
         )
+    if name == "slowreader":
+        return await slowreader.run(env, n=s.slow_events, reader_rate=s.reader_rate)
     if name == "soak":
         return await soak.run(
             env,

@@ -70,6 +70,12 @@ def bench(  # noqa: PLR0917 (typer options)
     bus_nodes: Annotated[
         int | None, typer.Option(help="federation: simulated nodes per bus [2000].")
     ] = None,
+    slow_events: Annotated[
+        int | None, typer.Option(help="slowreader: events the flow emits per run [1000000].")
+    ] = None,
+    reader_rate: Annotated[
+        float | None, typer.Option(help="slowreader: bytes/s the slow reader takes [40000].")
+    ] = None,
     minutes: Annotated[
         float | None, typer.Option(help="soak: minutes of launches at full rate [10].")
     ] = None,
@@ -102,6 +108,8 @@ def bench(  # noqa: PLR0917 (typer options)
         "load_seconds": load_seconds,
         "buses": buses,
         "bus_nodes": bus_nodes,
+        "slow_events": slow_events,
+        "reader_rate": reader_rate,
         "minutes": minutes,
         "events_max_bytes": _size(events_max_bytes, "--events-max-bytes"),
         "records_max_bytes": _size(records_max_bytes, "--records-max-bytes"),
