@@ -197,6 +197,8 @@ class FlowDecl(BaseModel):
     inputs: str | None = None
     """`module:PydanticModel` of the flow's inputs (overrides what the decorator declared)."""
     timeout: float | None = Field(default=None, gt=0)
+    retention: float | None = Field(default=None, ge=1)
+    """Seconds this flow's events and records are kept, as `@flow(retention=...)`."""
 
     @model_validator(mode="after")
     def _one_source(self) -> FlowDecl:

@@ -279,7 +279,7 @@ def _from_decl(decl: FlowDecl) -> list[FlowSpec]:
         specs = [spec]
     overrides = {
         key: value
-        for key in ("summary", "description", "version", "author", "timeout")
+        for key in ("summary", "description", "version", "author", "timeout", "retention")
         if (value := getattr(decl, key)) is not None
     }
     if decl.tags is not None:

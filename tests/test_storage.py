@@ -221,3 +221,23 @@ async def test_a_flow_with_retention_is_gone_after_it_while_another_stays(
     finally:
         await asyncio.wait_for(runner.stop(), 60)
         await nc.close()
+
+
+def test_a_node_config_declares_retention_as_the_decorator_does() -> None:
+    """`flows: [{entry: ..., retention: 60}]` in a node's config overrides the flow's own (was
+    refused as an unknown key); less than 1 s is refused at load, as by `@flow`."""
+    from pydantic import ValidationError
+
+    specs = {
+        s.name: s
+        for s in load_flows(
+            [
+                FlowDecl(entry="tests.storage_flows:kept", retention=60),
+                FlowDecl(entry="tests.storage_flows:brief", name="brief-default"),
+            ]
+        )
+    }
+    assert specs["kept"].retention == 60
+    assert specs["brief-default"].retention == 2  # the decorator's, when the config says none
+    with pytest.raises(ValidationError):
+        FlowDecl(entry="tests.storage_flows:kept", retention=0.5)
