@@ -29,6 +29,7 @@ import msgpack
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from . import subjects
@@ -186,6 +187,9 @@ class Peers:
         """Streams heard, by (sender, bus: '' for our own, else the url of the link)."""
         self.sent_messages = 0
         self.sent_bytes = 0
+        self.subs: list[Subscription] = []
+        """View subscriptions on the links (one per link): their backlog says whether this
+        registry is behind on reading (see `Registry.behind`)."""
         self._catalogs: dict[str, dict[bytes, Catalog]] = {}
         """Node → catalogs taken in, by a digest of the bytes they arrived as (and of the urls
         filled in when they had none): the same bytes again are not decoded again."""
@@ -256,11 +260,12 @@ class Peers:
             await self.registry.on_view_msg(msg, [url])
 
         # feed off too: asks for our view arrive there
-        await nc.subscribe(
+        sub = await nc.subscribe(
             subjects.REGISTRY_VIEW_ALL,
             cb=on_view,
             pending_bytes_limit=VIEW_PENDING_BYTES,
         )
+        self.subs.append(sub)
 
         async def on_ask(msg: Msg) -> None:
             await self.on_ask(msg, [url])

@@ -501,6 +501,7 @@ class Registry:
         ttl = self.settings.liveness_ttl
         reconnects = self.nc.stats["reconnects"]
         outage = False
+        behind = False
         prune_at = 0.0
         while True:
             await asyncio.sleep(min(self.settings.heartbeat, ttl) / 2)
@@ -518,6 +519,21 @@ class Registry:
                 if self._dirty:
                     self._flush.set()  # writes that failed during the outage
                 continue
+            if self.behind():
+                # the silence is in our own queue, not on the wire: heartbeats of live nodes
+                # wait there (judged now, they were turned offline, and their executions
+                # would end lost); nodes are judged again once the backlog is read
+                if not behind:
+                    log.warning("behind on reading announcements: no node is judged meanwhile")
+                behind = True
+                continue
+            if behind:
+                # as after an outage: the last heartbeats of live nodes may be the very last
+                # messages read, so every node gets a fresh ttl from now
+                behind = False
+                self._mark(*self.view.refresh(time.time()))
+                log.info("caught up on reading: every node has %g s to be heard from again", ttl)
+                continue
             now = time.time()
             expired = self.view.expire(now, ttl)
             if expired.changed:
@@ -534,6 +550,10 @@ class Registry:
                     "node %s: replica %s silent for more than %g s", node, instance or "?", ttl
                 )
                 self.tasks.spawn(self._confirm(node, instance, suspicion), f"lost? {node}")
+
+    def behind(self) -> bool:
+        """Whether messages wait unread in a subscription, more than a moment's worth."""
+        return any(s.pending_msgs > BEHIND_MSGS for s in (*self._subs, *self.peers.subs))
 
     def _prune(self, now: float) -> None:
         """Drop nodes offline for longer than `retention` (see `View.prune`)."""
@@ -573,6 +593,9 @@ class Registry:
 
 LOST_GRACE = 2.0
 """Seconds, at least, a silent process gets past the ttl before its executions end `lost`."""
+BEHIND_MSGS = 1000
+"""Messages waiting unread in one subscription past which the registry is behind on reading
+(half a second of heartbeats at 10,000 nodes beating every 5 s): it judges no node meanwhile."""
 WRITE_BATCH = 64
 """View entries written to the KV bucket at once (in flight together)."""
 MAX_REFUSED = 100_000

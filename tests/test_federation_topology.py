@@ -128,7 +128,14 @@ async def scenario(
         await wait_everywhere(ncs, ids, lambda t: t == 0, node="b0-n1")
         await wait_everywhere(ncs, ids, lambda t: t == everything - n_flows + 1)
 
-        # nothing circulates: a quiet federation sends a beat per link and interval, no more
+        # nothing circulates: a quiet federation sends a beat per link and interval, no more.
+        # The nodes here do not beat: b0-n0, announced again above, turns offline one ttl
+        # later, a real change that must not fall inside the window
+        for nc, rid in zip(ncs, ids, strict=True):
+            await eventually(
+                lambda nc=nc, rid=rid: flows(nc, rid, limit=1, node="b0-n0"),  # type: ignore[misc]
+                lambda p: bool(p.items) and p.items[0].status == "offline",
+            )
         publishers = sum(len(v) for v in links.values())
         window = 3.0
         count = await quiet_count(taps, window)
