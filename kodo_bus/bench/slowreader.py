@@ -208,8 +208,8 @@ async def _measure(  # noqa: PLR0917
         ]
         reader = SlowReader(server.host or "127.0.0.1", server.port, subjects.EVENTS_ALL, rate)
         reader.start()
-        await asyncio.to_thread(reader.ready.wait, 30)
-        if reader.failure is not None:
+        subscribed = await asyncio.to_thread(reader.ready.wait, 30)
+        if not subscribed or reader.failure is not None:
             raise BenchError(f"slowreader: the reader did not subscribe: {reader.failure!r}")
         watch = Stopwatch()
         slowed = await _emit_rate(flow, n)
