@@ -74,7 +74,15 @@ async def test_up_runs_bus_registry_and_example_node(procs: Processes, tmp_path:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     up = procs.start(
-        "up", "--port", str(port), "--http-port", "0", "--web-port", "0", "--store", str(tmp_path),
+        "up",
+        "--port",
+        str(port),
+        "--http-port",
+        "0",
+        "--web-port",
+        "0",
+        "--store",
+        str(tmp_path),
         cwd=REPO,
     )
     client = None
