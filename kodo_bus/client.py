@@ -151,6 +151,10 @@ class Client:
         query = FlowsQuery(
             q=q, tags=list(tags or []), node=node, organization=organization, limit=10_000
         )
+        return await self._flows(query, via)
+
+    async def _flows(self, query: FlowsQuery, via: str | None) -> list[Flow]:
+        """Every page of `query`'s answer, from `via` or any registry that answers."""
         registry = via or await find_registry(self.nc)
         items: list[FlowItem] = []
         while True:
@@ -174,19 +178,7 @@ class Client:
         """
         node, _, flow_name = name.rpartition("/")
         query = FlowsQuery(name=flow_name, node=node or None, limit=10_000)
-        registry = via or await find_registry(self.nc)
-        exact: list[Flow] = []
-        while True:
-            try:
-                page = await flows_page(self.nc, registry, query, self.timeout)
-            except NoResponders:
-                if via is None:
-                    raise
-                raise await unknown_service(self.nc, via) from None
-            exact.extend(Flow(self, item) for item in page.items)
-            if len(exact) >= page.total or not page.items:
-                break
-            query = query.model_copy(update={"offset": len(exact)})
+        exact = await self._flows(query, via)
         if exact:
             return await choose(self, name, exact, via)
         found = await self.flows(via=via, node=node or None)
