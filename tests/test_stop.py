@@ -58,6 +58,16 @@ def alive(procs: Snapshot) -> list[str]:
     return left
 
 
+async def killed_soon(procs: Snapshot) -> None:
+    """Every process is gone within `KILLED_WITHIN`: a forced stop SIGKILLs them and exits at
+    once, and a killed Ray worker takes a moment to die (it was still `running` in the instant
+    after its killer's exit, on a loaded machine)."""
+    await eventually(lambda: asyncio.sleep(0, alive(procs)), lambda left: left == [], KILLED_WITHIN)
+
+
+KILLED_WITHIN = 5.0
+
+
 def kill(procs: Snapshot) -> None:
     for pid, (created, _) in procs.items():
         try:
@@ -188,7 +198,7 @@ async def test_up_second_ctrl_c_kills_everything_at_once(
     text = text_of(log)
     assert code == 130, text
     assert took <= FORCED_LIMIT, f"killed in {took:.1f} s:\n{text}"
-    assert alive(seen) == [], text
+    await killed_soon(seen)
     assert "Traceback" not in text
 
 
@@ -211,7 +221,7 @@ async def test_run_second_signal_forces_it_out_of_its_grace(
     code, took = await exited(proc, FORCED_LIMIT)
     assert code == 130, text_of(log)
     assert took <= FORCED_LIMIT, f"forced out in {took:.1f} s"
-    assert alive(seen) == [], text_of(log)
+    await killed_soon(seen)
 
 
 async def test_next_start_kills_what_a_sigkilled_node_left(
