@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
 import secrets
 import ssl
@@ -501,6 +500,8 @@ def _drift(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
         drift.append("discard")
     if want.allow_msg_ttl and not have.allow_msg_ttl:
         drift.append("allow_msg_ttl")
+    if want.duplicate_window is not None and have.duplicate_window != want.duplicate_window:
+        drift.append("duplicate_window")
     return drift
 
 
@@ -520,7 +521,9 @@ async def _conform(
         num_replicas=want.num_replicas,
         discard=want.discard,
         allow_msg_ttl=bool(info.config.allow_msg_ttl or want.allow_msg_ttl) or None,
-        duplicate_window=min(info.config.duplicate_window, want.max_age or math.inf),
+        duplicate_window=(
+            info.config.duplicate_window if want.duplicate_window is None else want.duplicate_window
+        ),
     )
     try:
         updated = await js.update_stream(config)
@@ -648,6 +651,7 @@ async def ensure_execution_storage(
     and the least recently written records; an existing deployment's stream and bucket are
     brought to these limits in place.
     """
+    from .publisher import DUPLICATE_WINDOW
     from .subjects import BUCKET_EXECUTIONS, EVENTS_ALL, STREAM_EVENTS
 
     try:
@@ -658,6 +662,7 @@ async def ensure_execution_storage(
             max_age=max_age,
             replicas=replicas,
             max_bytes=_limit(max_bytes),
+            duplicate_window=DUPLICATE_WINDOW,
             allow_msg_ttl=True,
         )
         return await ensure_bucket(

@@ -20,6 +20,7 @@ from kodo_bus.config import ConnectSettings, FlowDecl, ServiceSettings
 from kodo_bus.errors import ExecutionLost, ExecutionNotFound
 from kodo_bus.flows import load_flows
 from kodo_bus.models import LaunchReply, LaunchRequest
+from kodo_bus.publisher import DUPLICATE_WINDOW
 from kodo_bus.runner import Runner
 from kodo_bus.server import NatsServer
 
@@ -57,12 +58,16 @@ async def test_existing_storage_is_brought_to_its_limits_in_place(
     fresh_server: NatsServer,
 ) -> None:
     """A deployment made before the limits (no max_bytes, nats-py's `discard: new` bucket, no
-    per-message TTL) is updated in place at the next start, keeping what it holds."""
+    per-message TTL, a 120 s duplicate window that made nats-server's memory grow with the event
+    rate) is updated in place at the next start, keeping what it holds."""
     nc = await connect(ConnectSettings(nats=[fresh_server.url], retry=0))
     try:
         js = nc.jetstream()
         await ensure_stream(js, subjects.STREAM_EVENTS, [subjects.EVENTS_ALL], max_age=3600)
         old_kv = await js.create_key_value(bucket=subjects.BUCKET_EXECUTIONS, ttl=3600)
+        kv_window = (
+            await js.stream_info(subjects.kv_stream(subjects.BUCKET_EXECUTIONS))
+        ).config.duplicate_window
         await old_kv.put("local.x", b"kept")
         await js.publish(subjects.events("local", "x", "log"), b"{}")
 
@@ -81,7 +86,9 @@ async def test_existing_storage_is_brought_to_its_limits_in_place(
             api.DiscardPolicy.OLD,
             True,
         )
+        assert events.duplicate_window == DUPLICATE_WINDOW < 120
         assert records.max_msgs_per_subject == 1  # the bucket's own settings are kept
+        assert records.duplicate_window == kv_window
         assert records.max_age == 3600
         assert (await kv.get("local.x")).value == b"kept"
         assert (await js.stream_info(subjects.STREAM_EVENTS)).state.messages == 1
