@@ -323,6 +323,7 @@ class ServiceSettings(_Settings):
 DEFAULT_SERVER_HOST = "127.0.0.1"
 WEB_HOST, WEB_PORT = "127.0.0.1", 8300  # where `kodo-bus web` (and `up`) serve the panel
 WEB_SESSIONS_MAX, WEB_SESSION_IDLE = 64, 1800.0  # browsers logged in at once; idle s to log out
+WEB_UPLOAD_MAX = 256 * 1024 * 1024  # bytes of one launch form's files at most (spooled to disk)
 
 
 class ServerSettings(_Settings):
