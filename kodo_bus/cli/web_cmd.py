@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from ..config import WEB_HOST, WEB_PORT, WEB_SESSION_IDLE, WEB_SESSIONS_MAX, Credentials, nats_urls
+from ..config import (
+    WEB_HOST,
+    WEB_PORT,
+    WEB_SESSION_IDLE,
+    WEB_SESSIONS_MAX,
+    WEB_UPLOAD_MAX,
+    Credentials,
+    nats_urls,
+)
 from ..errors import AuthError
 from .app import console, out
 from .creds import with_credentials
@@ -49,12 +57,21 @@ def web(  # noqa: PLR0917 (typer options)
             "--session-idle", min=0.1, help="Seconds without a request that log a browser out."
         ),
     ] = WEB_SESSION_IDLE,
+    upload_max: Annotated[
+        int,
+        typer.Option(
+            "--upload-max",
+            min=1,
+            help="Bytes of one launch form's files at most (spooled to disk, never in memory).",
+        ),
+    ] = WEB_UPLOAD_MAX,
     nats: NatsOpt = None,
     credentials: Credentials | None = None,
 ) -> None:
     """Serve the web panel: flows, launch forms, live executions, questions, nodes (Ctrl-C
     stops it). On a bus that wants credentials, started without a password, creds or nkey of
-    its own, it asks each browser for its NATS user and password and connects as that user."""
+    its own, it asks each browser for its NATS user and its password, nkey seed or creds file,
+    and connects as that user."""
     import uvicorn
 
     from ..client import Client
@@ -74,7 +91,7 @@ def web(  # noqa: PLR0917 (typer options)
             sessions = Sessions(nats_urls(nats or None), credentials, cap=sessions_max,
                                 idle=session_idle)  # fmt: skip
         try:
-            app = create_app(client, via, connect=False, sessions=sessions)
+            app = create_app(client, via, connect=False, sessions=sessions, upload_max=upload_max)
             config = uvicorn.Config(
                 app,
                 host=host,

@@ -18,7 +18,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..client import Client
-from . import execution_pages, launch, login, pages
+from ..config import WEB_UPLOAD_MAX
+from . import downloads, execution_pages, launch, login, pages
 from .context import Web
 from .sessions import Sessions
 
@@ -28,6 +29,7 @@ def create_app(
     via: str | None = None,
     connect: bool = True,
     sessions: Sessions | None = None,
+    upload_max: int = WEB_UPLOAD_MAX,
 ) -> Starlette:
     """The panel around `client` (connected at start-up when `connect`, closed at shutdown), or,
     with `sessions` (and no client), one client per logged-in browser, all closed at shutdown."""
@@ -61,9 +63,10 @@ def create_app(
         Route("/executions/{execution}/events", execution_pages.events),
         Route("/executions/{execution}/answer", execution_pages.answer, methods=["POST"]),
         Route("/executions/{execution}/cancel", execution_pages.cancel, methods=["POST"]),
+        Route("/executions/{execution}/files/{name}", downloads.download),
         Route("/nodes", pages.nodes_page),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={401: login.needs_login})
-    app.state.web = Web(client, sessions, via)
+    app.state.web = Web(client, sessions, via, upload_max=upload_max)
     return app

@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from ..client import Client
+from ..config import WEB_UPLOAD_MAX
 from ..discovery import find_registry
-from . import csrf
+from . import csrf, uploads
 from .sessions import COOKIE, Session, Sessions
 
 MAX_FORM = 1_000_000
@@ -31,6 +32,8 @@ class Web:
     sessions: Sessions | None = None
     via: str | None = None
     page_size: int = 20
+    upload_max: int = WEB_UPLOAD_MAX
+    """Bytes of one launch form with files at most."""
 
 
 @dataclass
@@ -78,10 +81,13 @@ def panel_of(request: Request) -> Panel:
 
 
 async def form_of(request: Request) -> dict[str, str] | None:
-    """The submitted urlencoded form, or None when its CSRF token is not this browser's.
+    """The submitted form, or None when its CSRF token is not this browser's.
 
-    Parsed here (a few lines) rather than with python-multipart: the panel's forms are all
-    urlencoded, and one dependency fewer is one less thing to install."""
+    Urlencoded forms are parsed here (a few lines); a multipart one (the login form with its
+    creds file) goes through python-multipart (`uploads.read_fields`), under the same bound."""
+    if uploads.is_multipart(request):
+        fields = await uploads.read_fields(request, MAX_FORM)
+        return fields if csrf.valid(request, fields.get(csrf.FIELD)) else None
     body = b""
     async for chunk in request.stream():
         body += chunk

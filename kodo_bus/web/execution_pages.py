@@ -30,7 +30,7 @@ FETCH_HEADER = "x-panel-fetch"
 """Set by the page's script on in-place posts: answer with a fragment, not a redirect."""
 
 
-async def _handle(request: Request) -> Execution:
+async def handle(request: Request) -> Execution:
     """The execution the path names (a unique prefix of its id will do, as in the CLI)."""
     client = panel_of(request).client
     given = request.path_params["execution"]
@@ -40,7 +40,7 @@ async def _handle(request: Request) -> Execution:
 
 async def execution_page(request: Request) -> Response:
     try:
-        ex = await _handle(request)
+        ex = await handle(request)
         record = await ex.record()
     except ExecutionNotFound:
         return not_found(request)
@@ -67,6 +67,7 @@ async def execution_page(request: Request) -> Response:
 <details id="inputs-box"><summary>Inputs</summary><div id="inputs"></div></details>
 <div id="question"></div>
 <div id="out" aria-live="polite"></div>
+<section id="files-box" hidden><h2>Files</h2><ul id="files" class="files"></ul></section>
 <div id="error"></div>
 <section id="final-box" hidden><h2>Result</h2><div id="final"></div></section>
 <details id="console" class="console"><summary>Console <span class="count">0</span></summary>
@@ -113,7 +114,7 @@ async def tree_html(ex: Execution, depth: int = 0, budget: list[int] | None = No
 
 async def events(request: Request) -> Response:
     try:
-        ex = await _handle(request)
+        ex = await handle(request)
         await ex.record()  # an id that is not this user's is a 404 here, not a stream that fails
     except KodoError as exc:
         return HTMLResponse(escape(str(exc)), status_code=404)
@@ -171,7 +172,7 @@ async def answer(request: Request) -> Response:
         return refused(request)
     in_place = request.headers.get(FETCH_HEADER) == "1"
     try:
-        ex = await _handle(request)
+        ex = await handle(request)
         await ex.record()
         lock = await _open_question(request, ex)
     except KodoError as exc:
@@ -207,7 +208,7 @@ async def cancel(request: Request) -> Response:
     if form is None:
         return refused(request)
     try:
-        ex = await _handle(request)
+        ex = await handle(request)
         await ex.cancel()
     except RemoteError as exc:
         return _fragment(f'<p class="error-box">not cancelled: {escape(str(exc))}</p>', 409)

@@ -15,11 +15,16 @@ from html import escape
 from typing import Any
 
 from ..errors import FieldProblem
+from ..models import File
 
 PREFIX = "in."
 MAX_DEPTH = 8
 """Nested objects rendered as fieldsets at most this deep; deeper ones are a JSON box."""
 SCALARS = ("string", "integer", "number", "boolean")
+FILE_PROPERTIES = frozenset(File.model_fields)
+"""An object schema with exactly these properties is a `File` input: the browser picks a file,
+the panel uploads it and puts the reference in its place (top-level fields only, as
+`Flow.launch(files=...)` takes them)."""
 
 
 @dataclass
@@ -29,7 +34,7 @@ class FormField:
     path: str
     label: str
     kind: str
-    """text, integer, number, boolean, enum, list, json or object."""
+    """text, integer, number, boolean, enum, list, json, object or file."""
     required: bool = False
     default: Any = None
     has_default: bool = False
@@ -128,11 +133,23 @@ def _field(  # noqa: PLR0917 (one call site, all positional)
         else:
             made.kind = "json"
     elif kind == "object":
-        if depth < MAX_DEPTH and isinstance(schema.get("properties"), Mapping):
+        if depth == 0 and is_file(schema):
+            made.kind = "file"
+        elif depth < MAX_DEPTH and isinstance(schema.get("properties"), Mapping):
             made.children = _object_fields(schema, root, f"{path}.", depth + 1)
         else:
             made.kind = "json"
     return made
+
+
+def is_file(schema: Mapping[str, Any]) -> bool:
+    props = schema.get("properties")
+    return isinstance(props, Mapping) and set(props) == FILE_PROPERTIES
+
+
+def file_fields(fields: Sequence[FormField]) -> list[str]:
+    """The names of the form's file inputs (what `Flow.launch(files=...)` maps to paths)."""
+    return [f.path for f in fields if f.kind == "file"]
 
 
 # -- the form back to JSON ---------------------------------------------------------------------
@@ -142,6 +159,8 @@ def parse(fields: Sequence[FormField], form: Mapping[str, str]) -> dict[str, Any
     left out (its default applies)."""
     data: dict[str, Any] = {}
     for f in fields:
+        if f.kind == "file":
+            continue  # uploaded apart (`uploads.py`), its reference added by the launch
         if f.kind == "object":
             data[f.path.rpartition(".")[2]] = parse(f.children, form)
             continue
@@ -317,6 +336,12 @@ def _render_one(
         return (
             f'<fieldset class="nested"><legend>{escape(f.label)}</legend>{help_html}'
             f"{err_html}{inner}</fieldset>"
+        )
+    if f.kind == "file":
+        box = f'<input type="file" id="{ident}" name="{name}"{invalid}{described}>'
+        return (
+            f'<div class="field file{" has-error" if problems else ""}">{label}{box}{help_html}'
+            f"{err_html}</div>"
         )
     shown = _shown(f, values)
     common = f'id="{ident}" name="{name}"{invalid}{described}'

@@ -4,16 +4,19 @@ node (its field-level messages shown at their fields), then off to the execution
 from __future__ import annotations
 
 from html import escape
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..errors import FieldProblem, FlowNotFound, InputsInvalid, KodoError
 from ..flow_ref import Flow
-from . import forms
-from .context import form_of, panel_of, refused
+from ..models import File
+from . import csrf, forms, uploads
+from .context import form_of, panel_of, refused, web_of
 from .layout import badge, csrf_field, page
 from .pages import trouble
 
@@ -53,10 +56,12 @@ def _form_page(
     )
     tags = " ".join(f'<span class="tag">{escape(t)}</span>' for t in flow.tags)
     desc = f'<p class="desc">{escape(flow.description)}</p>' if flow.description else ""
+    multipart = f' enctype="{uploads.MULTIPART}"' if forms.file_fields(fields) else ""
     body = (
         f'<h1>{escape(flow.name)} {badge(flow.status)}</h1><p class="meta">{meta} {tags}</p>'
         f"<p>{escape(flow.summary)}</p>{desc}"
-        f'<form class="launch" method="post" action="{action}" novalidate>{csrf_field(request)}'
+        f'<form class="launch" method="post" action="{action}"{multipart} novalidate>'
+        f"{csrf_field(request)}"
         f"{top}{forms.render(fields, values, placed)}"
         '<button type="submit" class="primary">Launch</button></form>'
     )
@@ -72,6 +77,8 @@ async def form_page(request: Request) -> Response:
 
 
 async def submit(request: Request) -> Response:
+    if uploads.is_multipart(request):
+        return await _submit_with_files(request)
     form = await form_of(request)
     if form is None:
         return refused(request)
@@ -79,10 +86,49 @@ async def submit(request: Request) -> Response:
         flow = await _flow(request)
     except KodoError as exc:
         return trouble(request, "Launch", exc, "/")
+    return await _launch(request, flow, form, {})
+
+
+async def _submit_with_files(request: Request) -> Response:
+    """A form with file inputs: its files spooled to disk, then uploaded by the SDK as this
+    browser's NATS user, then the launch; the spooled copies removed whatever happens."""
+    if not csrf.same_origin(request) or not request.cookies.get(csrf.COOKIE):
+        return refused(request)  # before a byte of a cross-site upload is read
+    try:
+        flow = await _flow(request)
+    except KodoError as exc:
+        return trouble(request, "Launch", exc, "/")
+    wanted = forms.file_fields(forms.fields_of(flow.schema))
+    try:
+        posted = await uploads.read(request, web_of(request).upload_max, wanted)
+    except HTTPException as exc:
+        if exc.status_code != 413:
+            raise
+        problem = FieldProblem("", f"Not launched: {exc.detail}.")
+        return _form_page(request, flow, None, [problem], status=413)
+    try:
+        if not csrf.valid(request, posted.form.get(csrf.FIELD)):
+            return refused(request)
+        return await _launch(request, flow, posted.form, posted.files)
+    finally:
+        await posted.remove()
+
+
+def _placeholder(path: Path) -> dict[str, Any]:
+    """What a file input's reference will look like, to check the other inputs before any
+    upload (a form with a typo uploads nothing)."""
+    return File(bucket="-", name=path.name, size=0, digest="0" * 64).model_dump()
+
+
+async def _launch(
+    request: Request, flow: Flow, form: dict[str, str], paths: dict[str, Path]
+) -> Response:
     values = {k: v for k, v in form.items() if k.startswith(forms.PREFIX)}
     data: dict[str, Any] = forms.parse(forms.fields_of(flow.schema), form)
     try:
-        execution = await flow.launch(data)  # validated here with the node's rules, then by it
+        flow.validate(data | {k: _placeholder(p) for k, p in paths.items()})
+        # uploaded here, chunk by chunk, then validated with the node's rules, then by it
+        execution = await flow.launch(data, files=paths or None)
     except InputsInvalid as exc:
         return _form_page(request, flow, values, exc.problems, status=422)
     except KodoError as exc:

@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncGenerator, Callable
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from ..execution_ref import Execution, status_of
 from ..models import TERMINAL_STATUSES, Event
@@ -53,6 +54,22 @@ def question_form(execution: str, lock: dict[str, Any], csrf_field: str) -> str:
         f'<form class="question inplace" method="post" action="/executions/{escape(execution)}'
         f'/answer" novalidate data-lock="{token}"><h3>{prompt}</h3>{csrf_field}'
         f'{forms.render(fields)}<button type="submit">Answer</button></form>'
+    )
+
+
+def file_item(execution: str, data: dict[str, Any]) -> str:
+    """A `file` event as a list item: name, size, digest, and the link that downloads it
+    through the panel (`downloads.py`, which checks the digest)."""
+    filename = str(data.get("name", "")).rsplit("/", 1)[-1]
+    size, digest = data.get("size"), str(data.get("digest", ""))
+    href = f"/executions/{quote(execution, safe='')}/files/{quote(filename, safe='')}"
+    shown = f"{size:,} bytes" if isinstance(size, int) else "? bytes"
+    return (
+        f'<li class="file" data-name="{escape(filename)}" data-digest="{escape(digest)}">'
+        f'<a class="download" href="{escape(href)}" download="{escape(filename)}">'
+        f'{escape(filename)}</a> <span class="size">{escape(shown)}</span> '
+        f'<span class="mono digest" title="SHA-256 {escape(digest)}">sha256 '
+        f"{escape(digest[:12])}…</span></li>"
     )
 
 
@@ -119,8 +136,7 @@ def render_event(event: Event, csrf_field: str) -> dict[str, Any]:
     elif kind == "final":
         msg |= {"target": "final", "html": f'<pre class="json">{escape(as_json(data))}</pre>'}
     elif kind == "file" and isinstance(data, dict):
-        name, size = escape(str(data.get("name", ""))), escape(str(data.get("size", "")))
-        msg |= {"target": "out", "html": f'<div class="file">file {name} ({size} bytes)</div>'}
+        msg |= {"target": "files", "html": file_item(event.execution, data)}
     elif kind == "inputs":
         msg |= {"target": "inputs", "html": f'<pre class="json">{escape(as_json(data))}</pre>'}
     else:

@@ -1,5 +1,6 @@
-"""Login and logout on a secure bus: the browser gives its NATS user and password once, the
-panel connects as that user (`sessions.py`) and keeps only the connection, not the password.
+"""Login and logout on a secure bus: the browser gives its NATS user and its password, nkey
+seed or creds file once, the panel connects as that user (`sessions.py`) and keeps the
+connection (with the secret inside it, in memory), never the secret in a cookie or a log.
 
 A page asked for without a session answers with this login form (not an error), and comes back
 to the page after the login. On an open bus there is nothing to log in to: /login goes home."""
@@ -16,9 +17,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..errors import AuthError, ConfigError, ConnectError
 from .context import form_of, refused, web_of
 from .layout import csrf_field, page, secure
-from .sessions import COOKIE
+from .sessions import COOKIE, Secret
+from .uploads import MULTIPART
 
 NEXT_FIELD = "next"
+WHAT = {"password": "password", "nkey": "nkey seed", "creds": "creds file"}
 
 
 def _local(target: str) -> str:
@@ -36,8 +39,9 @@ def _form(
     body = (
         '<section class="login"><h1>Log in to the bus</h1>'
         "<p>This bus wants NATS credentials. The panel connects as you with them, so you see and "
-        "launch only what your NATS user may; it keeps the connection, not the password.</p>"
-        f'{note}<form class="login" method="post" action="/login">{csrf_field(request)}'
+        "launch only what your NATS user may.</p>"
+        f'{note}<form class="login" method="post" action="/login" enctype="{MULTIPART}">'
+        f"{csrf_field(request)}"
         f'<input type="hidden" name="{NEXT_FIELD}" value="{escape(target)}">'
         '<label for="login-user">NATS user</label>'
         '<input id="login-user" name="user" autocomplete="username" required '
@@ -45,6 +49,13 @@ def _form(
         '<label for="login-password">Password</label>'
         '<input id="login-password" name="password" type="password" '
         'autocomplete="current-password">'
+        '<details class="other-login"><summary>or an nkey seed, or a creds file</summary>'
+        '<label for="login-seed">nkey seed (SU…)</label>'
+        '<input id="login-seed" name="seed" type="password" autocomplete="off" spellcheck="false">'
+        '<label for="login-creds">creds file</label>'
+        '<input id="login-creds" name="creds" type="file" accept=".creds,text/plain">'
+        '<small class="help">The panel connects with it and keeps it in its memory only, with '
+        "the connection: never in a cookie, a file or a log.</small></details>"
         '<button type="submit" class="primary">Log in</button></form></section>'
     )
     return page(request, "Log in", body, status=status)
@@ -65,12 +76,17 @@ async def login(request: Request) -> Response:
         return RedirectResponse("/", status_code=303)
     target = _local(form.get(NEXT_FIELD, "/"))
     user = form.get("user", "").strip()
+    creds, seed = form.get("creds", "").strip(), form.get("seed", "").strip()
+    kind = "creds" if creds else "nkey" if seed else "password"
     try:
-        session = await sessions.login(user, form.get("password", ""))
+        secret = Secret.of(kind, creds or seed) if kind != "password" else None
+        session = await sessions.login(user, form.get("password", ""), secret)
     except ConfigError as exc:
         return _form(request, target, user, str(exc), 400)
     except AuthError:
-        return _form(request, target, user, "NATS refused this user and password.", 401)
+        return _form(request, target, user, f"NATS refused this user and {WHAT[kind]}.", 401)
+    except ImportError:  # nats-py signs with the `nkeys` package, an extra
+        return _form(request, target, user, "nkey logins need `pip install nkeys` here.", 501)
     except ConnectError as exc:
         return _form(request, target, user, f"The bus cannot be reached: {exc}", 503)
     if session is None:

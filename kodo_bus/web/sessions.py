@@ -1,12 +1,15 @@
 """Browser sessions of a panel on a secure bus: one SDK `Client` per logged-in browser.
 
 On a bus that wants credentials the panel has no NATS identity of its own. A browser logs in
-with its NATS user and password, the panel connects a `Client` as that user, and every page
-that browser asks for goes through that connection: NATS permissions, not panel code, decide
-what it may see and do (alice's connection cannot read bob's records or events at all).
+with its NATS user and its password, nkey seed or creds file, the panel connects a `Client` as
+that user, and every page that browser asks for goes through that connection: NATS
+permissions, not panel code, decide what it may see and do (alice's connection cannot read
+bob's records or events at all).
 
 A session is a random id in an HttpOnly, SameSite=Strict cookie, mapped to its client in this
-process's memory only (a restart logs everyone out; no secret is kept once connected). Bounded:
+process's memory only (a restart logs everyone out). The secret stays on the server, inside the
+session's connection (nats-py presents it again, or signs the server's nonce with the seed, at
+each reconnect): never in the cookie, never written to a file, never logged. Bounded:
 at most `cap` sessions, one closed after `idle` seconds without a request or an open live page,
 all closed at stop. Logins in flight are bounded too, since each one opens a connection.
 """
@@ -19,9 +22,14 @@ import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal, Self
 
+from nats.aio.client import RawCredentials
+
+from .. import bus
 from ..client import Client
 from ..config import WEB_SESSION_IDLE, WEB_SESSIONS_MAX, Credentials
+from ..errors import ConfigError
 from ..subjects import check_token
 from .live import stop as stop_task
 
@@ -29,8 +37,73 @@ COOKIE = "kodo_session"
 ID_BYTES = 32
 LOGINS_AT_ONCE = 4
 """Connections being opened for logins at once at most (a burst of wrong passwords waits)."""
+SEED_CHARS = 58
+"""Characters of an nkey seed (`SU...`, base32)."""
 LOGIN_RETRY = 0
 """Connection attempts after the first for a login: a wrong password is told at once."""
+
+
+@dataclass(frozen=True, repr=False)
+class Secret:
+    """An nkey seed or a creds file's text, held in this process's memory only: given to
+    nats-py as a string (`nkeys_seed_str`, `RawCredentials`), so it is never written to a file,
+    and never shown by `repr` (a log line or a traceback prints `Secret(nkey)`)."""
+
+    kind: Literal["nkey", "creds"]
+    text: str
+
+    def __repr__(self) -> str:
+        return f"Secret({self.kind})"
+
+    @classmethod
+    def of(cls, kind: str, text: str) -> Secret:
+        """Checked for its form (not its validity: NATS says that)."""
+        text = text.strip()
+        if kind == "nkey":
+            _check_seed(text)
+            return cls("nkey", text)
+        if kind == "creds":
+            seeds = [w for w in text.split() if w.startswith("SU")]
+            if "BEGIN NATS USER JWT" not in text or len(seeds) != 1:
+                raise ConfigError("a creds file holds a user JWT and its nkey seed (nsc makes one)")
+            _check_seed(seeds[0])
+            return cls("creds", text + "\n")
+        raise ConfigError(f"no such login: {kind!r}")
+
+    def options(self) -> dict[str, object]:
+        """nats-py's connect options for this secret."""
+        if self.kind == "nkey":
+            return {"nkeys_seed_str": self.text}
+        return {"user_credentials": RawCredentials(self.text)}
+
+
+def _check_seed(seed: str) -> None:
+    """A seed nats-py can sign with (else its error would come out of the connect untyped)."""
+    if not (seed.startswith("SU") and seed.isalnum() and len(seed) == SEED_CHARS):
+        raise ConfigError("an nkey seed is one line of 58 characters starting with SU")
+    import nkeys  # type: ignore[import-untyped,unused-ignore]  # an extra (ImportError: told)
+
+    try:
+        nkeys.from_seed(bytearray(seed.encode())).wipe()
+    except Exception:
+        raise ConfigError("this is not a valid nkey seed (its checksum does not match)") from None
+
+
+class _SessionClient(Client):
+    """A `Client` that connects with an in-memory secret (the SDK's own `Credentials` take the
+    paths of files, which a browser's login has none of)."""
+
+    def __init__(self, *args: Any, secret: Secret | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._secret = secret
+
+    async def connect(self) -> Self:
+        if self._secret is None:
+            return await super().connect()
+        if self._nc is None:
+            self._nc = await bus.connect(self._settings, **self._secret.options())
+            self._js = bus.jetstream(self._nc)
+        return self
 
 
 @dataclass(eq=False)
@@ -100,18 +173,27 @@ class Sessions:
     def full(self) -> bool:
         return len(self._open) >= self.cap
 
-    async def login(self, user: str, password: str) -> Session | None:
-        """A new session connected as `user`; None when the cap is reached. Raises the SDK's
-        `AuthError` when NATS refuses the credentials, `ConnectError` when it is unreachable,
-        `ConfigError` for a user name that cannot be a subject token."""
+    async def login(
+        self, user: str, password: str = "", secret: Secret | None = None
+    ) -> Session | None:
+        """A new session connected as `user` (with its password, or `secret`: an nkey seed or
+        a creds file's text); None when the cap is reached. Raises the SDK's `AuthError` when
+        NATS refuses the credentials, `ConnectError` when it is unreachable, `ConfigError` for
+        a user name that cannot be a subject token or a secret that is not one."""
         if self.full():
             return None
         check_token(user, "user")  # an empty name would fall back to KODO_USER in `Client`
-        credentials = self.tls.model_copy(
-            update={"user": user, "password": password, "creds": None, "nkey": None}
-        )
-        client = Client(
-            self.urls, user=user, credentials=credentials, retry=LOGIN_RETRY, timeout=self.timeout
+        update: dict[str, object] = {"user": None, "password": None, "creds": None, "nkey": None}
+        if secret is None:
+            update |= {"user": user, "password": password}
+        credentials = self.tls.model_copy(update=update)
+        client = _SessionClient(
+            self.urls,
+            user=user,
+            credentials=credentials,
+            retry=LOGIN_RETRY,
+            timeout=self.timeout,
+            secret=secret,
         )
         async with self._logins:
             await client.connect()

@@ -62,6 +62,16 @@
       case "out":
         $("#out").insertAdjacentHTML("beforeend", msg.html);
         break;
+      case "files": {
+        $("#files-box").hidden = false;
+        const list = $("#files");
+        list.insertAdjacentHTML("beforeend", msg.html);
+        const added = list.lastElementChild;
+        list.querySelectorAll("li.file").forEach((li) => {
+          if (li !== added && li.dataset.name === added.dataset.name) li.remove();
+        });
+        break;
+      }
       case "inputs":
         $("#inputs").innerHTML = msg.html;
         break;
