@@ -19,7 +19,9 @@ and the answer travels back only into the requester's own account. So (ARCHITECT
 - each client's files (its Object Store bucket `KODO_FILES_<user>`) live in a store account of
   their own, `KODO_STORE_FILES_<user>`: the client gets its bucket's whole API (it creates the
   bucket, puts, gets, lists and deletes there), because whatever it makes that API do stays
-  inside an account that holds nothing but its own files; services import every bucket.
+  inside an account that holds nothing but its own files; services import every bucket. That
+  account's JetStream limits are the client's files quota (`config.FILES_QUOTA`, `max_file`; no
+  memory storage at all, which would bypass it and take the server's RAM).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import subjects as s
+from .config import FILES_QUOTA
 
 if TYPE_CHECKING:
     from .auth import Permissions, User
@@ -70,20 +73,34 @@ class _Store:
     """Subjects services store through (a JetStream publish, acknowledged)."""
     owner: str | None = None
     """The one client whose files these are (a files store); None: a shared store."""
+    limits: str = "enabled"
+    """The account's `jetstream` setting: `enabled` (the server's limits) or a block of its own."""
 
 
 def files_account(user: str) -> str:
     return FILES_ACCOUNT.format(user=user)
 
 
-def _files_store(user: str) -> _Store:
+def files_limits(quota: int) -> str:
+    """A files account's JetStream limits: `quota` bytes on disk (-1: none), nothing in memory.
+
+    Account limits, not the bucket's `max_bytes`: the client has its stream's whole API and
+    could raise the latter; the account's it cannot touch."""
+    return f"{{ max_file: {int(quota)}, max_mem: 0 }}"
+
+
+def _files_store(user: str, quota: int = FILES_QUOTA) -> _Store:
     bucket = s.bucket_files(user)
     return _Store(
-        files_account(user), (s.obj_stream(bucket),), (s.obj_subject(bucket, ">"),), owner=user
+        files_account(user),
+        (s.obj_stream(bucket),),
+        (s.obj_subject(bucket, ">"),),
+        owner=user,
+        limits=files_limits(quota),
     )
 
 
-def _stores(users: list[User]) -> list[_Store]:
+def _stores(users: list[User], files_quota: int = FILES_QUOTA) -> list[_Store]:
     views = [s.bucket_view(u.name) for u in users if u.role == "registry"]
     records = s.BUCKET_EXECUTIONS
     return [
@@ -94,7 +111,7 @@ def _stores(users: list[User]) -> list[_Store]:
             tuple(s.kv_stream(v) for v in views),
             tuple(s.kv_subject(v, ">") for v in views),
         ),
-        *(_files_store(u.name) for u in users if u.role == "client"),
+        *(_files_store(u.name, files_quota) for u in users if u.role == "client"),
     ]
 
 
@@ -191,13 +208,13 @@ def _account(
     name: str,
     users: list[tuple[User, Permissions]],
     *,
-    jetstream: bool = False,
+    jetstream: str | None = None,
     exports: list[str] | None = None,
     imports: list[str] | None = None,
 ) -> list[str]:
     lines = [f"    {_q(name)}: {{"]
     if jetstream:
-        lines.append("        jetstream: enabled")
+        lines.append(f"        jetstream: {jetstream}")
     lines.append("        users: [")
     for user, perms in users:
         lines += _user_entry(user, perms)
@@ -211,13 +228,16 @@ def _account(
     return lines
 
 
-def render_accounts(users: Iterable[tuple[User, Permissions]]) -> list[str]:
-    """The `accounts` block of the secure profile's nats-server config."""
+def render_accounts(
+    users: Iterable[tuple[User, Permissions]], files_quota: int = FILES_QUOTA
+) -> list[str]:
+    """The `accounts` block of the secure profile's nats-server config; `files_quota`: bytes of
+    files each client may keep."""
     entries = list(users)
     everyone = [u for u, _ in entries]
     services = [(u, p) for u, p in entries if account_of(u) == SERVICES_ACCOUNT]
     outsiders = [(u, p) for u, p in entries if account_of(u) != SERVICES_ACCOUNT]
-    stores = _stores(everyone)
+    stores = _stores(everyone, files_quota)
     inboxes = [s.inbox(u.name) + ".>" for u in everyone]
     lines = ["accounts {"]
 
@@ -227,7 +247,7 @@ def render_accounts(users: Iterable[tuple[User, Permissions]]) -> list[str]:
         for stream in store.streams:
             exports += [f"{{ service: {_q(a)} }}" for a in (*_stream_api(stream), *_flow(stream))]
         exports += [f"{{ stream: {_q(i)} }}" for i in inboxes]
-        lines += _account(store.account, [], jetstream=True, exports=exports)
+        lines += _account(store.account, [], jetstream=store.limits, exports=exports)
 
     # Services: every store whole (under the prefix); exports what outsiders may reach.
     imports: list[str] = []
@@ -268,6 +288,7 @@ def _outsider(user: User, stores: list[_Store]) -> list[str]:
             s.launch(user.name, "*", "*"),
             s.exec_cancel(user.name, "*"),
             s.exec_answer(user.name, "*"),
+            s.exec_delete(user.name, "*"),
             s.exec_cancel_at(user.name, "*", "*"),
             s.exec_answer_at(user.name, "*", "*"),
             *reach,
@@ -313,17 +334,25 @@ def files_api(user: str) -> list[str]:
 
 
 def files_service_api() -> list[str]:
-    """What a node publishes to read and write every client's bucket: the files stores are the
-    only ones imported under these forms (`STREAM.CREATE.*` and the like also name the events
-    and records streams, whose creation a node had already)."""
+    """What a node publishes to read, write and delete in every client's bucket: the files
+    stores are the only ones imported under these forms (`STREAM.CREATE.*` and the like also
+    name the events and records streams, whose creation a node had already).
+
+    `STREAM.PURGE.*`: deleting an object purges its chunks (and an upload cut short by the
+    quota purges what it sent). A stream name is one token, so no pattern names the files
+    streams only: the form reaches the events and records streams, which a node purges anyway
+    (`kodo.exec.<user>.<execution>.delete`), and the registries' view buckets, which they
+    rebuild from announcements (deploy/secure/README.md, what is not enforceable)."""
     return [
         s.obj_subject("*", ">"),
         prefixed(api("STREAM", "INFO", "*")),
         prefixed(api("STREAM", "CREATE", "*")),
+        prefixed(api("STREAM", "PURGE", "*")),
         prefixed(api("STREAM", "MSG", "GET", "*")),
         prefixed(api("DIRECT", "GET", "*")),
         prefixed(api("CONSUMER", "CREATE", "*")),
         prefixed(api("CONSUMER", "CREATE", "*", ">")),
+        prefixed(api("CONSUMER", "INFO", "*", "*")),  # listing an execution's files to delete
         prefixed(api("CONSUMER", "DELETE", "*", "*")),
         "$JS.FC.*.>",
     ]

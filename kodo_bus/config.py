@@ -45,6 +45,11 @@ records are discarded. A record is ~400 bytes, so this holds more executions tha
 stream does: a record outlives its events, and a follower of an execution whose events went
 is told from its record (`ExecutionLost`), rather than finding nothing."""
 
+FILES_QUOTA = 5 * 1024**3
+"""Bytes of files each client of the secure profile may keep (its store account's JetStream
+`max_file`): one user's uploads and outputs cannot fill the server's disk. Set per profile as
+`files_quota` under `server:` in its users.yaml (-1: no limit)."""
+
 
 def split_urls(values: str | Iterable[str]) -> list[str]:
     """URLs from one string or several, each possibly a comma-separated list."""

@@ -224,3 +224,12 @@ class FileError(KodoError):
 
 class FileDigestMismatch(FileError):
     """A downloaded file's SHA-256 is not the one its reference names (it was not kept)."""
+
+
+class FileQuotaExceeded(FileError):
+    """An upload went past the files quota of its user (secure profile, `files_quota`): delete
+    executions that are no longer needed (`kodo-bus executions rm`), or ask for a larger one."""
+
+
+class ExecutionNotEnded(KodoError):
+    """A delete of an execution that has not ended: cancel it first."""

@@ -33,18 +33,19 @@ from nats.js import JetStreamContext, api
 from pydantic import BaseModel
 
 from . import files, subjects
-from .bus import JETSTREAM_TRANSIENT, MAX_CONSUMERS_REACHED, consumer_config, js_retry
+from .bus import JETSTREAM_TRANSIENT, MAX_CONSUMERS_REACHED, consumer_config, js_retry, request
 from .codec import decode_events
 from .errors import (
     ExecutionCancelled,
     ExecutionError,
     ExecutionFailed,
     ExecutionLost,
+    ExecutionNotEnded,
     ExecutionNotFound,
     ExecutionTimeout,
-    KodoError,
     KodoTimeout,
     NoResponders,
+    RemoteError,
     WireError,
 )
 from .models import (
@@ -90,6 +91,9 @@ CONSUMER_LIMIT_WITHIN = 30.0
 """Seconds a follow retries while the stream is at its consumer limit (other follows end and
 free theirs) before giving up."""
 EXECUTION_STATUSES: frozenset[str] = frozenset(get_args(ExecutionStatus))
+DELETE_WITHIN = 30.0
+"""Seconds a delete waits at least for the node's reply: it lists and purges the execution's
+files, then purges its events and its record."""
 
 NAMES_KEPT = 8
 """Consumer names of one follow remembered for deletion: the ordered consumer takes a new one
@@ -408,11 +412,26 @@ class Execution:
         return [await files.download(self._js, ref, Path(directory) / ref.filename) for ref in refs]
 
     async def delete(self) -> None:
-        """Delete an ended execution: its files, its events, then its record."""
+        """Delete an ended execution for good: its files, its events, then its record.
+
+        A node does it (`kodo.exec.<user>.<execution>.delete`): on the secure profile a client
+        may not purge events and records, a node may. With no node on the bus, this process
+        does it itself, which works on the default profile and for an admin.
+        `ExecutionNotEnded` for one that has not ended, `ExecutionNotFound` for one that is
+        not (or no longer) there: a second delete says so."""
         record = await self.record()
         if record.status not in TERMINAL_STATUSES:
-            raise KodoError(f"execution {self.id} is {record.status}: cancel it first")
-        await files.forget(self._js, record.launcher, self.id)
+            raise ExecutionNotEnded(f"execution {self.id} is {record.status}: cancel it first")
+        subject = subjects.exec_delete(record.launcher, self.id)
+        within = max(self._client.timeout, DELETE_WITHIN)
+        try:
+            await request(self._nc, subject, Empty(), Ack, timeout=within)
+        except NoResponders:  # no node: delete it from here (the default profile, an admin)
+            await files.forget(self._js, record.launcher, self.id, node=record.node)
+        except RemoteError as exc:
+            if exc.kind == "not_found":  # deleted meanwhile (by another delete, say)
+                raise ExecutionNotFound(exc.message) from None
+            raise
 
     # -- workflows -----------------------------------------------------------------------------
     async def children(self) -> list[Execution]:

@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from . import subjects
 from .config import ServiceSettings
-from .errors import FileDigestMismatch, FileError
+from .errors import FileDigestMismatch, FileError, FileQuotaExceeded
 from .models import File
 
 CHUNK = 128 * 1024
@@ -50,6 +50,11 @@ LIST_WAIT = 30.0
 
 _STREAM_IN_USE = 10058
 """JetStream `err_code`: the stream exists (two writers created the bucket at once)."""
+_ACCOUNT_LIMITS = 10002
+"""JetStream `err_code`: the account's resource limits are exceeded — on the secure profile the
+files quota of the bucket's user (`accounts.files_limits`)."""
+_SERVER_FULL = frozenset({10023, 10047})
+"""JetStream `err_code`s: the server has no storage left (insufficient resources)."""
 
 
 async def bucket(js: JetStreamContext, user: str) -> ObjectStore:
@@ -84,27 +89,44 @@ async def upload(
 ) -> File:
     """Store `source` (a path, bytes or a binary file object) as object `name` of `user`'s
     bucket (`subjects.file_name`), chunk by chunk."""
-    store = await bucket(js, user)
-    meta = api.ObjectMeta(name=name, options=api.ObjectMetaOptions(max_chunk_size=CHUNK))
-    if isinstance(source, bytes):
-        info = await store.put(name, io.BytesIO(source), meta=meta)
-    elif isinstance(source, (str, Path)):
-        try:
-            stream = await asyncio.to_thread(Path(source).open, "rb")
-        except OSError as exc:
-            raise FileError(f"cannot read {source}: {exc.strerror or exc}") from None
-        try:
-            info = await store.put(name, stream, meta=meta)
-        finally:
-            stream.close()
-    else:
-        info = await store.put(name, source, meta=meta)  # type: ignore[arg-type]
+    try:
+        info = await _put(js, user, name, source)
+    except nats.js.errors.APIError as exc:
+        # nats-py's put purged the chunks it had sent: what is stored stays under the limit
+        if exc.err_code == _ACCOUNT_LIMITS:
+            raise FileQuotaExceeded(
+                f"cannot store {name}: the files of {user} are at their quota (the secure "
+                f"profile's files_quota); delete executions whose results you have "
+                f"(kodo-bus executions rm ID)"
+            ) from None
+        if exc.err_code in _SERVER_FULL:
+            raise FileError(f"cannot store {name}: the server has no storage left") from None
+        raise
     return File(
         bucket=subjects.bucket_files(user),
         name=name,
         size=int(info.size or 0),
         digest=_hex(info.digest),
     )
+
+
+async def _put(
+    js: JetStreamContext, user: str, name: str, source: Path | str | bytes | BinaryIO
+) -> api.ObjectInfo:
+    store = await bucket(js, user)
+    meta = api.ObjectMeta(name=name, options=api.ObjectMetaOptions(max_chunk_size=CHUNK))
+    if isinstance(source, bytes):
+        return await store.put(name, io.BytesIO(source), meta=meta)
+    if isinstance(source, (str, Path)):
+        try:
+            stream = await asyncio.to_thread(Path(source).open, "rb")
+        except OSError as exc:
+            raise FileError(f"cannot read {source}: {exc.strerror or exc}") from None
+        try:
+            return await store.put(name, stream, meta=meta)
+        finally:
+            stream.close()
+    return await store.put(name, source, meta=meta)  # type: ignore[arg-type]
 
 
 async def _fetch(js: JetStreamContext, ref: File, target: BinaryIO) -> tuple[int, str]:
@@ -213,7 +235,16 @@ class InputFiles:
 
 
 async def names_of(js: JetStreamContext, user: str, execution: str) -> list[str]:
-    """Names of every object of one execution in `user`'s bucket (inputs and outputs).
+    """Names of every object of one execution in `user`'s bucket (inputs and outputs)."""
+    objects = await _objects_of(js, user, execution)
+    return [info.name for info, _ in objects if info.name and not info.deleted]
+
+
+async def _objects_of(
+    js: JetStreamContext, user: str, execution: str
+) -> list[tuple[api.ObjectInfo, str]]:
+    """Every object of one execution in `user`'s bucket, deleted ones too (nats-py's `delete`
+    leaves a metadata message marking them): its metadata and the subject of it.
 
     Reads the last metadata message of every object (not nats-py's `list`, whose watcher looks
     the stream up with `STREAM.NAMES`, which a client of the secure profile may not ask)."""
@@ -229,7 +260,7 @@ async def names_of(js: JetStreamContext, user: str, execution: str) -> list[str]
         deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
         pending_bytes_limit=PENDING_BYTES,
     )
-    names = []
+    found = []
     prefix = f"{execution}/"
     try:
         state = await sub.consumer_info()
@@ -239,51 +270,57 @@ async def names_of(js: JetStreamContext, user: str, execution: str) -> list[str]
             msg = await sub.next_msg(timeout=LIST_WAIT)
             left = msg.metadata.num_pending
             info = api.ObjectInfo.from_response(json.loads(msg.data))
-            if info.name and info.name.startswith(prefix) and not info.deleted:
-                names.append(info.name)
+            if info.name and info.name.startswith(prefix):
+                found.append((info, msg.subject))
     finally:
         await sub.unsubscribe()
-    return names
+    return found
 
 
 async def delete(js: JetStreamContext, user: str, execution: str) -> int:
-    """Delete every file of one execution; the number deleted."""
-    names = await names_of(js, user, execution)
-    if not names:
-        return 0
-    store = await js.object_store(subjects.bucket_files(user))
-    for name in names:
-        try:
-            await store.delete(name)
-        except nats.js.errors.ObjectNotFoundError:
-            continue
-    return len(names)
+    """Delete every file of one execution, leaving nothing of it in the bucket; the number
+    deleted.
+
+    Not nats-py's `delete`, which leaves a metadata message marking the object deleted (its
+    name, base64 in the subject): each object's chunks are purged, then its metadata. In that
+    order, so a delete cut short leaves an object that a second delete still finds."""
+    objects = await _objects_of(js, user, execution)
+    stream = subjects.obj_stream(subjects.bucket_files(user))
+    for info, meta in objects:
+        if info.nuid:
+            chunks = subjects.obj_subject(subjects.bucket_files(user), f"C.{info.nuid}")
+            await js.purge_stream(stream, subject=chunks)
+        await js.purge_stream(stream, subject=meta)
+    return sum(1 for info, _ in objects if not info.deleted)
 
 
-async def forget(js: JetStreamContext, user: str, execution: str) -> None:
-    """Delete one execution for good: its files, its events, then its record (last, so an
-    execution half deleted is still found and deleted again).
+async def forget(js: JetStreamContext, user: str, execution: str, node: str | None = None) -> int:
+    """Delete one execution for good: its files, its events, the entry of its `node`'s index
+    (`subjects.RECORD_NODE_KEY`) when the node is known, then its record (last, so an execution
+    half deleted is still found and deleted again); the number of files deleted.
 
     The events and the record are purged by subject, which needs `STREAM.PURGE` on the events
-    stream and the records bucket: the default profile and admins have it, a client of the
-    secure profile does not (its purge gets no answer: a `FileError` says so)."""
-    await delete(js, user, execution)
+    stream and the records bucket: the default profile, nodes and admins have it, a client of
+    the secure profile does not (its purge gets no answer: a `FileError` says so) and asks a
+    node instead (`Execution.delete`, `kodo.exec.<user>.<execution>.delete`)."""
+    deleted = await delete(js, user, execution)
     records = subjects.BUCKET_EXECUTIONS
-    purges = (
-        (subjects.STREAM_EVENTS, subjects.events(user, execution, "*")),
-        (
-            subjects.kv_stream(records),
-            subjects.kv_subject(records, subjects.record_key(user, execution)),
-        ),
-    )
+    purges = [(subjects.STREAM_EVENTS, subjects.events(user, execution, "*"))]
+    if node and subjects.is_token(node):
+        index = subjects.record_node_key(node, user, execution)
+        purges.append((subjects.kv_stream(records), subjects.kv_subject(records, index)))
+    record = subjects.kv_subject(records, subjects.record_key(user, execution))
+    purges.append((subjects.kv_stream(records), record))
     for stream, subject in purges:
         try:
             await js.purge_stream(stream, subject=subject)
         except nats.errors.TimeoutError:
             raise FileError(
                 f"execution {execution}: its files are deleted, but {stream} did not answer "
-                f"the purge (on the secure profile only an admin may delete events and records)"
+                f"the purge (on the secure profile only a node or an admin may delete events "
+                f"and records)"
             ) from None
+    return deleted
 
 
 async def upload_inputs(

@@ -40,7 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from . import subjects
+from . import files, subjects
 from .bus import ensure_execution_storage, jetstream, js_retry, respond, respond_error
 from .codec import MSG_ID, decode_msg
 from .config import ServiceSettings
@@ -87,6 +87,10 @@ RELAYS_AT_ONCE = 16
 FORWARDED = "Kodo-Forwarded-Subject"
 """Header of a cancel or answer one process of a node id hands to the process (replica) that
 holds the execution, on `kodo.work.<node>.control.<instance>`: the subject it came on."""
+DELETES_AT_ONCE = 4
+"""Deletes (`kodo.exec.<user>.<execution>.delete`) done at once; more wait in the subscription.
+Each is a few purges and a listing of the user's bucket: in tasks, so cancels and answers are
+not held up behind them."""
 FORWARD_WITHIN = ANSWER_RELAY + 1.0
 """Seconds a node waits for the reply of the node (or process) it handed a request to: that
 one may relay an answer to its worker for up to `ANSWER_RELAY`."""
@@ -156,6 +160,7 @@ class Runner:
         self._relay_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         self._hand_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         """Requests being handed to their holder at once; more wait in the subscription."""
+        self._delete_slots = asyncio.Semaphore(DELETES_AT_ONCE)
         self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = pool  # `kodo-bus try`: local_pool.LocalPool, no Ray
         self._js: JetStreamContext | None = None
@@ -601,7 +606,7 @@ class Runner:
         return ex
 
     async def _on_control(self, msg: Msg) -> None:
-        """A cancel or answer this process got, of all nodes' or of this node id's."""
+        """A cancel, answer or delete this process got, of all nodes' or of this node id's."""
         await self._control(msg, msg.subject, forward=True)
 
     async def _on_forwarded(self, msg: Msg) -> None:
@@ -610,8 +615,12 @@ class Runner:
 
     async def _control(self, msg: Msg, subject: str, *, forward: bool) -> None:
         parts = subject.split(".")
-        if len(parts) not in (5, 6) or parts[4] not in ("cancel", "answer"):
+        if len(parts) not in (5, 6) or parts[4] not in ("cancel", "answer", "delete"):
             return  # not a documented subject
+        if parts[4] == "delete":
+            if len(parts) == 5:  # no form addressed to a node (`subjects.EXEC_DELETE`)
+                await self._on_delete(msg, parts[2], parts[3])
+            return
         ex = self._held(subject)
         if ex is None:
             await self._from_record(msg, subject, forward=forward)
@@ -758,6 +767,52 @@ class Runner:
             return  # its holder is gone: unanswered, as if it had been asked itself
         if msg.reply:
             await self._nc.publish(msg.reply, reply.data, headers=reply.headers)
+
+    # A delete is answered from the record by whichever node gets it, never by the holder: only
+    # an ended execution is deleted, and a live one's holder would only say "cancel it first".
+    # The user is the subject's (what NATS permissions checked), never the body's.
+    async def _on_delete(self, msg: Msg, user: str, execution: str) -> None:
+        try:
+            decode_msg(msg, Empty)
+        except WireError as exc:
+            await respond_error(msg, exc.kind, str(exc))
+            return
+        await self._delete_slots.acquire()
+        task = asyncio.create_task(self._delete(msg, user, execution), name=f"delete-{execution}")
+        self._tasks.add(task)
+        task.add_done_callback(self._deleted)
+
+    def _deleted(self, task: asyncio.Task[Any]) -> None:
+        self._delete_slots.release()
+        self._done(task)
+
+    async def _delete(self, msg: Msg, user: str, execution: str) -> None:
+        """Delete an ended execution for good (`files.forget`): its files, events and record."""
+        if not (subjects.is_token(user) and subjects.is_token(execution)):
+            await respond_error(msg, "not_found", f"no execution {execution} of {user}")
+            return
+        assert self._js is not None and self._kv is not None
+        try:
+            stored = await read_record(self._kv, subjects.record_key(user, execution))
+        except Exception as exc:
+            log.warning("delete of %s: cannot read its record: %r", execution, exc)
+            await respond_error(msg, "internal", f"cannot read the record of {execution}: {exc}")
+            return
+        if stored is None:
+            await respond_error(msg, "not_found", f"no execution {execution} of {user}")
+            return
+        record = stored[0]
+        if record.status not in TERMINAL_STATUSES:
+            message = f"execution {execution} is {record.status}: cancel it first"
+            await respond_error(msg, "invalid_request", message)
+            return
+        try:
+            count = await files.forget(self._js, user, execution, node=record.node)
+        except Exception as exc:  # a purge failed: what is left is found by a second delete
+            log.warning("delete of %s: %r", execution, exc)
+            await respond_error(msg, "internal", f"execution {execution} is not deleted: {exc}")
+            return
+        await respond(msg, Ack(message=f"deleted execution {execution} ({count} files)"))
 
     async def _cancel_running(self, ex: _Execution) -> None:
         ex.cancel_requested = True

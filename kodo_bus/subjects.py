@@ -58,6 +58,11 @@ LAUNCH_NODE = "kodo.launch.*.{node}.*"
 """What a node subscribes to (queue group = node id, so replicas share launches)."""
 EXEC_CANCEL = "kodo.exec.{user}.{execution}.cancel"
 EXEC_ANSWER = "kodo.exec.{user}.{execution}.answer"
+EXEC_DELETE = "kodo.exec.{user}.{execution}.delete"
+"""The launcher asks the bus to delete an ended execution for good (files, events, record): one
+node of all (`EXEC_QUEUE`) does it from the record, with the purge rights a client of the secure
+profile lacks. No form addressed to a node: the execution has ended, any node may do it, and the
+one that ran it may be gone for good."""
 EXEC_CONTROL_ALL = "kodo.exec.*.*.*"
 EXEC_CANCEL_ALL = "kodo.exec.*.*.cancel"
 EXEC_ANSWER_ALL = "kodo.exec.*.*.answer"
@@ -221,6 +226,10 @@ def exec_answer(user: str, execution: str) -> str:
     return EXEC_ANSWER.format(user=user, execution=execution)
 
 
+def exec_delete(user: str, execution: str) -> str:
+    return EXEC_DELETE.format(user=user, execution=execution)
+
+
 def exec_cancel_at(user: str, execution: str, node: str) -> str:
     return EXEC_CANCEL_AT.format(user=user, execution=execution, node=node)
 
@@ -317,6 +326,7 @@ ALL_PATTERNS: tuple[str, ...] = (
     LAUNCH_NODE,
     EXEC_CANCEL,
     EXEC_ANSWER,
+    EXEC_DELETE,
     EXEC_CONTROL_ALL,
     EXEC_CANCEL_ALL,
     EXEC_ANSWER_ALL,
