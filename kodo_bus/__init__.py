@@ -3,6 +3,7 @@
 The public API is what `__all__` lists; every other module is private.
 """
 
+from . import nats_import  # noqa: F401  (first: nats-py without aiohttp, ~15 MB per process)
 from .client import Client
 from .config import ConnectSettings, Credentials, ServerSettings, ServiceSettings
 from .errors import (

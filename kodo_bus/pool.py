@@ -47,6 +47,42 @@ ACTOR_CONCURRENCY = 4
 calls: they arrive over NATS and run as tasks in the actor's event loop)."""
 
 
+LOCAL_RAY_CONFIG: dict[str, Any] = {"prestart_worker_first_driver": False}
+"""Ray system config of a node's own Ray (never a cluster's: `ray.init` refuses it there).
+
+Ray starts one idle worker per CPU as soon as a driver connects, so that tasks find one ready;
+a node runs its flows on its few long-lived actors instead, so those workers sat idle (~46 MB
+PSS each) until the actors took them — and one stayed idle for good when there are more CPUs
+than actors. Without them the first actor starts its own worker, at the first launch, which
+starts Ray anyway. Flows that start Ray tasks still get workers, started on demand.
+"""
+
+
+def _trim_local_ray() -> None:
+    """Stop the three processes of a node's own Ray that nothing of kodo-bus uses (~200 MB PSS
+    of the ~550 MB an idle local Ray takes on this machine, issue 18).
+
+    `ray.init` always starts them on a head node and has no switch to leave them out: the
+    autoscaler's monitor (no autoscaling on one machine; only `ray status` reads it), the log
+    monitor (it forwards Ray workers' stdout to the driver's terminal, `log_to_driver`; a flow's
+    output reaches its execution's events through the tracer, and a Ray task's stays in Ray's
+    session logs), and the dashboard's API server (`include_dashboard=False` already leaves it
+    nothing but usage statistics; the job and state APIs are not used). `ray start` leaves the
+    first two out with `--no-monitor --include-log-monitor=false`; here Ray's own `Node.kill_*`
+    stops each and forgets it, so `ray.shutdown` and its liveness checks are unaffected. GCS,
+    raylet and the raylet's two agents stay: the raylet cannot run without its agents. A Ray
+    cluster (`ray_address`) is never touched. Any failure here leaves Ray whole (logged).
+    """
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for name in ("kill_monitor", "kill_log_monitor", "kill_dashboard"):
+        try:
+            getattr(node, name)(check_alive=False)
+        except Exception as exc:  # another Ray version: costs memory, never the node
+            log.debug("local Ray: %s failed: %r", name, exc)
+
+
 class WorkerDied(Exception):
     """The Ray actor running an execution died (the flow called os._exit, OOM, crash...)."""
 
@@ -151,9 +187,15 @@ class ActorPool:
                 clusters = ray_constants.ENABLE_RAY_CLUSTER
                 ray_constants.ENABLE_RAY_CLUSTER = False
                 try:
-                    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+                    ray.init(
+                        address="local",
+                        include_dashboard=False,
+                        _node_ip_address="127.0.0.1",
+                        _system_config=LOCAL_RAY_CONFIG,
+                    )
                 finally:
                     ray_constants.ENABLE_RAY_CLUSTER = clusters
+                _trim_local_ray()
                 self._own_ray = True
                 self._ray_record = RayRecord()
                 self._record_ray()

@@ -1,0 +1,148 @@
+"""What the `kodo-bus up` stack keeps in memory (issue 18: ≤ 500 MB PSS after its first launch).
+
+Two savings, each checked on real processes:
+- a node's own Ray runs without the three processes nothing of kodo-bus uses (the autoscaler's
+  monitor, the log monitor, the dashboard's API server) and without idle prestarted workers;
+- importing kodo_bus leaves aiohttp out (nats-py loads it for WebSocket URLs only), and a
+  `ws://` URL still works, against a real nats-server with a WebSocket listener.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from kodo_bus import Client
+from kodo_bus.config import ServerSettings
+from kodo_bus.server import NatsServer
+
+from .conftest import REPO, Processes, free_ports
+from .test_ray_quiet import Output
+from .test_reliability_support import online_flow
+
+UNUSED = {
+    "autoscaler monitor": "autoscaler/_private/monitor.py",
+    "log monitor": "_private/log_monitor.py",
+    "dashboard API server": "dashboard/dashboard.py",
+}
+"""Ray processes a node's own Ray stops (pool.py `_trim_local_ray`), by their command line."""
+
+
+def pss_mb(proc: psutil.Process) -> float:
+    """Proportional set size, as smem counts it (shared pages split among their users)."""
+    for line in Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def family(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def described(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        return ""
+
+
+@pytest.mark.slow
+async def test_a_nodes_own_ray_runs_without_the_processes_kodo_bus_does_not_use(
+    nats_server: NatsServer, procs: Processes, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "KODO_"))}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    node = f"lean-node-{time.monotonic_ns() % 10**10}"
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "id": node,
+                "role": "hybrid",
+                "nats": [nats_server.url],
+                "heartbeat": 0.5,
+                "actors": 1,  # fewer actors than CPUs: a prestarted worker would stay idle
+                "flows": [{"module": "examples.hello"}],
+            }
+        )
+    )
+    proc = procs.spawn(
+        [sys.executable, "-m", "kodo_bus", "run", "--config", str(config)], env=env, cwd=str(REPO)
+    )
+    output = Output(proc)
+    async with Client(nats_server.url) as kb:
+        flow = await online_flow(kb, f"{node}/hello")
+        execution = await flow.launch({"name": "Ray"})  # the first: the node starts its Ray
+        assert await execution.result(timeout=120) == "Hello, **Ray**!"
+        # the actor is up and has run: whatever Ray started for the driver has started too
+        tree = family(proc.pid)
+        lines = [described(p) for p in tree]
+        found = {name for name, part in UNUSED.items() if any(part in line for line in lines)}
+        assert not found, f"{found} still run:\n" + "\n".join(lines)
+        idle = [line for line in lines if line.startswith("ray::IDLE")]
+        assert not idle, "\n".join(lines)
+        assert any(line.startswith("ray::ExecActor") for line in lines), "\n".join(lines)
+        print(f"node tree: {len(tree)} processes, {sum(map(pss_mb, tree)):.0f} MB PSS")
+        # Ray keeps working without them: a second launch, on the running actor
+        again = await flow.launch({"name": "again"})
+        assert await again.result(timeout=60) == "Hello, **again**!"
+    procs.stop(proc, timeout=60)
+    assert "Traceback" not in output.all(), output.all()
+
+
+WS_SCRIPT = """
+import asyncio, sys
+import kodo_bus
+assert "aiohttp" not in sys.modules, "kodo_bus imported aiohttp"
+import nats
+
+async def main(url):
+    nc = await nats.connect(url, connect_timeout=10, max_reconnect_attempts=0)
+    sub = await nc.subscribe("ws.check")
+    await nc.publish("ws.check", b"over a websocket")
+    msg = await sub.next_msg(timeout=10)
+    assert msg.data == b"over a websocket", msg.data
+    await nc.close()
+
+asyncio.run(main(sys.argv[1]))
+print("aiohttp loaded:", "aiohttp" in sys.modules)
+"""
+
+
+def test_kodo_bus_imports_without_aiohttp_and_a_websocket_url_still_works(
+    tmp_path: Path,
+) -> None:
+    (port,) = free_ports(1)
+    config = tmp_path / "ws.conf"
+    config.write_text(
+        (REPO / "nats-server.conf").read_text()
+        + f'\nwebsocket {{\n    listen: "127.0.0.1:{port}"\n    no_tls: true\n}}\n'
+    )
+    server = NatsServer(
+        ServerSettings(port=0, http_port=0, store=tmp_path / "store", config=config)
+    ).start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", WS_SCRIPT, f"ws://127.0.0.1:{port}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    assert "aiohttp loaded: True" in done.stdout  # the WebSocket transport imported it on use
