@@ -1,11 +1,15 @@
 """The web panel in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by
-selenium), against a real bus: a nats-server, a registry, a node serving `examples.hello`,
-`examples.hitl` and tests/web_flows.py on the session's Ray, and `kodo-bus web` — each a
-subprocess stopped by its PID.
+selenium), against a real bus: a nats-server, a registry, a node (two processes of one node
+id: two replicas) serving `examples.hello`, `examples.hitl`, `examples.files.chart` and
+tests/web_flows.py on the session's Ray, and `kodo-bus web` — each a subprocess stopped by its
+PID.
 
 It browses the flows, fills a form with a bad value then a good one, watches the execution's
 events arrive, answers `hitl`'s question, cancels a flow, follows a chain to its next flow,
-checks that hostile markdown/html ran no script, and refuses a POST without its CSRF token.
+checks that hostile markdown/html ran no script, and refuses a POST without its CSRF token;
+launches `chart` with a file from the form and downloads its output through the panel, filters
+executions by time, reads the nodes' load and replicas, and checks every page at a phone's
+width.
 With KODO_WEB_SCREENSHOTS=docs/img each page's screenshot goes there (the README shows them);
 without it none is written.
 
@@ -16,7 +20,9 @@ KODO_WEB_TESTS=local says this is a developer's machine without it (then it skip
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from examples.files.chart import bars
 from kodo_bus.client import Client
 from kodo_bus.server import NatsServer
 
@@ -61,9 +69,18 @@ def _logs(tmp: Path) -> str:
 
 
 class Panel:
-    def __init__(self, url: str, server: NatsServer) -> None:
+    def __init__(
+        self,
+        url: str,
+        server: NatsServer,
+        procs: Processes | None = None,
+        tmp: Path | None = None,
+    ) -> None:
         self.url = url
         self.server = server
+        self.procs = procs
+        self.tmp = tmp
+        self.small: str | None = None
 
 
 def _start(procs: Processes, argv: list[str], log: Path, env: dict[str, str]) -> None:
@@ -92,6 +109,7 @@ def panel(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Iterato
         config.write_text(
             f"id: {NODE}\nrole: node\nflows:\n  - module: examples.hello\n"
             "  - module: examples.hitl\n  - module: tests.web_flows\n"
+            "  - module: examples.files.chart\n"
         )
         env = {
             **os.environ,
@@ -102,11 +120,13 @@ def panel(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Iterato
         common = [*KODO_BUS, "run", "--nats", server.url, "--heartbeat", "0.5"]
         _start(procs, [*common, "--role", "registry", "--id", REGISTRY], tmp / "reg.log", env)
         _start(procs, [*common, "--config", str(config)], tmp / "node.log", env)
+        # a second process of the same node id: the Nodes page shows it as 2 replicas
+        _start(procs, [*common, "--config", str(config)], tmp / "node-replica.log", env)
         web_log = tmp / "web.log"
         _start(procs, [*KODO_BUS, "web", "--nats", server.url, "--port", "0"], web_log, env)
         url = _wait_for(lambda: _printed_url(web_log), procs, tmp, "the panel's URL")
         _wait_for(lambda: _flows_ready(server.url), procs, tmp, "the node's flows")
-        yield Panel(url, server)
+        yield Panel(url, server, procs, tmp)
     finally:
         procs.stop_all()
         server.stop()
@@ -123,7 +143,7 @@ def _flows_ready(url: str) -> bool:
     async def look() -> bool:
         async with Client(url) as kb:
             names = {f.name for f in await kb.flows(via=REGISTRY)}
-        return {"hello", "hitl", "greet", "xss", "linger", "trunk", "leaf"} <= names
+        return {"hello", "hitl", "greet", "xss", "linger", "trunk", "leaf", "chart"} <= names
 
     try:
         return asyncio.run(look())
@@ -186,7 +206,11 @@ def until(browser: WebDriver, check: Callable[[], Any], what: str, within: float
             return value
         if time.monotonic() > deadline:
             state = browser.execute_script("return window.kodoPanel || null")
-            raise AssertionError(f"{what}: not within {within:g} s (page state {state})")
+            shown = browser.execute_script("return document.body ? document.body.innerText : ''")
+            raise AssertionError(
+                f"{what}: not within {within:g} s (page state {state}; {browser.current_url} "
+                f"shows: {str(shown)[:900]!r})"
+            )
         time.sleep(0.05)
 
 
@@ -372,3 +396,202 @@ def test_a_post_without_the_csrf_token_is_refused(panel: Panel) -> None:
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(forged, timeout=10)
     assert caught.value.code == 403
+
+
+# -- files, the time filter, the nodes' load, a phone's width --------------------------------------
+CSV = "label,value\nalpha,3\nbeta,5\n"
+
+
+def fetch_bytes(browser: WebDriver, href: str) -> tuple[int, bytes]:
+    """GET `href` in the page (its cookies, its origin): the status and the body's bytes."""
+    got = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0], {credentials: 'same-origin'}).then(async r => {"
+        "  const bytes = new Uint8Array(await r.arrayBuffer());"
+        "  let bin = ''; for (const b of bytes) bin += String.fromCharCode(b);"
+        "  done([r.status, btoa(bin)]);"
+        "}, e => done([-1, '']));",
+        href,
+    )
+    return int(got[0]), base64.b64decode(got[1])
+
+
+def test_a_file_flow_from_the_form_and_its_output_downloaded(
+    panel: Panel, browser: WebDriver, tmp_path: Path
+) -> None:
+    source = tmp_path / "small.csv"
+    source.write_text(CSV)
+    browser.get(f"{panel.url}/flows/{NODE}/chart")
+    form = browser.find_element(By.CSS_SELECTOR, "form.launch")
+    assert form.get_attribute("enctype") == "multipart/form-data"
+    picker = browser.find_element(By.NAME, "in.data")
+    assert picker.get_attribute("type") == "file"
+    browser.find_element(By.CSS_SELECTOR, "form.launch button[type=submit]").click()
+    error = until(  # no file chosen: the node's rule, at the field, and nothing launched
+        browser,
+        lambda: browser.find_element(By.CSS_SELECTOR, '.field-error[data-field="data"]'),
+        "the field error at 'data'",
+    )
+    assert "required" in error.text.lower()
+    browser.find_element(By.NAME, "in.data").send_keys(str(source))
+    fill(browser, "title", "Web chart")
+    browser.find_element(By.CSS_SELECTOR, "form.launch button[type=submit]").click()
+    until(browser, lambda: "/executions/" in browser.current_url, "the execution page")
+    ended(browser)
+    assert status(browser) == "finished"
+    assert "2 rows read from small.csv" in browser.find_element(By.ID, "out").text
+    expected = bars([("alpha", 3.0), ("beta", 5.0)], "Web chart").encode()
+    item = browser.find_element(By.CSS_SELECTOR, '#files li.file[data-name="chart.svg"]')
+    digest = hashlib.sha256(expected).hexdigest()
+    assert item.get_attribute("data-digest") == digest
+    assert f"{len(expected):,} bytes" in item.text and digest[:12] in item.text
+    final = json.loads(browser.find_element(By.CSS_SELECTOR, "#final pre").text)
+    assert final["rows"] == 2 and final["sha256"] == digest
+    shot(browser, "files")
+    href = str(item.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href"))
+    code, body = fetch_bytes(browser, href)
+    assert code == 200 and body == expected
+    code, _ = fetch_bytes(browser, href.rsplit("/", 1)[0] + "/nothing.svg")
+    assert code == 404
+
+
+def test_a_file_larger_than_the_bound_is_refused(panel: Panel) -> None:
+    """The bound holds without a Content-Length too: a chunked body is counted as it comes."""
+    boundary = "kodoboundary"
+    cookie = "kodo_csrf=" + "c" * 43
+
+    def chunks() -> Iterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+            f'{"c" * 43}\r\n--{boundary}\r\nContent-Disposition: form-data; name="in.data"; '
+            'filename="big.csv"\r\nContent-Type: text/csv\r\n\r\n'
+        ).encode()
+        for _ in range(64):  # 256 KB in all, above the 4 KB bound of the panel below (and
+            yield b"x" * 4096  # little enough to be sent whole before the answer comes)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    small = _small_panel(panel, 4096)
+    request = urllib.request.Request(
+        f"{small}/flows/{NODE}/chart",
+        data=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Cookie": cookie},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            code, text = reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        code, text = exc.code, exc.read().decode()
+    assert code == 413 and "larger than 4096 bytes" in text
+
+
+def _small_panel(panel: Panel, limit: int) -> str:
+    """A second `kodo-bus web` on the same bus with `--upload-max limit`, for the module."""
+    known: str | None = getattr(panel, "small", None)
+    if known:
+        return known
+    assert panel.procs is not None and panel.tmp is not None
+    log = panel.tmp / "web-small.log"
+    argv = [*KODO_BUS, "web", "--nats", panel.server.url, "--port", "0"]
+    _start(panel.procs, [*argv, "--upload-max", str(limit)], log, {**os.environ})
+    url: str = _wait_for(lambda: _printed_url(log), panel.procs, panel.tmp, "the small panel")
+    panel.small = url
+    return url
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def test_executions_filtered_by_time(panel: Panel, browser: WebDriver) -> None:
+    launch_from_form(browser, panel, "hello")
+    ended(browser)
+    browser.get(f"{panel.url}/executions")
+    select = browser.find_element(By.NAME, "within")
+    select.find_element(By.CSS_SELECTOR, 'option[value="hour"]').click()
+    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    until(browser, lambda: "within=hour" in browser.current_url, "the filtered page")
+    now = time.time()
+    created = [
+        float(str(r.get_attribute("data-created")))
+        for r in browser.find_elements(By.CSS_SELECTOR, "tr.execution")
+    ]
+    assert created and all(now - 3600 <= c <= now + 5 for c in created)
+    everything = len(created)
+
+    def shown(query: str) -> list[float]:
+        browser.get(f"{panel.url}/executions?{query}")
+        return [
+            float(str(r.get_attribute("data-created")))
+            for r in browser.find_elements(By.CSS_SELECTOR, "tr.execution")
+        ]
+
+    assert shown(f"until={_utc(now - 86400)}") == []  # nothing is older than this module
+    assert "No execution matches" in browser.find_element(By.CSS_SELECTOR, "table.list").text
+    assert shown(f"since={_utc(now + 3600)}") == []
+    middle = sorted(created)[len(created) // 2]
+    later = shown(f"since={_utc(middle)}&until={_utc(now + 60)}")
+    assert later and all(c >= int(middle) for c in later) and len(later) <= everything
+    earlier = shown(f"until={_utc(middle - 1)}")
+    assert all(c <= middle for c in earlier) and len(earlier) < everything
+    browser.get(f"{panel.url}/executions?since=yesterday")
+    assert "since/until" in browser.find_element(By.ID, "filter-error").text
+    browser.get(f"{panel.url}/executions?within=day")
+    shot(browser, "executions")
+
+
+def test_nodes_show_load_and_replicas(panel: Panel, browser: WebDriver) -> None:
+    execution = launch_from_form(browser, panel, "linger")
+    until(browser, lambda: "lingering" in browser.find_element(By.ID, "out").text, "output")
+
+    def row() -> Any:
+        browser.get(f"{panel.url}/nodes")
+        return browser.find_element(By.CSS_SELECTOR, f'tr.node[data-node="{NODE}"]')
+
+    node = until(browser, lambda: (r := row()).get_attribute("data-running") != "0" and r, "load")
+    assert node.get_attribute("data-replicas") == "2"
+    assert "2 replicas" in node.text and "online" in node.text and "flows" in node.text
+    capacity = int(str(node.get_attribute("data-capacity")))
+    assert capacity >= 1
+    assert f"1/{capacity} running" in node.text
+    shot(browser, "nodes")
+    browser.get(f"{panel.url}/executions/{execution}")
+    browser.find_element(By.CSS_SELECTOR, "form.cancel button").click()
+    ended(browser)
+    until(browser, lambda: row().get_attribute("data-running") == "0", "the load back to 0")
+
+
+PHONE = (390, 844)
+
+
+def test_every_page_fits_a_phone(panel: Panel, browser: WebDriver) -> None:
+    finished = launch_from_form(browser, panel, "trunk")
+    ended(browser)
+    pages = [
+        "/",
+        f"/flows/{NODE}/greet",
+        f"/flows/{NODE}/chart",
+        f"/executions/{finished}",
+        "/executions",
+        "/executions?within=week",
+        "/nodes",
+    ]
+    browser.set_window_size(*PHONE)
+    try:
+        assert browser.execute_script("return window.innerWidth") <= PHONE[0]
+        wide = {}
+        for path in pages:
+            browser.get(panel.url + path)
+            if "/executions/" in path:
+                ended(browser)
+                browser.find_element(By.CSS_SELECTOR, "#console summary").click()
+            sizes = browser.execute_script(
+                "return [document.documentElement.scrollWidth, window.innerWidth]"
+            )
+            if sizes[0] > sizes[1]:
+                wide[path] = sizes
+        assert wide == {}, f"pages wider than the phone (scrollWidth, innerWidth): {wide}"
+        browser.get(f"{panel.url}/nodes")
+        shot(browser, "phone-nodes")
+    finally:
+        browser.set_window_size(1200, 900)

@@ -98,7 +98,7 @@ async def _submit_with_files(request: Request) -> Response:
         flow = await _flow(request)
     except KodoError as exc:
         return trouble(request, "Launch", exc, "/")
-    wanted = forms.file_fields(forms.fields_of(flow.schema))
+    wanted = [forms.PREFIX + f for f in forms.file_fields(forms.fields_of(flow.schema))]
     try:
         posted = await uploads.read(request, web_of(request).upload_max, wanted)
     except HTTPException as exc:
@@ -109,7 +109,8 @@ async def _submit_with_files(request: Request) -> Response:
     try:
         if not csrf.valid(request, posted.form.get(csrf.FIELD)):
             return refused(request)
-        return await _launch(request, flow, posted.form, posted.files)
+        paths = {k.removeprefix(forms.PREFIX): p for k, p in posted.files.items()}
+        return await _launch(request, flow, posted.form, paths)
     finally:
         await posted.remove()
 
