@@ -1,33 +1,185 @@
-"""`memory`: resident memory of an idle node, an idle registry, and a registry holding N flows.
+"""`memory`: resident memory of an idle node, an idle registry, a registry holding N flows, and
+the whole `kodo-bus up` stack after its first launch.
 
-Each is a `python -m kodo_bus run` process of its own, read with psutil once it announced
-itself (and, for the full registry, once its view is complete). The idle node serves the
-benchmark flows but has run nothing, so Ray is not loaded in it (a node starts Ray at its first
-launch; Ray's own processes are never counted here). Floor: a bare Python process that imported
-nats-py and pydantic — what any Python service on this bus costs before it does anything.
+Each service is a `python -m kodo_bus run` process of its own, read with psutil once it
+announced itself (and, for the full registry, once its view is complete). The idle node serves
+the benchmark flows but has run nothing, so Ray is not loaded in it (a node starts Ray at its
+first launch). Floor: a bare Python process that imported nats-py and pydantic — what any Python
+service on this bus costs before it does anything.
+
+The `up` stack (issue 18) is counted as smem counts it: PSS, from /proc/<pid>/smaps_rollup, of
+every process of the `kodo-bus up` tree (nats-server, registry, node, web panel, `up` itself and
+the node's own Ray: GCS, raylet, its agents, the actor's worker), summed, once the first launch
+of `hello` finished and `SETTLE` seconds passed. PSS splits a shared page among every process
+mapping it, machine-wide, so it reads a few percent higher on an idle machine than next to other
+Python processes; USS (pages of one process only) is given too, and is not. Floor: a bare Ray
+(`ray.init(address="local", include_dashboard=False)`, its driver included), idle, with one
+actor. Skipped with `--quick` (it starts Ray twice, about 30 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import psutil
 
+from ..client import Client
+from ..errors import KodoError
 from .common import Floor, ScenarioResult, Stopwatch
-from .env import BenchEnv
+from .env import BenchEnv, stop_process
 from .flows import FLOW_MODULE
 from .registry import fill
 from .simnodes import SimNodes
 
 TARGET_NODE_MB = 120.0
 TARGET_REGISTRY_MB = 250.0
+TARGET_UP_MB = 500.0
+SETTLE = 5.0
+"""Seconds after the first launch before the `up` stack is read (Ray's late starters start)."""
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+"""`up` serves the examples of a source checkout (an installed package has none)."""
+
+_BARE_RAY = """
+import sys, ray
+from ray._private import ray_constants
+ray_constants.ENABLE_RAY_CLUSTER = False
+ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+
+@ray.remote(num_cpus=0)
+class Idle:
+    def ping(self):
+        return 1
+
+actor = Idle.remote()
+ray.get(actor.ping.remote())
+print("ready", flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
 
 _BARE = "import sys, nats, pydantic, msgpack; print('ready', flush=True); sys.stdin.read()"
 
 
+def free_port() -> int:
+    """A free loopback port (released at once: `up` binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def smaps(pid: int) -> dict[str, float]:
+    """Pss, Rss, Private_Clean and Private_Dirty of one process, in MB ({} once it is gone)."""
+    sizes: dict[str, float] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return sizes
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in {"Pss", "Rss", "Private_Clean", "Private_Dirty"}:
+            sizes[key] = int(rest.split()[0]) / 1024
+    return sizes
+
+
+def tree_memory(pid: int) -> tuple[float, float, float, int]:
+    """PSS, RSS and USS of `pid` and every process below it, in MB, and how many processes."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0, 0.0, 0.0, 0
+    pss = rss = uss = 0.0
+    counted = 0
+    for proc in family:
+        sizes = smaps(proc.pid)
+        if sizes:
+            counted += 1
+            pss += sizes["Pss"]
+            rss += sizes["Rss"]
+            uss += sizes["Private_Clean"] + sizes["Private_Dirty"]
+    return pss, rss, uss, counted
+
+
+async def bare_ray_mb(settle: float = SETTLE) -> float:
+    """PSS of a bare local Ray, idle with one actor, its driver included."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _BARE_RAY,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), 180)
+        await asyncio.sleep(settle)
+        return tree_memory(proc.pid)[0]
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        await stop_process(proc, timeout=30)
+
+
+async def up_stack(settle: float = SETTLE) -> tuple[float, float, float, int, float]:
+    """Run `kodo-bus up` on free ports, launch `hello` once, read the tree: PSS, RSS, USS (MB),
+    processes, and the seconds from the start of `up` to the end of that first launch."""
+    port, web = free_port(), free_port()
+    url = f"nats://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="kodo-bench-up-") as tmp:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "kodo_bus",
+            "up",
+            "--port",
+            str(port),
+            "--http-port",
+            "0",
+            "--web-port",
+            str(web),
+            "--store",
+            str(Path(tmp) / "nats"),
+            "--examples",
+            str(EXAMPLES),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            first = await _first_launch(url, proc, deadline=started + 180)
+            await asyncio.sleep(settle)
+            pss, rss, uss, count = tree_memory(proc.pid)
+            return pss, rss, uss, count, first - started
+        finally:
+            await stop_process(proc, timeout=30)
+
+
+async def _first_launch(url: str, proc: asyncio.subprocess.Process, deadline: float) -> float:
+    """Launch up-node/hello once it is listed; when its result came (monotonic)."""
+    while True:
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise KodoError(f"kodo-bus up did not serve hello (exit code {proc.returncode})")
+        try:
+            async with Client(url, timeout=10) as kb:
+                flow = await kb.flow("up-node/hello")
+                execution = await flow.launch({"name": "bench"})
+                await execution.result(timeout=max(1.0, deadline - time.monotonic()))
+                return time.monotonic()
+        except (KodoError, OSError, TimeoutError):
+            await asyncio.sleep(0.5)  # the bus or the node is still starting
 
 
 async def bare_python_mb() -> float:
@@ -80,5 +232,18 @@ async def run(env: BenchEnv, *, nodes: int = 1000, flows: int = 20) -> ScenarioR
         target=TARGET_REGISTRY_MB,
     )
     await env.stop(proc)
+
+    if env.settings.quick:
+        result.notes.append("the `up` stack is not measured with --quick (it starts Ray)")
+    elif not (EXAMPLES / "up-node.yaml").exists():
+        result.notes.append(f"the `up` stack is not measured: no {EXAMPLES} (not a checkout)")
+    else:
+        ray_floor = Floor(name="bare Ray, idle, one actor", value=await bare_ray_mb(), unit="MB")
+        pss, rss, uss, count, first = await up_stack()
+        name = f"`kodo-bus up` stack after its first launch ({count} processes)"
+        result.add(f"{name}, PSS", pss, "MB", floor=ray_floor, target=TARGET_UP_MB)
+        result.add(f"{name}, USS", uss, "MB")
+        result.add(f"{name}, RSS", rss, "MB")
+        result.notes.append(f"`kodo-bus up` to the end of its first launch: {first:.1f} s")
     result.seconds = watch()
     return result
