@@ -143,3 +143,51 @@ def test_problems_land_at_their_fields() -> None:
     assert rest == ["nope: unknown input"]
     html = forms.render(fields, {"in.count": "9"}, placed)
     assert 'value="9"' in html and "too deep" in html and 'aria-invalid="true"' in html
+
+
+def test_a_login_secret_is_checked_and_never_shown() -> None:
+    import nkeys  # type: ignore[import-untyped]
+    from nats.aio.client import RawCredentials
+
+    from kodo_bus.errors import ConfigError
+    from kodo_bus.web.sessions import Secret
+
+    seed = nkeys.encode_seed(bytes(range(32)), nkeys.PREFIX_BYTE_USER).decode()
+    secret = Secret.of("nkey", f"  {seed}\n")
+    assert secret.options() == {"nkeys_seed_str": seed}
+    assert seed not in repr(secret) and seed not in str(secret)
+    broken = seed[:-2] + ("AA" if not seed.endswith("AA") else "BB")  # its checksum fails
+    for kind, text in (("nkey", broken), ("nkey", "SUshort"), ("creds", seed), ("token", "x")):
+        with pytest.raises(ConfigError) as caught:
+            Secret.of(kind, text)
+        assert seed not in str(caught.value)
+    creds = (
+        "-----BEGIN NATS USER JWT-----\neyJhbGciOi.x.y\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+    options = Secret.of("creds", creds).options()
+    assert isinstance(options["user_credentials"], RawCredentials)
+
+
+def test_uploaded_file_names_are_one_path_part() -> None:
+    from kodo_bus.web.uploads import NAME_MAX, safe_name
+
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("C:\\Users\\x\\report.csv") == "report.csv"
+    assert safe_name("..") == "upload" and safe_name("") == "upload"
+    long = safe_name("a" * 500 + ".csv")
+    assert len(long) <= NAME_MAX and long.endswith(".csv")
+
+
+def test_a_file_input_is_a_file_field() -> None:
+    from kodo_bus.models import File
+
+    class WithFile(BaseModel):
+        data: File = Field(description="CSV")
+        note: str = ""
+
+    fields = forms.fields_of(WithFile.model_json_schema())
+    assert [f.kind for f in fields] == ["file", "text"]
+    assert forms.file_fields(fields) == ["data"]
+    assert 'type="file"' in forms.render(fields) and 'name="in.data"' in forms.render(fields)
+    assert forms.parse(fields, {"in.data": "x", "in.note": "n"}) == {"note": "n"}

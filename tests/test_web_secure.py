@@ -21,7 +21,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import nkeys  # type: ignore[import-untyped]
 import psutil
 import pytest
 from selenium.webdriver.common.by import By
@@ -35,10 +37,25 @@ from kodo_bus.server import NatsServer
 from kodo_bus.web.sessions import COOKIE, Sessions
 
 from .conftest import KODO_BUS, REPO, Processes
-from .test_web import WAIT, _printed_url, _start, _wait_for, chromium, ended, status, until
+from .test_web import (
+    WAIT,
+    _printed_url,
+    _start,
+    _wait_for,
+    chromium,
+    ended,
+    shot,
+    status,
+    until,
+)
 
 pytestmark = pytest.mark.ray
 USERS = {"node1": "node", "reg1": "registry", "alice": "client", "bob": "client"}
+CAROL_SEED = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+"""carol is a client with an nkey: the server knows only her public key."""
+FILES_QUOTA = 64 * 1024**2
+"""Each client's files account reserves its quota of the server's file store: three clients at
+the default (5 GB) would not fit the profile's 10 GB and the server would not start."""
 SECRET_VARS = ("KODO_USER", "KODO_PASSWORD", "KODO_CREDS", "KODO_NKEY")
 
 
@@ -55,6 +72,7 @@ class SecurePanel:
     url: str
     server: NatsServer
     web_pid: int
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +81,9 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     directory = tmp_path_factory.mktemp("secure-web")
     store = UserStore(directory)
     for name, role in USERS.items():
-        store.add(name, role, password=password(name), rounds=4)
+        store.add(name, role, password=password(name), rounds=4, files_quota=FILES_QUOTA)
+    public = nkeys.from_seed(bytearray(CAROL_SEED.encode())).public_key.decode()
+    store.add("carol", "client", nkey=public, files_quota=FILES_QUOTA)
     server = NatsServer(
         ServerSettings(port=0, http_port=0, store=directory / "store", config=store.conf_file)
     ).start()
@@ -97,7 +117,7 @@ def panel(
         url = _wait_for(lambda: _printed_url(web_log), procs, tmp, "the panel's URL")
         assert "each browser logs in" in web_log.read_text()
         _wait_for(lambda: _hello_listed(bus.url), procs, tmp, "hello, as alice")
-        yield SecurePanel(url, bus, procs.procs[-1].pid)
+        yield SecurePanel(url, bus, procs.procs[-1].pid, web_log)
     finally:
         procs.stop_all()
 
@@ -226,6 +246,49 @@ def test_two_users_in_two_browsers_see_only_their_own(panel: SecurePanel) -> Non
         assert on_login_page(alice)
         users_become(panel, ["bob"])
         assert of_bob in listed(bob, panel)  # bob's session goes on
+
+
+def log_in_with_seed(browser: WebDriver, user: str, seed: str) -> None:
+    field = browser.find_element(By.NAME, "user")
+    field.clear()
+    field.send_keys(user)
+    browser.find_element(By.CSS_SELECTOR, "details.other-login summary").click()
+    browser.find_element(By.NAME, "seed").send_keys(seed)
+    browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+
+
+def test_login_with_an_nkey_seed(panel: SecurePanel) -> None:
+    other = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    with chromium() as carol:
+        carol.get(f"{panel.url}/executions")
+        assert on_login_page(carol)
+        shot(carol, "login")
+        log_in_with_seed(carol, "carol", other)  # a valid seed, not carol's key
+        error = until(carol, lambda: carol.find_element(By.ID, "login-error"), "the refusal")
+        assert "refused this user and nkey seed" in error.text
+        log_in_with_seed(carol, "carol", "SUnotaseed")
+        error = until(carol, lambda: carol.find_element(By.ID, "login-error"), "the check")
+        assert "58 characters" in error.text
+        log_in_with_seed(carol, "carol", CAROL_SEED)
+        until(carol, lambda: not on_login_page(carol), "carol's login")
+        assert carol.find_element(By.CSS_SELECTOR, "header .who").text == "carol"
+        assert users_with_nkey(panel)  # the panel holds a connection made with carol's key
+        mine = launch_hello(carol, panel, "Carol")  # launched and read as carol, over NATS
+        assert mine in listed(carol, panel)
+        for cookie in carol.get_cookies():  # the seed stays on the server
+            assert CAROL_SEED not in cookie["value"] and other not in cookie["value"]
+        assert CAROL_SEED not in carol.page_source
+        text = panel.log.read_text()
+        assert CAROL_SEED not in text and other not in text
+        carol.find_element(By.CSS_SELECTOR, "form.logout button").click()
+        until(carol, lambda: on_login_page(carol), "the login page after logout")
+
+
+def users_with_nkey(panel: SecurePanel) -> bool:
+    """Whether the nats-server lists a connection of the panel authenticated by carol's nkey
+    (`connz` names an nkey user by its public key)."""
+    public = nkeys.from_seed(bytearray(CAROL_SEED.encode())).public_key.decode()
+    return public in panel_nats_users(panel)
 
 
 # -- the session store, without a browser --------------------------------------------------------

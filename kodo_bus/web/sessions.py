@@ -17,6 +17,7 @@ all closed at stop. Logins in flight are bounded too, since each one opens a con
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 import time
@@ -84,6 +85,9 @@ def _check_seed(seed: str) -> None:
     import nkeys  # type: ignore[import-untyped,unused-ignore]  # an extra (ImportError: told)
 
     try:
+        raw = base64.b32decode(seed + "=" * (-len(seed) % 8))
+        if nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:  # (nkeys.from_seed does not check it)
+            raise ValueError("checksum")
         nkeys.from_seed(bytearray(seed.encode())).wipe()
     except Exception:
         raise ConfigError("this is not a valid nkey seed (its checksum does not match)") from None
