@@ -90,16 +90,35 @@ def smaps(pid: int) -> dict[str, float]:
     return sizes
 
 
-def tree_memory(pid: int) -> tuple[float, float, float, int]:
-    """PSS, RSS and USS of `pid` and every process below it, in MB, and how many processes."""
+def family(pid: int) -> list[psutil.Process]:
+    """`pid` and every process below it ([] once it is gone)."""
     try:
         root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0, 0.0, 0.0, 0
+        return []
+
+
+def is_web_panel(proc: psutil.Process) -> bool:
+    """`up`'s web panel (`python -m kodo_bus web`), which the issue's stack leaves out."""
+    try:
+        argv = proc.cmdline()
+    except psutil.Error:
+        return False
+    return argv[1:4] == ["-m", "kodo_bus", "web"]
+
+
+def tree_memory(
+    pid: int, *, leave_out: list[psutil.Process] | None = None
+) -> tuple[float, float, float, int]:
+    """PSS, RSS and USS of `pid` and every process below it but `leave_out` (and theirs), in
+    MB, and how many processes."""
+    left = {p.pid for proc in leave_out or [] for p in family(proc.pid)}
     pss = rss = uss = 0.0
     counted = 0
-    for proc in family:
+    for proc in family(pid):
+        if proc.pid in left:
+            continue
         sizes = smaps(proc.pid)
         if sizes:
             counted += 1
@@ -131,9 +150,12 @@ async def bare_ray_mb(settle: float = SETTLE) -> float:
         await stop_process(proc, timeout=30)
 
 
-async def up_stack(settle: float = SETTLE) -> tuple[float, float, float, int, float]:
-    """Run `kodo-bus up` on free ports, launch `hello` once, read the tree: PSS, RSS, USS (MB),
-    processes, and the seconds from the start of `up` to the end of that first launch."""
+async def up_stack(
+    settle: float = SETTLE,
+) -> tuple[tuple[float, float, float, int], tuple[float, float, float, int], float]:
+    """Run `kodo-bus up` on free ports, launch `hello` once, read the tree: PSS, RSS, USS (MB)
+    and processes of the whole tree, the same without the web panel, and the seconds from the
+    start of `up` to the end of that first launch."""
     port, web = free_port(), free_port()
     url = f"nats://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="kodo-bench-up-") as tmp:
@@ -161,8 +183,9 @@ async def up_stack(settle: float = SETTLE) -> tuple[float, float, float, int, fl
         try:
             first = await _first_launch(url, proc, deadline=started + 180)
             await asyncio.sleep(settle)
-            pss, rss, uss, count = tree_memory(proc.pid)
-            return pss, rss, uss, count, first - started
+            panel = [p for p in family(proc.pid) if is_web_panel(p)]
+            whole = tree_memory(proc.pid)
+            return whole, tree_memory(proc.pid, leave_out=panel), first - started
         finally:
             await stop_process(proc, timeout=30)
 
@@ -239,11 +262,15 @@ async def run(env: BenchEnv, *, nodes: int = 1000, flows: int = 20) -> ScenarioR
         result.notes.append(f"the `up` stack is not measured: no {EXAMPLES} (not a checkout)")
     else:
         ray_floor = Floor(name="bare Ray, idle, one actor", value=await bare_ray_mb(), unit="MB")
-        pss, rss, uss, count, first = await up_stack()
-        name = f"`kodo-bus up` stack after its first launch ({count} processes)"
-        result.add(f"{name}, PSS", pss, "MB", floor=ray_floor, target=TARGET_UP_MB)
-        result.add(f"{name}, USS", uss, "MB")
-        result.add(f"{name}, RSS", rss, "MB")
+        whole, bare, first = await up_stack()
+        for label, (pss, rss, uss, count) in (
+            ("`kodo-bus up` stack after its first launch", whole),
+            ("same without the web panel", bare),
+        ):
+            name = f"{label} ({count} processes)"
+            result.add(f"{name}, PSS", pss, "MB", floor=ray_floor, target=TARGET_UP_MB)
+            result.add(f"{name}, USS", uss, "MB")
+            result.add(f"{name}, RSS", rss, "MB")
         result.notes.append(f"`kodo-bus up` to the end of its first launch: {first:.1f} s")
     result.seconds = watch()
     return result
