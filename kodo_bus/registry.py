@@ -159,6 +159,7 @@ class Registry:
                 if subjects.is_token(entry.catalog.node):
                     stale.append(entry.catalog.node)
                 continue
+            self.view.share(entry.catalog)
             entries.append(entry)
         self.view.load(entries, time.time())
         if stale:  # not in the view: the first flush deletes their keys

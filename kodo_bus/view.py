@@ -9,11 +9,13 @@ is in `via`, the registries they passed through in `path` (see ARCHITECTURE.md, 
 
 from __future__ import annotations
 
+import sys
+from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
-from typing import NamedTuple
+from itertools import chain
+from typing import NamedTuple, TypeVar
 
 import msgpack
 
@@ -66,6 +68,28 @@ def flow_items(entry: NodeEntry) -> list[FlowItem]:
     ]
 
 
+_Refs = dict[str, int] | tuple[str, int] | None
+"""The nodes holding one value of the text index: most values (a flow's summary) belong to one
+node, kept as a (node, mask) pair — a dict per value cost a registry holding 200,000 flows some
+35 MB; a dict once two nodes or more hold it; None once none does (an unused slot)."""
+
+_BIT = [1 << i for i in range(64)]
+"""One int object per single-bit mask: most masks are one flow's bit, shared, not one object
+per value and node."""
+
+
+def _bit(pos: int) -> int:
+    return _BIT[pos] if pos < 64 else 1 << pos
+
+
+def _ref_items(refs: _Refs) -> Iterable[tuple[str, int]]:
+    if refs is None:
+        return ()
+    if type(refs) is tuple:
+        return (refs,)
+    return refs.items()  # type: ignore[union-attr]
+
+
 class _Values:
     """The text index: every distinct searchable value of the view, and where it occurs.
 
@@ -73,57 +97,93 @@ class _Values:
     share many (replicas of a node, a description reused across nodes), so each distinct value is
     kept once: in `values`, and laid end to end (SOH between two) in `blob`, which a query scans
     with a few `str.find` — C speed, not a Python loop over 20,000+ flows. `refs[k]` maps each
-    node holding value `k` to a bit mask of its flows that do (bit `i`: the catalog's flow `i`).
+    node holding value `k` to a bit mask of its flows that do (bit `i`: the catalog's flow `i`;
+    see `_Refs` for its compact forms).
 
     Maintained node by node (`add`, `discard`) as catalogs change, never rebuilt for a query; new
     values join `blob` at the next search. Values no flow holds any more stay as unused slots
     (still in `blob`, matching nothing) until they are the majority: then the view re-indexes.
+    So `values` only grows (between two re-indexings), and the slots a text matches among its
+    first `n` values never change: `_memo` keeps them for the texts searched lately, and a text
+    searched again scans only the values added since (a scan of the blob of 200,000 distinct
+    summaries costs milliseconds; clients repeat their filters — a panel, `Client.flow(name)`).
     """
 
     COMPACT_MIN = 4096
     """Unused slots tolerated whatever the size of the index."""
+    MEMO_TEXTS = 256
+    """Texts whose matching slots are remembered (the oldest forgotten past it)."""
+    MEMO_SLOTS = 4096
+    """A text matching more values than this is not remembered (scanning costs little next to
+    merging that many slots)."""
 
     def __init__(self) -> None:
         self.slot: dict[str, int] = {}
         self.values: list[str] = []
-        self.refs: list[dict[str, int]] = []
+        self.refs: list[_Refs] = []
         self.unused = 0
         """Slots whose `refs` are empty."""
         self.blob = ""
-        self.starts: list[int] = []
+        self.starts: array[int] = array("q")
         """Where each of the first `len(starts)` values begins in `blob`."""
+        self._memo: dict[str, tuple[int, list[int]]] = {}
+        """Text → (n, the slots among the first n values that contain it, used or not)."""
 
     def add(self, node: str, flows: Sequence[FlowInfo]) -> tuple[int, ...]:
         """Index the flows of `node` (not indexed yet); returns the slots of its values."""
         masks: dict[str, int] = {}
         get = masks.get
         for pos, f in enumerate(flows):
-            bit = 1 << pos
+            bit = _bit(pos)
             for field in (f.name, f.summary, f.description, *f.tags):
                 if field:  # a query never searches the empty string
                     value = field.lower()
-                    masks[value] = get(value, 0) | bit
+                    if value == field:
+                        value = field  # the catalog's own string, not a copy of it
+                    old = get(value)
+                    masks[value] = bit if old is None else old | bit
         slots: list[int] = []
         for value, mask in masks.items():
             k = self.slot.get(value)
             if k is None:
                 k = self.slot[value] = len(self.values)
                 self.values.append(value)
-                self.refs.append({node: mask})
+                self.refs.append((node, mask))
             else:
                 refs = self.refs[k]
-                if not refs:
+                if refs is None:
                     self.unused -= 1
-                refs[node] = mask
+                    self.refs[k] = (node, mask)
+                elif type(refs) is tuple:
+                    self.refs[k] = {refs[0]: refs[1], node: mask}
+                else:
+                    refs[node] = mask  # type: ignore[index]
             slots.append(k)
         return tuple(slots)
 
     def discard(self, node: str, slots: Iterable[int]) -> None:
         """Forget the flows of `node` (`slots`: what `add` returned)."""
+        all_refs = self.refs
         for k in slots:
-            refs = self.refs[k]
-            if refs.pop(node, None) is not None and not refs:
+            refs = all_refs[k]
+            if refs is None:
+                continue
+            if type(refs) is tuple:
+                if refs[0] == node:
+                    all_refs[k] = None
+                    self.unused += 1
+            elif refs.pop(node, None) is not None and not refs:  # type: ignore[union-attr]
+                all_refs[k] = None
                 self.unused += 1
+
+    def mask(self, k: int, node: str) -> int:
+        """The flows of `node` holding value `k`."""
+        refs = self.refs[k]
+        if refs is None:
+            return 0
+        if type(refs) is tuple:
+            return refs[1] if refs[0] == node else 0
+        return refs.get(node, 0)  # type: ignore[union-attr]
 
     def needs_compacting(self) -> bool:
         return self.unused > self.COMPACT_MIN and self.unused * 2 > len(self.values)
@@ -134,14 +194,31 @@ class _Values:
         refs = self.refs
         if "\1" in text:  # could match across two values: test value by value
             return [k for k, value in enumerate(self.values) if text in value and refs[k]]
+        count = len(self.values)
+        memo = self._memo.pop(text, None)
+        if memo is None:
+            found = self._scan(text, 0)
+        else:
+            found = memo[1]
+            if memo[0] < count:
+                found = found + self._scan(text, memo[0])
+        if len(found) <= self.MEMO_SLOTS:
+            self._memo[text] = (count, found)  # last: the most recently used
+            if len(self._memo) > self.MEMO_TEXTS:
+                del self._memo[next(iter(self._memo))]
+        return [k for k in found if refs[k] is not None]
+
+    def _scan(self, text: str, first: int) -> list[int]:
+        """Slots from `first` on whose value contains `text`, used or not."""
         blob, starts = self.blob, self.starts
         last = len(starts) - 1
+        if first > last:
+            return []
         found: list[int] = []
-        pos = blob.find(text)
+        pos = blob.find(text, starts[first])
         while pos != -1:
             k = bisect_right(starts, pos) - 1
-            if refs[k]:
-                found.append(k)
+            found.append(k)
             if k >= last:
                 break
             pos = blob.find(text, starts[k + 1])
@@ -151,11 +228,13 @@ class _Values:
         """Node id → bit mask of its flows with a value containing `text`; read-only."""
         slots = self.search(text)
         if len(slots) == 1:  # the common case: the answer is in the index as it is
-            return self.refs[slots[0]]
+            refs = self.refs[slots[0]]
+            if type(refs) is dict:
+                return refs
         merged: dict[str, int] = {}
         get = merged.get
         for k in slots:
-            for node, mask in self.refs[k].items():
+            for node, mask in _ref_items(self.refs[k]):
                 merged[node] = get(node, 0) | mask
         return merged
 
@@ -243,7 +322,8 @@ class _Node:
         self.tag_masks: dict[str, int] = {}
         for pos, f in enumerate(catalog.flows):
             for tag in f.tags:
-                self.tag_masks[tag] = self.tag_masks.get(tag, 0) | 1 << pos
+                was = self.tag_masks.get(tag)
+                self.tag_masks[tag] = _bit(pos) if was is None else was | _bit(pos)
         self.bodies: dict[str, tuple[NodeStatus, list[bytes | None]]] = {}
 
     def tagged(self, wanted: Sequence[str]) -> int:
@@ -255,11 +335,11 @@ class _Node:
 
     def matching(self, text: str, index: _Values) -> int:
         """Mask of the flows with a value containing `text`."""
-        node, values, refs = self.catalog.node, index.values, index.refs
+        node, values = self.catalog.node, index.values
         mask = 0
         for k in self.slots:
             if text in values[k]:
-                mask |= refs[k][node]
+                mask |= index.mask(k, node)
         return mask
 
     def item(self, pos: int, status: NodeStatus) -> FlowItem:
@@ -287,10 +367,12 @@ class _Node:
 
 
 def _both(masks: dict[str, int], other: dict[str, int]) -> dict[str, int]:
-    """`masks & other`, node by node, iterated in C (nodes left with 0 stay)."""
-    keys = masks.keys()
-    both = map(int.__and__, masks.values(), map(other.get, keys, repeat(0)))
-    return dict(zip(keys, both, strict=True))
+    """`masks & other`, node by node, walking the smaller of the two (nodes left with 0 may
+    stay; a node in one only is left out)."""
+    if len(other) < len(masks):
+        masks, other = other, masks
+    get = other.get
+    return {n: m & o for n, m in masks.items() if (o := get(n)) is not None}
 
 
 _Hit = tuple[_Node, int, NodeStatus]
@@ -348,6 +430,21 @@ class _Replica:
     so a judgement made for an older suspicion never applies to a newer one."""
 
 
+_K = TypeVar("_K")
+
+
+def _first(pair: tuple[float, object]) -> float:
+    return pair[0]
+
+
+def _due(order: dict[_K, float], now: float, ttl: float) -> Iterator[_K]:
+    """The keys of `order` (oldest first) heard more than `ttl` before `now`."""
+    for key, heard in order.items():
+        if not now - heard > ttl:
+            return
+        yield key
+
+
 class Expired(NamedTuple):
     """What one liveness tick found."""
 
@@ -362,6 +459,56 @@ class Expired(NamedTuple):
 def same_content(a: Catalog, b: Catalog) -> bool:
     """Whether two announcements offer the same node (replicas differ in instance and start)."""
     return a == b.model_copy(update={"instance": a.instance, "started": a.started})
+
+
+class _Shared:
+    """One object for equal pieces of the catalogs a view holds.
+
+    Nodes running the same code announce the same schemas, descriptions, tags and versions, and
+    each decoded catalog holds its own copies: a flow's `input_schema` alone is a few nested
+    dicts and their strings, about 1 KB, for every one of 200,000 flows. A catalog entering the
+    view gives its flows the objects already held: strings through `sys.intern`, schemas
+    through a table keyed by their msgpack bytes (equal bytes, equal schema: a 1 and a 1.0 pack
+    apart). Catalogs are read, never changed in place, so sharing is safe; the table is
+    bounded (cleared when full: sharing is an economy, not a fact anything relies on).
+    """
+
+    MAX_BYTES = 4 * 2**20
+    """Bytes of distinct schemas (packed) held, at most."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[bytes, dict[str, object]] = {}
+        self.size = 0
+
+    def catalog(self, catalog: Catalog) -> None:
+        intern, schemas, get = sys.intern, self.schemas, self.schemas.get
+        pack = msgpack.Packer().pack
+        for f in catalog.flows:
+            # a validated model's own values, replaced by equal ones (a summary is mostly a
+            # flow's own: not worth the look-up)
+            fields = f.__dict__
+            fields["name"] = intern(fields["name"])
+            for name in ("description", "version", "author"):
+                value = fields[name]
+                if value:
+                    fields[name] = intern(value)
+            tags = fields["tags"]
+            if tags:
+                tags[:] = map(intern, tags)
+            schema = fields["input_schema"]
+            try:
+                key = pack(schema)
+            except (TypeError, ValueError, OverflowError):
+                continue  # not msgpack data (a hybrid's own catalog, say): kept as it is
+            held = get(key)
+            if held is None:
+                if self.size + len(key) > self.MAX_BYTES:
+                    schemas.clear()
+                    self.size = 0
+                schemas[key] = schema
+                self.size += len(key)
+            else:
+                fields["input_schema"] = held
 
 
 class View:
@@ -392,6 +539,9 @@ class View:
         `entries` goes through the methods below, which note it here."""
         self._tags: dict[str, dict[str, int]] = {}
         """The tag index: tag → node → bit mask of its flows carrying the tag."""
+        self._tag_flows: dict[str, int] = {}
+        """Tag → flows carrying it (a tag on every flow of the view filters nothing: a query
+        skips it rather than intersecting every node's masks)."""
         self._names: dict[str, dict[str, int]] = {}
         """The name index: flow name → node → bit mask of its flows of that name (a client
         resolving one flow asks for it by name: one lookup, not a scan of every flow)."""
@@ -400,6 +550,15 @@ class View:
         self._rank: dict[str, int] | None = None
         """Position of each node in view order (None: to recompute, the order changed)."""
         self._local: NodeEntry | None = None
+        self._shared = _Shared()
+        self._processes: dict[tuple[str, str], float] = {}
+        """(node, instance) → when last heard, in that order (oldest first): what `expire`
+        reads. Holds the processes not suspected yet (a suspected one returns when heard)."""
+        self._seen: dict[str, float] = {}
+        """Direct node → its `last_seen`, in that order (oldest first)."""
+        self._latest = float("-inf")
+        self._ordered = True
+        """False once a time older than `_latest` was noted: the orders may be out of order."""
 
     # -- replicas --------------------------------------------------------------------------------
     def replica(self, node: str, instance: str) -> _Replica | None:
@@ -432,12 +591,34 @@ class View:
         if rep is None:
             if len(known) < MAX_REPLICAS:
                 known[instance] = _Replica(now, revision, hb)
+                self._heard_at((node, instance), now)
             return
         rep.seen = now
         rep.revision = revision
         rep.suspect = 0
         if hb is not None:
             rep.heartbeat = hb
+        self._heard_at((node, instance), now)
+
+    def _heard_at(self, process: tuple[str, str], now: float) -> None:
+        """`process` was heard at `now`: last in the order `expire` reads."""
+        order = self._processes
+        order.pop(process, None)
+        order[process] = now
+        if now < self._latest:
+            self._ordered = False
+        else:
+            self._latest = now
+
+    def _seen_at(self, node: str, now: float) -> None:
+        """Direct `node` was heard at `now` (its `last_seen`): last in the order `expire` reads."""
+        order = self._seen
+        order.pop(node, None)
+        order[node] = now
+        if now < self._latest:
+            self._ordered = False
+        else:
+            self._latest = now
 
     def join(self, catalog: Catalog, now: float) -> bool:
         """Track a process whose catalog the view does not take (a rival): its executions are
@@ -488,9 +669,11 @@ class View:
                 continue
             if entry.status == "online":
                 entry.last_seen = now
-            for rep in self.replicas.get(node, {}).values():
+                self._seen_at(node, now)
+            for instance, rep in self.replicas.get(node, {}).items():
                 rep.seen = now
                 rep.suspect = 0
+                self._heard_at((node, instance), now)
             if self._count(entry):
                 changed.append(node)
         return changed
@@ -528,11 +711,13 @@ class View:
             catalog = old.catalog  # the same object keeps the node's index and cached bodies
         else:
             self._dirty.add(node)
+            self._shared.catalog(catalog)
         if old is None:
             self._rank = None
         if not direct:
             self.replicas.pop(node, None)
         self.see(node, instance, revision, now, None)  # the announcer, not the kept catalog's
+        self._seen_at(node, now)
         entry = self.entries[node] = NodeEntry(
             catalog=catalog,
             status="online",
@@ -554,6 +739,7 @@ class View:
         entry = self.entries[hb.node]
         self.see(hb.node, hb.instance, hb.revision, now, hb)
         entry.last_seen = now
+        self._seen_at(hb.node, now)
         entry.heartbeat = self._load_of(hb.node, hb)
         counted = self._count(entry)
         if entry.status == "offline":
@@ -744,6 +930,7 @@ class View:
             catalog = current.catalog  # unchanged: its index and cached bodies stay valid
         else:
             self._dirty.add(node)
+            self._shared.catalog(catalog)
         if current is None:
             self._rank = None
         chosen = NodeEntry.model_construct(
@@ -765,6 +952,12 @@ class View:
             or current.catalog is not catalog
         )
 
+    def share(self, catalog: Catalog) -> None:
+        """Give `catalog` the pieces equal to those of catalogs held (see `_Shared`): for
+        entries about to be `load`ed, called as each is decoded, so their copies are freed at
+        once rather than all held at the peak of a restart."""
+        self._shared.catalog(catalog)
+
     def load(self, entries: Iterable[NodeEntry], now: float) -> None:
         """Adopt persisted entries, giving each node (and source) one `ttl` to show it lives.
 
@@ -776,6 +969,8 @@ class View:
                 continue
             if entry.status == "online":
                 entry.last_seen = now
+                if not entry.via:
+                    self._seen_at(entry.catalog.node, now)
             if entry.via:
                 self.source_seen.setdefault(entry.via, now)
                 path = entry.path or [entry.via]
@@ -792,6 +987,58 @@ class View:
         fell_silent = stale - self._stale
         self._stale = stale
         out = Expired([], [], [])
+        if self._ordered and now >= self._latest:
+            self._expire_due(now, ttl, out)
+        else:
+            self._expire_all(now, ttl, out)
+        for source in fell_silent:  # another live copy, or the same one shown offline
+            out.changed.extend(n for n in list(self.heard.get(source, {})) if self._choose(n))
+        return out
+
+    def _expire_due(self, now: float, ttl: float, out: Expired) -> None:
+        """`expire` for the direct nodes and processes, reading only those silent past `ttl`.
+
+        Every sign of life puts its process (and its node's `last_seen`) last in `_processes`
+        (and `_seen`), so both are in the order they were last heard and the silent ones are
+        first: a tick at 10,000 nodes reads the few that fell silent, not every entry (that
+        loop was a fifth of a registry's CPU under steady beating). A time that went back
+        (`_ordered` false) and anything found out of step makes the next tick read everything
+        (`_expire_all`), which also puts both orders right again.
+        """
+        due = list(_due(self._processes, now, ttl))
+        fell: list[str] = []
+        for process in due:
+            del self._processes[process]
+            node, instance = process
+            entry = self.entries.get(node)
+            rep = self.replicas.get(node, {}).get(instance)
+            if rep is None or rep.suspect or entry is None or entry.via != "":
+                continue  # gone, judged already, or not ours to judge: heard again, it is back
+            if not now - rep.seen > ttl:
+                self._ordered = False  # heard without passing `see`: look at all next time
+                continue
+            self._suspicions += 1
+            rep.suspect = self._suspicions
+            out.silent.append((node, instance, rep.suspect))
+            fell.append(node)
+        for node in dict.fromkeys(fell):
+            if self._count(self.entries[node]):
+                out.changed.append(node)
+        for node in list(_due(self._seen, now, ttl)):
+            del self._seen[node]
+            entry = self.entries.get(node)
+            if entry is None or entry.via != "" or entry.status == "offline":
+                continue
+            if not now - entry.last_seen > ttl:
+                self._ordered = False
+                continue
+            out.died.append(node)
+            entry.status = "offline"
+            out.changed.append(node)
+
+    def _expire_all(self, now: float, ttl: float, out: Expired) -> None:
+        """`expire` for the direct nodes and processes, reading every one; then the orders
+        `_expire_due` reads are rebuilt from what the view holds."""
         for node, entry in self.entries.items():
             if entry.via == "":
                 fell = False
@@ -808,9 +1055,23 @@ class View:
                 out.died.append(node)
                 entry.status = "offline"
                 out.changed.append(node)
-        for source in fell_silent:  # another live copy, or the same one shown offline
-            out.changed.extend(n for n in list(self.heard.get(source, {})) if self._choose(n))
-        return out
+        processes = [
+            (rep.seen, (node, instance))
+            for node, known in self.replicas.items()
+            for instance, rep in known.items()
+            if not rep.suspect
+        ]
+        seen = [
+            (e.last_seen, node)
+            for node, e in self.entries.items()
+            if e.via == "" and e.status == "online"
+        ]
+        processes.sort(key=_first)
+        seen.sort(key=_first)
+        self._processes = {p: t for t, p in processes}
+        self._seen = {n: t for t, n in seen}
+        self._latest = max(processes[-1][0] if processes else now, seen[-1][0] if seen else now)
+        self._ordered = True
 
     # -- queries ---------------------------------------------------------------------------------
     def all_entries(self) -> list[NodeEntry]:
@@ -851,6 +1112,8 @@ class View:
             found = self._values.matches(text)  # read-only: the index's own dict, maybe
             masks = found if masks is None else _both(masks, found)
         for tag in wanted:
+            if self._flows and self._tag_flows.get(tag) == self._flows:
+                continue  # every flow of the view carries it: it narrows nothing
             tagged = self._tags.get(tag, {})
             masks = tagged if masks is None else _both(masks, tagged)
         total = self._flows if masks is None else sum(map(int.bit_count, masks.values()))
@@ -981,11 +1244,14 @@ class View:
             if old is not None:
                 values.discard(node_id, old.slots)
                 self._flows -= len(old.catalog.flows)
-                for tag in old.tag_masks:
+                for tag, mask in old.tag_masks.items():
                     tagged = self._tags[tag]
                     del tagged[node_id]
                     if not tagged:
                         del self._tags[tag]
+                        del self._tag_flows[tag]
+                    else:
+                        self._tag_flows[tag] -= mask.bit_count()
                 for f in old.catalog.flows:
                     named = self._names.get(f.name)
                     if named is not None and named.pop(node_id, None) is not None and not named:
@@ -1000,9 +1266,11 @@ class View:
                 self._flows += len(catalog.flows)
                 for tag, mask in node.tag_masks.items():
                     self._tags.setdefault(tag, {})[node_id] = mask
+                    self._tag_flows[tag] = self._tag_flows.get(tag, 0) + mask.bit_count()
                 for pos, f in enumerate(catalog.flows):
                     named = self._names.setdefault(f.name, {})
-                    named[node_id] = named.get(node_id, 0) | 1 << pos
+                    was = named.get(node_id)
+                    named[node_id] = _bit(pos) if was is None else was | _bit(pos)
         self._dirty.clear()
         if values.needs_compacting():
             self._reindex()

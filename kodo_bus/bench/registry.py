@@ -34,8 +34,11 @@ from .common import Floor, ScenarioResult, Stopwatch, cpu_seconds, percentile
 from .env import BenchEnv, BenchError
 from .simnodes import SimNodes
 
-TARGET_COMPLETE_S = 3.0
-TARGET_CPU_PCT = 15.0
+TARGET_COMPLETE_S = 5.0
+TARGET_RESET_S = 10.0
+TARGET_CPU_RATIO = 2.0
+"""Registry CPU ÷ a bare nats-py listener of the same heartbeats, measured side by side."""
+TARGET_RSS_MB = 600.0
 TARGET_QUERY_MS = 5.0
 
 
@@ -164,7 +167,7 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
                 value=start + SYNC_SPREAD,
                 unit="s",
             ),
-            target=TARGET_COMPLETE_S,
+            target=TARGET_RESET_S,
         )
         result.notes.append(
             f"--cache-reset: process ready after {started - t0:.2f} s, then nodes answer "
@@ -182,6 +185,7 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
             loaded,
             "s",
             floor=Floor(name="python start + import kodo_bus", value=start, unit="s"),
+            target=TARGET_COMPLETE_S,
         )
 
         if restored.flows < total:
@@ -189,9 +193,18 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
                 f"restart from cache served {restored.flows:,} of {total:,} flows at first"
             )
 
-        # 4. heartbeat load (next to a bare listener of the same messages, for the floor)
+        # 4. heartbeat load (next to a bare listener of the same messages, for the floor).
+        # The restart's kodo.sync has every node re-announce its catalog within a second: the
+        # registry decodes 10,000 catalogs (seconds of CPU) while the bare listener, started
+        # later, skips them. Steady beating is measured once that is over.
+        ps = psutil.Process(proc.pid)
+        settle = await _settle(ps, sims)
+        result.notes.append(
+            f"before the heartbeat load: the registry took {settle:.2f} s of CPU for the "
+            f"restart's {nodes:,} re-announced catalogs (not in the CPU figure)"
+        )
         async with floors.BareListener(env.url, subjects.NODE_ALL) as bare:
-            ps, ps_bare = psutil.Process(proc.pid), psutil.Process(bare.pid)
+            ps_bare = psutil.Process(bare.pid)
             cpu0, bare0 = cpu_seconds(ps), cpu_seconds(ps_bare)
             t0 = time.perf_counter()
             beats = await sims.heartbeats(heartbeat, load_seconds)
@@ -208,9 +221,10 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
             cpu,
             "% core",
             floor=cpu_floor if bare_cpu > 0 else None,
-            target=TARGET_CPU_PCT,
         )
-        result.add(f"RSS holding {total:,} flows", rss, "MB")
+        if bare_cpu > 0:
+            result.add("CPU ÷ bare listener", cpu / bare_cpu, "x", target=TARGET_CPU_RATIO)
+        result.add(f"RSS holding {total:,} flows", rss, "MB", target=TARGET_RSS_MB)
         result.notes.append(f"{beats:,} heartbeats in {elapsed:.1f} s")
 
         # 5. a filtered query
@@ -230,6 +244,29 @@ async def run(  # noqa: PLR0915 (one measured sequence, read top to bottom)
         await sims.stop()
     result.seconds = watch()
     return result
+
+
+SETTLED_PCT = 5.0
+"""The registry's CPU share, over `SETTLE_SLICE`, below which it is done with a burst."""
+SETTLE_SLICE = 0.5
+SETTLE_WITHIN = 30.0
+
+
+async def _settle(ps: psutil.Process, sims: SimNodes) -> float:
+    """Wait until the nodes answered the registry's sync and the registry is done with their
+    catalogs (its CPU share back under `SETTLED_PCT`, or `SETTLE_WITHIN` seconds passed);
+    returns the CPU seconds it spent meanwhile."""
+    start = cpu_seconds(ps)
+    await sims.answered()
+    deadline = time.monotonic() + SETTLE_WITHIN
+    before = cpu_seconds(ps)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(SETTLE_SLICE)  # a measuring interval, not a wait for a condition
+        now = cpu_seconds(ps)
+        if (now - before) / SETTLE_SLICE * 100 < SETTLED_PCT:
+            break
+        before = now
+    return cpu_seconds(ps) - start
 
 
 async def _confirm(nc: NATS, registry: str, flows: int) -> None:

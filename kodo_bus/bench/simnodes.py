@@ -78,6 +78,11 @@ class SimNodes:
             self._sync = None
         await self._tasks.close()
 
+    async def answered(self) -> None:
+        """Until every `kodo.sync` heard so far is answered (each node re-announced)."""
+        while self._tasks.tasks:
+            await asyncio.wait(list(self._tasks.tasks))
+
     async def announce_all(self) -> None:
         """Every node announces at once (a fleet starting together)."""
         for node, (body, headers) in self._bodies.items():
