@@ -23,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -595,3 +596,63 @@ def test_every_page_fits_a_phone(panel: Panel, browser: WebDriver) -> None:
         shot(browser, "phone-nodes")
     finally:
         browser.set_window_size(1200, 900)
+
+
+def test_a_download_that_fails_its_digest_is_never_delivered_whole(
+    panel: Panel, browser: WebDriver
+) -> None:
+    """A `file` event whose digest is not its object's: one chunk → an error answer; several →
+    the stream is cut before its last chunk, so the download fails (read with urllib here:
+    Chromium's fetch of a cut body can hang past selenium's script timeout)."""
+    small, large = b"a few bytes\n", os.urandom(3 * 128 * 1024 + 7)
+    execution = asyncio.run(_execution_with_wrong_digests(panel.server.url, small, large))
+    browser.get(panel.url)
+    base = f"{panel.url}/executions/{execution}/files"
+    code, body = fetch_bytes(browser, f"{base}/small.bin")
+    assert code == 410 and b"sha256" in body and small not in body
+    with (
+        pytest.raises(http.client.IncompleteRead) as cut,
+        urllib.request.urlopen(f"{base}/large.bin", timeout=30) as reply,
+    ):
+        reply.read()
+    assert len(cut.value.partial) < len(large)  # the last chunk held back, the stream cut
+    code, body = fetch_bytes(browser, f"{base}/good.bin")
+    assert code == 200 and body == small
+
+
+async def _execution_with_wrong_digests(url: str, small: bytes, large: bytes) -> str:
+    """An ended execution of the panel's user whose `file` events name real objects, two of
+    them with a digest that is not theirs (as a node's worker would write events)."""
+    from kodo_bus import files, subjects
+    from kodo_bus.executions import create_record, event_message
+    from kodo_bus.models import Event, ExecutionRecord
+
+    async with Client(url) as kb:
+        execution = os.urandom(16).hex()
+        now = time.time()
+        kv = await kb.js.key_value(subjects.BUCKET_EXECUTIONS)
+        await create_record(
+            kv,
+            ExecutionRecord(
+                execution=execution, flow="files", node=NODE, launcher=kb.user,
+                status="finished", created=now, updated=now,
+            ),
+        )  # fmt: skip
+        events: list[tuple[str, Any]] = []
+        for name, content, lie in (
+            ("small.bin", small, True), ("large.bin", large, True), ("good.bin", small, False),
+        ):  # fmt: skip
+            obj = subjects.file_name(execution, "out", name)
+            ref = await files.upload(kb.js, kb.user, obj, content)
+            if lie:
+                ref = ref.model_copy(update={"digest": "0" * 64})
+            events.append(("file", ref.model_dump()))
+        events.append(("status", {"status": "finished"}))
+        for seq, (kind, data) in enumerate(events, 1):
+            event = Event(
+                execution=execution, seq=seq, ts=time.time(), kind=kind, node=NODE,
+                flow="files", launcher=kb.user, data=data,
+            )  # fmt: skip
+            subject, body, headers = event_message(event)
+            await kb.js.publish(subject, body, headers=headers)
+        return execution
