@@ -484,14 +484,16 @@ class _Shared:
         intern, schemas, get = sys.intern, self.schemas, self.schemas.get
         pack = msgpack.Packer().pack
         for f in catalog.flows:
-            # a validated model's own values, replaced by equal ones (a summary is mostly a
-            # flow's own: not worth the look-up)
+            # a validated model's own values, replaced by equal ones (a summary or an author
+            # is mostly a flow's own, or empty: not worth the look-up on a burst's path)
             fields = f.__dict__
             fields["name"] = intern(fields["name"])
-            for name in ("description", "version", "author"):
-                value = fields[name]
-                if value:
-                    fields[name] = intern(value)
+            value = fields["description"]
+            if value:
+                fields["description"] = intern(value)
+            value = fields["version"]
+            if value:
+                fields["version"] = intern(value)
             tags = fields["tags"]
             if tags:
                 tags[:] = map(intern, tags)
