@@ -146,3 +146,52 @@ def test_an_unchanged_catalog_keeps_its_cached_bodies() -> None:
     view.beat(Heartbeat(node="n", revision=node.catalog.revision), 2.0)  # back online
     assert view.flows_encoded(query, MSGPACK) == first
     check(view, query)
+
+
+def test_a_text_searched_again_sees_the_values_added_since() -> None:
+    """The index remembers the slots a text matched; values added later must still be found,
+    values no flow holds any more must not."""
+    view = View("me")
+    view.put_catalog(catalog("n1", 3), time.time())
+    query = FlowsQuery(q="zeta")
+    check(view, query)
+    assert "zeta" in view._values._memo
+    zeta = [FlowInfo(name="z", summary="the zeta flow")]
+    view.put_catalog(catalog("n2", 1).model_copy(update={"revision": 2, "flows": zeta}), 1.0)
+    check(view, query)
+    assert view.flows(query).total == 1
+    view.remove("n2")
+    check(view, query)
+    assert view.flows(query).total == 0
+    view.put_catalog(catalog("n3", 1).model_copy(update={"revision": 3, "flows": zeta}), 1.0)
+    assert view.flows(query).total == 1
+
+
+def test_catalogs_in_a_view_share_equal_schemas_and_keep_their_values() -> None:
+    """Equal schemas become one object (memory at 200,000 flows); a schema that only compares
+    equal (1 and 1.0, a flag and 1) is not taken for another, and nothing changes value."""
+
+    def flows(schema: dict[str, object]) -> list[FlowInfo]:
+        return [FlowInfo(name="f", description="same words", tags=["t"], input_schema=schema)]
+
+    view = View("me")
+    schemas: list[dict[str, object]] = [
+        {"type": "object", "maximum": 1},
+        {"type": "object", "maximum": 1},
+        {"type": "object", "maximum": 1.0},
+        {"type": "object", "maximum": True},
+    ]
+    sent = []
+    for i, schema in enumerate(schemas):
+        cat = Catalog.model_validate_json(
+            Catalog(node=f"n{i}", revision=1, flows=flows(schema)).model_dump_json()
+        )
+        sent.append(cat.model_copy(deep=True))
+        view.put_catalog(cat, 1.0)
+    held = [view.entries[f"n{i}"].catalog for i in range(4)]
+    assert held == sent
+    got = [c.flows[0].input_schema for c in held]
+    assert got[0] is got[1]
+    assert got[2] is not got[0] and got[3] is not got[0] and got[3] is not got[2]
+    assert [type(s["maximum"]) for s in got] == [int, int, float, bool]
+    assert held[0].flows[0].description is held[3].flows[0].description
