@@ -9,11 +9,8 @@ own bus, where registries with feed on take it in; it never takes anything in.
 What goes on the wire is a numbered stream per bus (see `RegistryView` and ARCHITECTURE.md,
 "Federation"): the whole view once (`full`, cut into parts under `CHUNK_BYTES`), then only the
 entries that changed (`changes`), and a small `beat` in a quiet heartbeat interval so receivers
-know the sender lives. A changed entry whose catalog the stream already carried goes out without
-it (`SAME`: its status, path... and the catalog's node and revision, some 200 bytes instead of
-kilobytes). A receiver that misses a message (a gap in `seq`, a new `epoch`, a `SAME` entry whose
-catalog it does not hold) asks for a `full` on the bus it heard the stream on; nothing else ever
-resends the whole view.
+know the sender lives. A receiver that misses a message (a gap in `seq`, a new `epoch`) asks for
+a `full` on the bus it heard the stream on; nothing else ever resends the whole view.
 """
 
 from __future__ import annotations
@@ -72,12 +69,6 @@ PACE_PARTS = 16
 the server and the receivers keep up with, not as one burst of tens of MB."""
 ENCODE_SLICE = 100
 """Entries encoded between two turns of the event loop when a view goes out."""
-SAME = "same"
-"""Field of an entry in `changes` (wire only, not a `NodeEntry` field) saying its catalog is the
-one this stream last carried for the node: only the catalog's `node` and `revision` are sent.
-A change of status, replicas or route is most of a federation's changes (a registry that falls
-behind turns thousands of nodes offline and back), and with the catalog each one cost 4.4 KB
-per node and hop (20 flows with schemas), the bulk of the bytes that kept a 5-bus chain behind."""
 _FLOWS_KEY = msgpack.packb("flows")
 _UNPACK_ERRORS = (
     ValueError,
@@ -112,65 +103,41 @@ def parse_view(subject: str, data: bytes) -> tuple[dict[str, Any], list[WireEntr
     of the node's status. The flows are skipped here (C speed, nothing allocated) and decoded
     later only for catalogs whose bytes the registry has not seen yet.
     """
-    head, nodes = parse_head(subject, data)
-    return head, parse_entries(subject, data, nodes)
-
-
-def parse_head(subject: str, data: bytes) -> tuple[dict[str, Any], tuple[int, int]]:
-    """A msgpack `RegistryView`'s fields but its nodes, and where the nodes are: a receiver
-    that already holds a `full` reads no further (see `Peers.decode`)."""
     up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
     up.feed(data)
     head: dict[str, Any] = {}
-    nodes = (0, 0)
+    entries: list[WireEntry] = []
     try:
         for _ in range(up.read_map_header()):
             key = up.unpack()
-            if key == "nodes":
-                at = up.tell()
-                up.skip()
-                nodes = (at, up.tell())
-            else:
+            if key != "nodes":
                 head[key] = up.unpack()
+                continue
+            for _ in range(up.read_array_header()):
+                fields: dict[str, Any] = {}
+                span = flows = (0, 0)
+                small: dict[str, Any] = {}
+                for _ in range(up.read_map_header()):
+                    name = up.unpack()
+                    if name != "catalog":
+                        fields[name] = up.unpack()
+                        continue
+                    start = up.tell()
+                    for _ in range(up.read_map_header()):
+                        field = up.unpack()
+                        if field == "flows":
+                            at = up.tell()
+                            up.skip()
+                            flows = (at, up.tell())
+                        else:
+                            small[field] = up.unpack()
+                    span = (start, up.tell())
+                entries.append(WireEntry(span, flows, small, fields))
         if up.tell() != len(data):
             raise msgpack.ExtraData(None, None)
     except _UNPACK_ERRORS as exc:
         raise WireError(subject, f"undecodable view ({exc!r})") from None
-    return head, nodes
-
-
-def parse_entries(subject: str, data: bytes, nodes: tuple[int, int]) -> list[WireEntry]:
-    """The entries of the nodes array at `nodes` in `data` (spans are offsets in `data`)."""
-    if nodes[1] <= nodes[0]:
-        return []
-    base = nodes[0]
-    up = msgpack.Unpacker(raw=False, max_buffer_size=max(nodes[1] - base, 1))
-    up.feed(memoryview(data)[base : nodes[1]])
-    entries: list[WireEntry] = []
-    try:
-        for _ in range(up.read_array_header()):
-            fields: dict[str, Any] = {}
-            span = flows = (0, 0)
-            small: dict[str, Any] = {}
-            for _ in range(up.read_map_header()):
-                name = up.unpack()
-                if name != "catalog":
-                    fields[name] = up.unpack()
-                    continue
-                start = up.tell()
-                for _ in range(up.read_map_header()):
-                    field = up.unpack()
-                    if field == "flows":
-                        at = up.tell()
-                        up.skip()
-                        flows = (base + at, base + up.tell())
-                    else:
-                        small[field] = up.unpack()
-                span = (base + start, base + up.tell())
-            entries.append(WireEntry(span, flows, small, fields))
-    except _UNPACK_ERRORS as exc:
-        raise WireError(subject, f"undecodable view ({exc!r})") from None
-    return entries
+    return head, entries
 
 
 @dataclass(slots=True)
@@ -184,9 +151,6 @@ class _Outbound:
     """A `full` is due (first message, or someone asked)."""
     last: float = 0.0
     """When the last message went out (monotonic)."""
-    sent: dict[str, Catalog] = field(default_factory=dict)
-    """Node → the catalog this stream last carried for it (since its last `full`): a change
-    that keeps that very catalog object goes out as a `SAME` entry. Bounded by the view."""
 
 
 @dataclass(slots=True)
@@ -229,12 +193,6 @@ class Peers:
         self._catalogs: dict[str, dict[bytes, Catalog]] = {}
         """Node → catalogs taken in, by a digest of the bytes they arrived as (and of the urls
         filled in when they had none): the same bytes again are not decoded again."""
-        self._unresolved = False
-        """The message `decode` just read held a `SAME` entry whose catalog we do not hold
-        (read by `receive`, right after, to ask for a `full`)."""
-        self._skipped = False
-        """The message `decode` just read is a part of a `full` we hold already (its entries
-        not read; `receive` only moves the stream on)."""
         self._packed: dict[str, tuple[Catalog, bytes, int, int]] = {}
         """Node → its catalog (the object), that catalog in msgpack, and where its flows (the
         bulk) are in those bytes: encoded once, not at every change of the node's status, on
@@ -273,8 +231,7 @@ class Peers:
                 await self._publisher
             self._publisher = None
         for _, out in self._targets():
-            # a new epoch: a receiver holding our stream must read this `full` (see `_holds`)
-            out.epoch, out.seq, out.full = secrets.token_hex(6), 0, True
+            out.full = True
         await self._publish()
 
     def changed(self, nodes: Iterable[str]) -> None:
@@ -324,20 +281,15 @@ class Peers:
         are not decoded either; in `changes` they count as removed (the sender's earlier copy,
         if any, must not be chosen any more).
         """
-        self._unresolved = self._skipped = False
         if content_type_of(msg.data, msg.headers) != MSGPACK or not msg.data:
             return self._checked(decode_msg(msg, RegistryView))
-        head, nodes = parse_head(msg.subject, msg.data)
+        head, raw = parse_view(msg.subject, msg.data)
         try:
             view = RegistryView.model_validate({**head, "nodes": []})
         except ValidationError as exc:
             raise WireError(msg.subject, f"not a valid RegistryView: {exc}") from None
         if view.kind == "ask":
             return view, []
-        if view.kind == "full" and self._holds(view, urls):
-            self._skipped = True
-            return view, []
-        raw = parse_entries(msg.subject, msg.data, nodes)
         fill = view.urls or urls or []
         me = self.settings.id
         problems: list[str] = []
@@ -350,14 +302,7 @@ class Peers:
                 looped.append(node)
                 continue
             try:
-                if item.fields.get(SAME) is True:
-                    same = self._same(view.registry, node, item.head.get("revision"))
-                    if same is None:
-                        self._unresolved = True
-                        continue
-                    catalog = same
-                else:
-                    catalog = self._catalog(node, item, data, fill)
+                catalog = self._catalog(node, item, data, fill)
                 problem = catalog_problem(catalog)
                 if problem is not None:
                     problems.append(problem)
@@ -370,36 +315,6 @@ class Peers:
         if looped and view.kind == "changes":
             view.removed.extend(looped)
         return view, problems
-
-    def _holds(self, view: RegistryView, urls: list[str] | None) -> bool:
-        """Whether we hold all `view` (a part of a `full`) says: we took in a whole `full` of
-        its stream and every message since, in order, so its entries are what we have.
-
-        A `full` goes to every registry listening on the bus when one of them asked; decoding
-        it cost each of the others as much as the one that missed something (tens of MB at
-        10,000 nodes), and a chain of registries kept each other behind that way. A sender
-        heard on two buses is read whole (its copies are kept per sender, not per stream).
-        """
-        state = self._in.get((view.registry, (urls or [""])[0]))
-        return (
-            state is not None
-            # heard on one bus only: its copies (per sender, in `View.heard`) are this stream's
-            and sum(sender == view.registry for sender, _ in self._in) == 1
-            and state.synced
-            and state.got is None
-            and state.epoch == view.epoch
-            and view.seq == state.seq + 1
-        )
-
-    def _same(self, sender: str, node: object, revision: object) -> Catalog | None:
-        """The catalog `sender` last gave us for `node`, if it is at `revision` (a `SAME` entry
-        of its stream); None when we do not hold it (a part of the stream missed)."""
-        if not isinstance(node, str):
-            return None
-        held = self.registry.view.heard.get(sender, {}).get(node)
-        if held is None or held.catalog.revision != revision:
-            return None
-        return held.catalog
 
     def _checked(self, view: RegistryView) -> tuple[RegistryView, list[str]]:
         """`decode`'s rules for a view decoded whole (JSON, from a foreign publisher): the same
@@ -454,13 +369,10 @@ class Peers:
     def receive(self, view: RegistryView, urls: list[str] | None) -> set[str]:
         """Take in one message of another registry's stream; returns nodes whose entry changed.
 
-        Out of order (a gap, a new epoch, a `full` whose parts do not follow, a `SAME` entry
-        whose catalog we do not hold), the stream is asked for a `full` again; `changes` are
-        applied all the same (they are newer than what we hold for those nodes) and the `full`
-        puts the rest right.
+        Out of order (a gap, a new epoch, a `full` whose parts do not follow), the stream is
+        asked for a `full` again; `changes` are applied all the same (they are newer than what
+        we hold for those nodes) and the `full` puts the rest right.
         """
-        unresolved, self._unresolved = self._unresolved, False
-        skipped, self._skipped = self._skipped, False
         sender, bus = view.registry, (urls or [""])[0]
         view_ = self.registry.view
         now = time.time()
@@ -475,8 +387,6 @@ class Peers:
         state.epoch, state.seq = view.epoch, view.seq
         changed: set[str] = set()
         fill = view.urls or urls or []
-        if view.kind == "full" and skipped and in_order:
-            return view_.heard_from(sender, now)  # we hold all it says (`_holds`)
         if view.kind == "full":
             # each part is taken in as it comes (as changes: its entries are the sender's
             # newest), so a `full` missing a part still brings what arrived; only the
@@ -500,7 +410,7 @@ class Peers:
             changed = view_.take_changes(sender, view.nodes, view.removed, fill, now)
         else:
             changed = view_.heard_from(sender, now)
-        if not (in_order and state.synced) or unresolved:
+        if not (in_order and state.synced):
             state.synced = False
             self._ask(state, sender, bus)
         return changed
@@ -591,54 +501,23 @@ class Peers:
         else:
             entries, removed = [], []
         now = time.monotonic()
+        body: list[bytes] | None = None
         whole: tuple[list[NodeEntry], list[bytes]] | None = None
-        # entries of `entries` encoded, by index, shared by the streams: with their catalog
-        # (`bodies`), as `SAME` entries (`stubs`)
-        bodies: dict[int, bytes] = {}
-        stubs: dict[int, bytes] = {}
         for key, out in list(self._targets()):
             if out.full:
-                out.full = False  # before sending: a failed send asks for a `full` again
                 if whole is None:
                     nodes = self.registry.republished().nodes
                     whole = nodes, await self._encoded(nodes)
-                kept, _ = self._horizon(key, whole[0])
-                out.sent = {whole[0][i].catalog.node: whole[0][i].catalog for i in kept}
-                await self._send_stream(out, "full", [whole[1][i] for i in kept], [])
+                kept, _ = _split_horizon(key, *whole)
+                await self._send_stream(out, "full", kept, [])
+                out.full = False
             elif entries or removed:
-                kept, skipped = self._horizon(key, entries)
-                todo = [i for i in kept if i not in bodies and not self._carried(out, entries[i])]
-                encoded = await self._encoded([entries[i] for i in todo])
-                bodies.update(zip(todo, encoded, strict=True))
-                chunk: list[bytes] = []
-                for i in kept:
-                    entry = entries[i]
-                    if self._carried(out, entry):
-                        if i not in stubs:
-                            stubs[i] = self.pack_same(entry, [*entry.path, self.settings.id])
-                        chunk.append(stubs[i])
-                    else:
-                        chunk.append(bodies[i])
-                        out.sent[entry.catalog.node] = entry.catalog
-                gone = removed + skipped
-                for node in gone:
-                    out.sent.pop(node, None)
-                await self._send_stream(out, "changes", chunk, gone)
+                if body is None:
+                    body = await self._encoded(entries)
+                kept, skipped = _split_horizon(key, entries, body)
+                await self._send_stream(out, "changes", kept, removed + skipped)
             elif now - out.last >= self.settings.heartbeat * 0.9:
                 await self._send_stream(out, "beat", [], [])
-
-    @staticmethod
-    def _carried(out: _Outbound, entry: NodeEntry) -> bool:
-        """Whether `out` already carried this very catalog of the entry's node."""
-        return out.sent.get(entry.catalog.node) is entry.catalog
-
-    def _horizon(self, bus: str, entries: list[NodeEntry]) -> tuple[list[int], list[str]]:
-        """What goes out on `bus` ('' for our own, else the link's url): the indexes of the
-        entries kept, and the ids of the nodes left out (see `_split_horizon`)."""
-        if not bus:
-            return list(range(len(entries))), []
-        here = {sender for sender, heard_on in self._in if heard_on == bus}
-        return _split_horizon(bus, entries, here)
 
     async def _encoded(self, entries: list[NodeEntry]) -> list[bytes]:
         """Each entry as it goes out: with this registry at the end of its path.
@@ -691,14 +570,6 @@ class Peers:
             fields["path"] = path
         return _pack(fields, body, "catalog")
 
-    def pack_same(self, entry: NodeEntry, path: list[str]) -> bytes:
-        """`entry` as a `SAME` entry: its fields, and of its catalog only node and revision."""
-        fields = entry.model_dump(mode="json", exclude_none=True, exclude={"catalog"})
-        fields["path"] = path
-        fields[SAME] = True
-        head = msgpack.packb({"node": entry.catalog.node, "revision": entry.catalog.revision})
-        return _pack(fields, head, "catalog")
-
     async def _send_stream(
         self, out: _Outbound, kind: str, entries: list[bytes], removed: list[str]
     ) -> None:
@@ -741,26 +612,24 @@ class Peers:
 
 
 def _split_horizon(
-    bus: str, entries: list[NodeEntry], heard_here: set[str]
-) -> tuple[list[int], list[str]]:
-    """What goes out on the link's `bus`: the indexes of the entries kept, and the ids of the
-    nodes left out; left out are nodes living on that bus (their `urls` name it) and entries
-    whose chosen copy came from a registry heard on that bus (`heard_here`).
+    bus: str, entries: list[NodeEntry], encoded: list[bytes]
+) -> tuple[list[bytes], list[str]]:
+    """What goes out on `bus` ('' for our own, else the link's url): every entry but those of
+    nodes living on that bus (their `urls` name it), and the ids of those left out.
 
     The registries of a bus hear its nodes directly, and a copy sent back came around a loop:
     in a ring or a chain that was a fifth of each whole view at 5 buses, sent for nothing.
-    Likewise every registry listening on a bus hears the streams sent there: a copy taken from
-    one of them and sent back is one hop longer than the copy they already hold (in a 5-bus
-    chain the middle registries sent back half of every view they published). A node is
-    offered nowhere else by these rules: only back where it is heard already.
+    A node is offered nowhere else by this rule: only back where it is heard first-hand.
     """
-    kept: list[int] = []
+    if not bus:
+        return encoded, []
+    kept: list[bytes] = []
     skipped: list[str] = []
-    for i, entry in enumerate(entries):
-        if bus in entry.catalog.urls or (entry.via and entry.via in heard_here):
+    for entry, body in zip(entries, encoded, strict=True):
+        if bus in entry.catalog.urls:
             skipped.append(entry.catalog.node)
         else:
-            kept.append(i)
+            kept.append(body)
     return kept, skipped
 
 
