@@ -9,6 +9,10 @@ Also reported: CPU time per execution of each process taking part, over the time
 process (the SDK launching, the node accepting and handing over), the Ray processes it started
 (the actors running the flows, and Ray's own) and the embedded nats-server. On two cores they
 are what bounds the rate: their sum per execution is what a no-op execution costs.
+
+The same run is then made with the node in a `kodo-bus run` process of its own (its actors on
+the same Ray), as deployed — the first figures have the SDK and the node share this process
+(issue 18 asks for both).
 """
 
 from __future__ import annotations
@@ -16,14 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 
 import psutil
 from nats.aio.msg import Msg
 
 from .. import subjects
+from ..client import Client
+from ..errors import FlowNotFound
+from ..flow_ref import Flow
 from . import floors
 from .common import Floor, ScenarioResult, Stopwatch, cpu_seconds
 from .env import BenchEnv, BenchError
+from .flows import FLOW_MODULE
 
 TARGET_PER_S = 500.0
 
@@ -37,6 +46,84 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
     await env.service()
     kb = await env.client()
     flow = await kb.flow("bench-noop", via=env.service_id)
+    elapsed, accepted, cpu_used, failed = await _measure(
+        kb, flow, n, warmup, lambda: _processes(env)
+    )
+    ray_floor = Floor(name="bare Ray tasks", value=await floors.ray_tasks_per_second(n), unit="/s")
+    _add_figures(
+        result, n=n, elapsed=elapsed, accepted=accepted, ray_floor=ray_floor, cpu_used=cpu_used
+    )
+    if failed:
+        result.notes.append(f"{failed} of {n} executions did not finish")
+    await _separate(env, kb, result, n=n, warmup=warmup, ray_floor=ray_floor)
+    result.seconds = watch()
+    return result
+
+
+async def _separate(
+    env: BenchEnv, kb: Client, result: ScenarioResult, *, n: int, warmup: int, ray_floor: Floor
+) -> None:
+    """The same run with the node in a process of its own (`kodo-bus run`, its actors on this
+    run's Ray), as a deployment has it: the figures above share one process and one event loop
+    between the SDK and the node, which saves a NATS hop's worth of work but makes them compete
+    for one core."""
+    import ray
+
+    node_id = f"bench-sep-{env.run_id}"
+    config = env.write_config(
+        node_id,
+        {
+            "flows": [{"module": FLOW_MODULE}],
+            "max_running": env.settings.max_running,
+            "actors": env.settings.actors or env.settings.ray_cpus,
+        },
+    )
+    gcs = ray.get_runtime_context().gcs_address
+    node = await env.run_service(node_id, "node", "--config", str(config), "--ray-address", gcs)
+    try:
+        flow = await _listed(kb, f"{node_id}/bench-noop", env.service_id)
+
+        def parts() -> dict[str, list[psutil.Process]]:
+            found = _processes(env)
+            found["SDK (this process)"] = found.pop("SDK + node (this process)")
+            found["node (its own process)"] = [psutil.Process(node.pid)]
+            return found
+
+        elapsed, _, cpu_used, failed = await _measure(kb, flow, n, warmup, parts)
+    finally:
+        await env.stop(node)
+    name = "executions/s (all final), node in its own process"
+    result.add(name, n / elapsed, "/s", better="higher", floor=ray_floor, target=TARGET_PER_S)
+    for part, seconds in cpu_used.items():
+        result.add(f"CPU per execution, node in its own process: {part}", seconds * 1000 / n, "ms")
+    total = sum(cpu_used.values()) * 1000 / n
+    result.add("CPU per execution, node in its own process, all of them", total, "ms")
+    if failed:
+        result.notes.append(f"node in its own process: {failed} of {n} did not finish")
+
+
+async def _listed(kb: Client, name: str, via: str, within: float = 30.0) -> Flow:
+    """The flow once the registry lists it (the node announced it a moment ago)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            return await kb.flow(name, via=via)
+        except FlowNotFound:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _measure(
+    kb: Client,
+    flow: Flow,
+    n: int,
+    warmup: int,
+    processes: Callable[[], dict[str, list[psutil.Process]]],
+) -> tuple[float, float, dict[str, float], int]:
+    """Launch `n` at once (after `warmup`): seconds until all ended, seconds until all were
+    accepted, CPU seconds of each part, how many did not finish. The parts are listed after
+    the warm-up: a node starts its actors (Ray worker processes) at its first launch."""
     warm = await asyncio.gather(*(flow.launch({}) for _ in range(warmup)))
     await asyncio.gather(*(ex.result(timeout=60) for ex in warm))
 
@@ -70,7 +157,7 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
         for kind in ("final", "error")
     ]
     await kb.nc.flush()
-    parts = _processes(env)
+    parts = processes()
     cpu_before = _cpu(parts)
     try:
         watch_run = Stopwatch()
@@ -89,14 +176,7 @@ async def run(env: BenchEnv, *, n: int = 2000, warmup: int = 50) -> ScenarioResu
         for s in subs:
             await s.unsubscribe()
     failed = sum(1 for e in mine if ended[e] != "final")
-    ray_floor = Floor(name="bare Ray tasks", value=await floors.ray_tasks_per_second(n), unit="/s")
-    _add_figures(
-        result, n=n, elapsed=elapsed, accepted=accepted, ray_floor=ray_floor, cpu_used=cpu_used
-    )
-    if failed:
-        result.notes.append(f"{failed} of {n} executions did not finish")
-    result.seconds = watch()
-    return result
+    return elapsed, accepted, cpu_used, failed
 
 
 def _add_figures(
