@@ -275,6 +275,7 @@ async def test_client_cannot_launch_as_another_user(login: Any) -> None:
         subjects.launch("bob", "node1", "f"),
         subjects.exec_cancel("bob", "x"),
         subjects.exec_answer("bob", "x"),
+        subjects.exec_delete("bob", "x"),
     ):
         await alice.nc.publish(subject, b"")
         await alice.violation(subject)
