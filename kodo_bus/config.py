@@ -46,9 +46,15 @@ stream does: a record outlives its events, and a follower of an execution whose 
 is told from its record (`ExecutionLost`), rather than finding nothing."""
 
 FILES_QUOTA = 5 * 1024**3
-"""Bytes of files each client of the secure profile may keep (its store account's JetStream
-`max_file`): one user's uploads and outputs cannot fill the server's disk. Set per profile as
-`files_quota` under `server:` in its users.yaml (-1: no limit)."""
+"""Bytes of files each client of the secure profile may keep at most (its store account's
+JetStream `max_file`): one user's uploads and outputs cannot fill the server's disk. Set per
+profile as `files_quota` under `server:` in its users.yaml (-1: no limit). nats-server reserves
+every account's `max_file` out of its `max_file_store`, so the clients share what the store
+keeps beside the events and the records: each gets the smaller of this and its share
+(`auth.client_files_quota`)."""
+SECURE_FILE_STORE = 10 * 1024**3
+"""The secure profile's nats-server `max_file_store` (`file_store` under `server:` in its
+users.yaml): the events stream, the records bucket and every client's files quota within it."""
 
 
 def split_urls(values: str | Iterable[str]) -> list[str]:

@@ -17,9 +17,15 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 
 from kodo_bus import files, subjects
-from kodo_bus.auth import UserStore, render_conf
+from kodo_bus.auth import UserStore, client_files_quota, render_conf
 from kodo_bus.bus import connect, jetstream
-from kodo_bus.config import FILES_QUOTA, ServerSettings
+from kodo_bus.config import (
+    EVENTS_MAX_BYTES,
+    FILES_QUOTA,
+    RECORDS_MAX_BYTES,
+    SECURE_FILE_STORE,
+    ServerSettings,
+)
 from kodo_bus.errors import ConfigError, FileQuotaExceeded
 from kodo_bus.server import NatsServer
 
@@ -108,6 +114,25 @@ async def test_no_bucket_in_memory(conns: dict[str, NATS]) -> None:
     assert refused.value.err_code == INSUFFICIENT_MEMORY, refused.value
     made = await files.upload(js, "carol", name("c.txt"), b"on disk")
     assert made.size == 7
+
+
+def test_a_bus_with_many_clients_on_the_default_quota_starts(tmp_path: Path) -> None:
+    """nats-server reserves each files account's `max_file` out of its `max_file_store` and
+    refuses to start when they exceed it: with a fixed 5 GiB quota a bus with three clients
+    did not start. The clients share what the store keeps beside the events and records."""
+    store = UserStore(tmp_path)
+    store.add("node1", "node", password=password("node1"), rounds=4)
+    for i in range(40):
+        store.add(f"user{i}", "client", password=password(f"user{i}"), rounds=4)
+    room = SECURE_FILE_STORE - EVENTS_MAX_BYTES - RECORDS_MAX_BYTES
+    assert client_files_quota(FILES_QUOTA, SECURE_FILE_STORE, 1) == min(FILES_QUOTA, room)
+    assert f"max_file: {room // 40}, max_mem: 0" in store.conf_file.read_text()
+    server = NatsServer(
+        ServerSettings(port=0, http_port=0, store=tmp_path / "store", config=store.conf_file)
+    ).start()
+    server.stop()
+    with pytest.raises(ConfigError, match="file_store"):
+        render_conf(store.load(), file_store=EVENTS_MAX_BYTES + RECORDS_MAX_BYTES)
 
 
 def test_the_quota_is_rendered_and_checked() -> None:
