@@ -32,7 +32,13 @@ from pydantic import BaseModel
 
 from . import subjects
 from .codec import MSGPACK, decode_reply, encode, encode_error, reply_content_type
-from .config import EVENTS_MAX_BYTES, RECORDS_MAX_BYTES, ConnectSettings, Credentials
+from .config import (
+    DUPLICATE_WINDOW,
+    EVENTS_MAX_BYTES,
+    RECORDS_MAX_BYTES,
+    ConnectSettings,
+    Credentials,
+)
 from .errors import (
     AuthError,
     ConfigError,
@@ -651,7 +657,6 @@ async def ensure_execution_storage(
     and the least recently written records; an existing deployment's stream and bucket are
     brought to these limits in place.
     """
-    from .publisher import DUPLICATE_WINDOW
     from .subjects import BUCKET_EXECUTIONS, EVENTS_ALL, STREAM_EVENTS
 
     try:

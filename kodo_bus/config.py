@@ -34,6 +34,17 @@ LAUNCH_RESPONDERS_WITHIN = 5.0
 its catalog, which may be heard a moment before it takes launches (it is starting, or a
 replica restarts). The same execution id each time, so nothing runs twice."""
 
+ACK_WAIT = 2.0
+"""Seconds to wait for the acks of a burst before re-sending the events that have none."""
+RESEND_WITHIN = 60.0
+"""Seconds events that are not stored are re-sent (a server restart, a stream leader election),
+counted from the first of them, before they are given up and their executions told so."""
+DUPLICATE_WINDOW = ACK_WAIT + RESEND_WITHIN + 5.0
+"""Seconds the events stream remembers an event's id (`Nats-Msg-Id`): as long as its publisher
+may re-send it (its first ack wait, then `RESEND_WITHIN`), plus a margin for a re-send in
+flight. Not longer: nats-server keeps every id of the window in memory, so its memory grows with
+the event rate times the window (`kodo-bus bench soak` shows it). A copy stored past the window
+is still dropped by readers, which order events by seq."""
 EVENTS_MAX_BYTES = 4 * 1024**3
 """Bytes the `KODO_EVENTS` stream holds at most; past it the oldest events are discarded. Why
 4 GiB: at the ~3.5 KB a short execution stores, over a million executions — days of a busy

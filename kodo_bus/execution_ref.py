@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from . import files, subjects
 from .bus import JETSTREAM_TRANSIENT, MAX_CONSUMERS_REACHED, consumer_config, js_retry, request
 from .codec import decode_events
+from .config import ACK_WAIT, RESEND_WITHIN
 from .errors import (
     ExecutionCancelled,
     ExecutionError,
@@ -58,7 +59,6 @@ from .models import (
     ExecutionStatus,
     File,
 )
-from .publisher import ACK_WAIT, RESEND_WITHIN
 
 if TYPE_CHECKING:
     from .client import Client

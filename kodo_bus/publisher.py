@@ -75,6 +75,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import Header
 
 from .codec import MSG_ID
+from .config import ACK_WAIT, RESEND_WITHIN
 from .errors import EventsNotStored
 from .execution_id import WRONG_LAST_SEQUENCE_ACK
 
@@ -82,20 +83,9 @@ log = logging.getLogger("kodo_bus.publisher")
 
 ACK_WINDOW = 1000
 """Events in flight before the publisher waits for their acks."""
-ACK_WAIT = 2.0
-"""Seconds to wait for the acks of a burst before re-sending the events that have none."""
 STORED = b'{"stream"'
 """How a JetStream ack that stored the message begins (an error is `{"error":...}`, no
 responders an empty 503 status)."""
-RESEND_WITHIN = 60.0
-"""Seconds events that are not stored are re-sent (a server restart, a stream leader election),
-counted from the first of them, before they are given up and their executions told so."""
-DUPLICATE_WINDOW = ACK_WAIT + RESEND_WITHIN + 5.0
-"""Seconds the events stream remembers an event's id (`Nats-Msg-Id`): as long as this publisher
-may re-send it (its first ack wait, then `RESEND_WITHIN`), plus a margin for a re-send in
-flight. Not longer: nats-server keeps every id of the window in memory, so its memory grows with
-the event rate times the window (`kodo-bus bench soak` shows it). A copy stored past the window
-is still dropped by readers, which order events by seq."""
 RESEND_PAUSE = 0.1
 """Seconds between two rounds of re-sends that stored nothing (doubling up to 1 s)."""
 

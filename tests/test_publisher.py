@@ -17,10 +17,10 @@ from kodo_bus import publisher as publisher_module
 from kodo_bus import subjects
 from kodo_bus.bus import connect, ensure_execution_storage
 from kodo_bus.codec import decode_many
-from kodo_bus.config import ConnectSettings
+from kodo_bus.config import ACK_WAIT, RESEND_WITHIN, ConnectSettings
 from kodo_bus.errors import EventsNotStored
 from kodo_bus.models import Event
-from kodo_bus.publisher import ACK_WAIT, QUEUE_BYTES, QUEUE_HARD, EventPublisher
+from kodo_bus.publisher import QUEUE_BYTES, QUEUE_HARD, EventPublisher
 from kodo_bus.server import NatsServer
 from kodo_bus.tracer import Emitter, Tracer
 
@@ -316,7 +316,7 @@ async def test_a_burst_resent_once_the_stream_exists_is_stored_once(
         await asyncio.sleep(0)  # the burst goes out before the stream exists
         await eventually(lambda: publisher.queued_bytes == 0, timeout=10)
         await ensure_execution_storage(js, max_age=3600)
-        async with asyncio.timeout(publisher_module.RESEND_WITHIN):
+        async with asyncio.timeout(RESEND_WITHIN):
             await drained
         await _check_stored_once(js, execution, 503)
     finally:

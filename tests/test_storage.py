@@ -16,11 +16,10 @@ from nats.js import JetStreamContext, api
 
 from kodo_bus import Client, subjects
 from kodo_bus.bus import connect, ensure_execution_storage, ensure_stream, request
-from kodo_bus.config import ConnectSettings, FlowDecl, ServiceSettings
+from kodo_bus.config import DUPLICATE_WINDOW, ConnectSettings, FlowDecl, ServiceSettings
 from kodo_bus.errors import ExecutionLost, ExecutionNotFound
 from kodo_bus.flows import load_flows
 from kodo_bus.models import LaunchReply, LaunchRequest
-from kodo_bus.publisher import DUPLICATE_WINDOW
 from kodo_bus.runner import Runner
 from kodo_bus.server import NatsServer
 
