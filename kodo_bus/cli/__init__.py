@@ -10,6 +10,7 @@ interrupted (Ctrl-C). `--debug` shows the traceback too, and is offered only whe
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from rich.markup import escape
@@ -35,34 +36,43 @@ from ..errors import (
     ServiceNotFound,
     StorageTimeout,
 )
-from . import (
-    auth_cmd,
-    bench_cmd,
-    dashboard_cmd,
-    exec_cmd,
-    federation_cmd,
-    files_cmd,
-    inspect_cmd,
-    run_cmd,
-    server_cmd,
-    try_cmd,
-    web_cmd,
-)
 from .app import app, console, state, use_house_style
 
 __all__ = ["app", "main"]
 
-server_cmd.register(app)
-run_cmd.register(app)
-federation_cmd.register(app)
-exec_cmd.register(app)
-files_cmd.register(app)
-dashboard_cmd.register(app)
-inspect_cmd.register(app)
-bench_cmd.register(app)
-auth_cmd.register(app)
-try_cmd.register(app)
-web_cmd.register(app)
+COMMANDS = (
+    "server_cmd",
+    "run_cmd",
+    "federation_cmd",
+    "exec_cmd",
+    "files_cmd",
+    "dashboard_cmd",
+    "inspect_cmd",
+    "bench_cmd",
+    "auth_cmd",
+    "try_cmd",
+    "web_cmd",
+)
+"""The modules of the commands, registered in this order (`kodo-bus --help` lists them so)."""
+SERVICES = {"run": "run_cmd", "web": "web_cmd", "up": "server_cmd"}
+"""The long-lived commands of a `kodo-bus up` stack: `up` itself and the `python -m kodo_bus
+run` / `web` processes it starts. Each registers its own module alone: the other commands'
+imports (rich's markdown, pygments, the SDK's faces...) cost each such process 5-10 MB PSS for
+nothing (issue 18). `--help` of such a command is unchanged; `kodo-bus --help` lists them all."""
+
+
+def _modules(argv: list[str]) -> tuple[str, ...]:
+    """Every command module, or only a service's when this process is `kodo-bus <service>` or
+    `python -m kodo_bus <service>` (anything else importing this module gets them all)."""
+    program = argv[0].replace("\\", "/") if argv else ""
+    ours = program.endswith(("/kodo-bus", "kodo_bus/__main__.py")) or program == "kodo-bus"
+    if ours and len(argv) > 1 and argv[1] in SERVICES:
+        return (SERVICES[argv[1]],)
+    return COMMANDS
+
+
+for _name in _modules(sys.argv):
+    importlib.import_module(f"{__name__}.{_name}").register(app)
 use_house_style(app)
 
 
