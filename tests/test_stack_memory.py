@@ -146,3 +146,53 @@ def test_kodo_bus_imports_without_aiohttp_and_a_websocket_url_still_works(
         server.stop()
     assert done.returncode == 0, done.stderr
     assert "aiohttp loaded: True" in done.stdout  # the WebSocket transport imported it on use
+
+
+SERVICE_SCRIPT = """
+import sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+import kodo_bus.cli as cli
+names = sorted(c.name or c.callback.__name__ for c in cli.app.registered_commands)
+others = ("kodo_bus.cli.bench_cmd", "kodo_bus.cli.try_cmd", "kodo_bus.cli.dashboard_cmd")
+heavy = [m for m in others if m in sys.modules]
+print(names, heavy)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "commands"),
+    [
+        (["kodo_bus/__main__.py", "run", "--role", "node"], ["run"]),
+        (["/venv/bin/kodo-bus", "web"], ["web"]),
+        (["/venv/bin/kodo-bus", "up"], ["server", "up", "version"]),
+    ],
+)
+def test_a_stack_process_registers_its_own_command_alone(
+    argv: list[str], commands: list[str]
+) -> None:
+    """`up`, and the `run`/`web` processes it starts, skip the other commands' imports."""
+    done = subprocess.run(
+        [sys.executable, "-c", SERVICE_SCRIPT, str(REPO / argv[0]), *argv[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{commands} []"
+
+
+def test_any_other_use_of_the_cli_registers_every_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SERVICE_SCRIPT, "/venv/bin/kodo-bus", "launch", "hello"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    names = done.stdout.split("]")[0]
+    for command in ("run", "web", "up", "launch", "bench", "flows"):
+        assert f"'{command}'" in names, done.stdout
