@@ -177,6 +177,8 @@ class Peers:
         self.registry = registry
         self.settings = registry.settings
         self.links: dict[str, NATS] = {}
+        self._reader: NATS | None = None
+        """Our own bus, for reading the views there only (see `reader`)."""
         self.tasks = TaskSet(log)
         self._publisher: asyncio.Task[None] | None = None
         self.pending: set[str] = set()
@@ -216,12 +218,32 @@ class Peers:
         if not self.settings.feeds or self.settings.connect:
             self._publisher = self.tasks.spawn(self._republish(), "republish")
 
+    async def reader(self) -> NATS:
+        """A connection of its own to our bus, on which the registry reads the views there.
+
+        Read on the registry's own connection, the views of a 5-bus chain at 2,000 nodes per
+        bus (tens of MB in a burst) queued at the server ahead of the nodes' heartbeats, which
+        arrived late: a middle registry turned hundreds of its own live nodes offline and back
+        (each flip one more entry down the chain), and nats-server cut the connection as a
+        slow consumer 2-8 times per server and run. Here a backlog or a cut holds back only
+        views (a gap: the stream is asked for again); heartbeats, KV writes and requests keep
+        the registry's connection. (On a link the views share the connection our stream goes
+        out on, with no_echo: a reader of its own there would get our own stream back.)
+        """
+        if self._reader is None:
+            settings = self.settings.connect_settings().model_copy(
+                update={"name": f"{self.settings.id}-views"}
+            )
+            self._reader = await connect(settings)
+        return self._reader
+
     async def stop(self) -> None:
         await self.tasks.close()
-        for nc in self.links.values():
+        for nc in [*self.links.values(), *([self._reader] if self._reader else [])]:
             with contextlib.suppress(nats.errors.Error):
                 await nc.drain()
         self.links.clear()
+        self._reader = None
 
     async def withdraw(self) -> None:
         """Stop republishing and publish an empty view, so every taker drops our entries."""

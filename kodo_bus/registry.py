@@ -96,9 +96,12 @@ class Registry:
             await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node),
             await self.nc.subscribe(subjects.ADMIN_FORGET_ALL, cb=self._on_forget),
         ]
-        # feed off too: asks for a provider's view arrive on its own bus
+        # feed off too: asks for a provider's view arrive on its own bus. Feed on, the views
+        # are read on a connection of their own (`Peers.reader`): a server cutting that reader
+        # as a slow consumer leaves heartbeats, KV writes and liveness on `nc` untouched
+        views = await self.peers.reader() if self.settings.feeds else self.nc
         self._subs.append(
-            await self.nc.subscribe(
+            await views.subscribe(
                 subjects.REGISTRY_VIEW_ALL,
                 cb=self.on_view_msg,
                 pending_bytes_limit=VIEW_PENDING_BYTES,
