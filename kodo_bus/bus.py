@@ -506,7 +506,7 @@ def _drift(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
         drift.append("discard")
     if want.allow_msg_ttl and not have.allow_msg_ttl:
         drift.append("allow_msg_ttl")
-    if want.duplicate_window is not None and have.duplicate_window != want.duplicate_window:
+    if want.duplicate_window and have.duplicate_window != want.duplicate_window:  # 0: unset
         drift.append("duplicate_window")
     return drift
 
@@ -527,9 +527,7 @@ async def _conform(
         num_replicas=want.num_replicas,
         discard=want.discard,
         allow_msg_ttl=bool(info.config.allow_msg_ttl or want.allow_msg_ttl) or None,
-        duplicate_window=(
-            info.config.duplicate_window if want.duplicate_window is None else want.duplicate_window
-        ),
+        duplicate_window=(want.duplicate_window or info.config.duplicate_window),
     )
     try:
         updated = await js.update_stream(config)

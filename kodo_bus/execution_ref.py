@@ -423,15 +423,25 @@ class Execution:
         if record.status not in TERMINAL_STATUSES:
             raise ExecutionNotEnded(f"execution {self.id} is {record.status}: cancel it first")
         subject = subjects.exec_delete(record.launcher, self.id)
-        within = max(self._client.timeout, DELETE_WITHIN)
-        try:
-            await request(self._nc, subject, Empty(), Ack, timeout=within)
-        except NoResponders:  # no node: delete it from here (the default profile, an admin)
-            await files.forget(self._js, record.launcher, self.id, node=record.node)
-        except RemoteError as exc:
-            if exc.kind == "not_found":  # deleted meanwhile (by another delete, say)
-                raise ExecutionNotFound(exc.message) from None
-            raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(self._client.timeout, DELETE_WITHIN)
+        pause = 0.05
+        while True:
+            try:
+                timeout = max(0.1, deadline - loop.time())
+                await request(self._nc, subject, Empty(), Ack, timeout=timeout)
+                return
+            except NoResponders:  # no node: delete it from here (the default profile, an admin)
+                await files.forget(self._js, record.launcher, self.id, node=record.node)
+                return
+            except RemoteError as exc:
+                if exc.kind == "not_found":  # deleted meanwhile (by another delete, say)
+                    raise ExecutionNotFound(exc.message) from None
+                if exc.kind != "busy" or loop.time() + pause > deadline:
+                    raise
+            # The node is at its deletes' bound: it answers at once rather than queue them.
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 1.0)
 
     # -- workflows -----------------------------------------------------------------------------
     async def children(self) -> list[Execution]:

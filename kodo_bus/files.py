@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,9 +36,11 @@ from nats.js.object_store import ObjectStore
 from pydantic import BaseModel
 
 from . import subjects
-from .config import ServiceSettings
+from .config import DUPLICATE_WINDOW, ServiceSettings
 from .errors import FileDigestMismatch, FileError, FileQuotaExceeded
 from .models import File
+
+log = logging.getLogger("kodo_bus.files")
 
 CHUNK = 128 * 1024
 """Bytes per Object Store chunk (nats-py's default, well under `max_payload`)."""
@@ -236,15 +241,16 @@ class InputFiles:
 
 async def names_of(js: JetStreamContext, user: str, execution: str) -> list[str]:
     """Names of every object of one execution in `user`'s bucket (inputs and outputs)."""
-    objects = await _objects_of(js, user, execution)
-    return [info.name for info, _ in objects if info.name and not info.deleted]
+    async with contextlib.aclosing(_objects_of(js, user, execution)) as objects:
+        return [info.name async for info, _ in objects if info.name and not info.deleted]
 
 
 async def _objects_of(
     js: JetStreamContext, user: str, execution: str
-) -> list[tuple[api.ObjectInfo, str]]:
+) -> AsyncGenerator[tuple[api.ObjectInfo, str]]:
     """Every object of one execution in `user`'s bucket, deleted ones too (nats-py's `delete`
-    leaves a metadata message marking them): its metadata and the subject of it.
+    leaves a metadata message marking them): its metadata and the subject of it, as read (a
+    user's bucket may hold millions of objects: nothing of them is collected here).
 
     Reads the last metadata message of every object (not nats-py's `list`, whose watcher looks
     the stream up with `STREAM.NAMES`, which a client of the secure profile may not ask)."""
@@ -252,7 +258,7 @@ async def _objects_of(
     try:
         await js.object_store(bucket_name)
     except nats.js.errors.NotFoundError:
-        return []
+        return
     sub = await js.subscribe(
         subjects.obj_subject(bucket_name, "M.>"),
         stream=subjects.obj_stream(bucket_name),
@@ -260,7 +266,6 @@ async def _objects_of(
         deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
         pending_bytes_limit=PENDING_BYTES,
     )
-    found = []
     prefix = f"{execution}/"
     try:
         state = await sub.consumer_info()
@@ -271,10 +276,9 @@ async def _objects_of(
             left = msg.metadata.num_pending
             info = api.ObjectInfo.from_response(json.loads(msg.data))
             if info.name and info.name.startswith(prefix):
-                found.append((info, msg.subject))
+                yield info, msg.subject
     finally:
         await sub.unsubscribe()
-    return found
 
 
 async def delete(js: JetStreamContext, user: str, execution: str) -> int:
@@ -284,14 +288,16 @@ async def delete(js: JetStreamContext, user: str, execution: str) -> int:
     Not nats-py's `delete`, which leaves a metadata message marking the object deleted (its
     name, base64 in the subject): each object's chunks are purged, then its metadata. In that
     order, so a delete cut short leaves an object that a second delete still finds."""
-    objects = await _objects_of(js, user, execution)
     stream = subjects.obj_stream(subjects.bucket_files(user))
-    for info, meta in objects:
-        if info.nuid:
-            chunks = subjects.obj_subject(subjects.bucket_files(user), f"C.{info.nuid}")
-            await js.purge_stream(stream, subject=chunks)
-        await js.purge_stream(stream, subject=meta)
-    return sum(1 for info, _ in objects if not info.deleted)
+    deleted = 0
+    async with contextlib.aclosing(_objects_of(js, user, execution)) as objects:
+        async for info, meta in objects:
+            if info.nuid:
+                chunks = subjects.obj_subject(subjects.bucket_files(user), f"C.{info.nuid}")
+                await js.purge_stream(stream, subject=chunks)
+            await js.purge_stream(stream, subject=meta)
+            deleted += not info.deleted
+    return deleted
 
 
 async def forget(js: JetStreamContext, user: str, execution: str, node: str | None = None) -> int:
@@ -320,7 +326,21 @@ async def forget(js: JetStreamContext, user: str, execution: str, node: str | No
                 f"the purge (on the secure profile only a node or an admin may delete events "
                 f"and records)"
             ) from None
+    await _hold_the_id(js, record)
     return deleted
+
+
+async def _hold_the_id(js: JetStreamContext, record: str) -> None:
+    """Keep a deleted execution's id from a new launch while the events stream still knows
+    its events' Msg-Ids (`DUPLICATE_WINDOW`): a launch reusing it would have every event
+    after its first ones taken for a duplicate, not stored, and never end. An empty value
+    (what readers take for no record) that expires by itself; where the bucket allows no
+    per-message TTL (a store older than this version) the id is left free."""
+    headers = {"Nats-TTL": str(math.ceil(DUPLICATE_WINDOW))}
+    try:
+        await js.publish(record, b"", headers=headers)
+    except nats.js.errors.APIError as exc:
+        log.warning("deleted %s; its id is not held for %s s: %r", record, DUPLICATE_WINDOW, exc)
 
 
 async def upload_inputs(

@@ -43,7 +43,7 @@ from nats.js.kv import KeyValue
 from . import files, subjects
 from .bus import ensure_execution_storage, jetstream, js_retry, respond, respond_error
 from .codec import MSG_ID, decode_msg
-from .config import ServiceSettings
+from .config import DUPLICATE_WINDOW, ServiceSettings
 from .errors import ConfigError, EventsNotStored, InputsInvalid, RemoteError, WireError
 from .execution_id import first_of_its_kind, holder
 from .executions import (
@@ -88,9 +88,9 @@ FORWARDED = "Kodo-Forwarded-Subject"
 """Header of a cancel or answer one process of a node id hands to the process (replica) that
 holds the execution, on `kodo.work.<node>.control.<instance>`: the subject it came on."""
 DELETES_AT_ONCE = 4
-"""Deletes (`kodo.exec.<user>.<execution>.delete`) done at once; more wait in the subscription.
-Each is a few purges and a listing of the user's bucket: in tasks, so cancels and answers are
-not held up behind them."""
+"""Deletes (`kodo.exec.<user>.<execution>.delete`) done at once, in tasks; one more (or a second
+of the same execution) is answered `busy` at once and the SDK retries: the subscription that
+takes deletes also takes every public cancel and answer, which must never wait behind them."""
 FORWARD_WITHIN = ANSWER_RELAY + 1.0
 """Seconds a node waits for the reply of the node (or process) it handed a request to: that
 one may relay an answer to its worker for up to `ANSWER_RELAY`."""
@@ -161,6 +161,7 @@ class Runner:
         self._hand_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         """Requests being handed to their holder at once; more wait in the subscription."""
         self._delete_slots = asyncio.Semaphore(DELETES_AT_ONCE)
+        self._deleting: set[tuple[str, str]] = set()  # at most DELETES_AT_ONCE
         self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = pool  # `kodo-bus try`: local_pool.LocalPool, no Ray
         self._js: JetStreamContext | None = None
@@ -399,6 +400,13 @@ class Runner:
             stored = await holder(self._js, execution)
             if stored is None or stored[1] != meta_id:  # (else: our own, re-sent)
                 return await self._taken(record, created, stored)
+        if isinstance(created, RemoteError):  # the id is held: leave no trail under it
+            with contextlib.suppress(Exception):
+                await self._pub.drain(execution)
+            with contextlib.suppress(nats.errors.Error):
+                subject = subjects.events(launcher, execution, "*")
+                await self._js.purge_stream(subjects.STREAM_EVENTS, subject=subject)
+            raise created
         if isinstance(created, BaseException):
             # No record, so nobody else can end it: end the trail already stored, then fail.
             failure = error_of(type(created).__name__, f"not accepted: {created}")
@@ -459,8 +467,13 @@ class Runner:
         except nats.js.errors.KeyWrongLastSequenceError:
             pass
         stored = await read_record(kv, key)
-        if stored is None:
-            raise WireError(key, "the execution id is taken, but its record cannot be read")
+        if stored is None:  # `files.forget` holds a deleted id (or the record is unreadable)
+            raise RemoteError(
+                "invalid_request",
+                f"execution id {record.execution!r} is taken (deleted less than "
+                f"{DUPLICATE_WINDOW:.0f} s ago, or its record cannot be read): launch with a "
+                f"new id",
+            )
         if stored[0] == record:  # our own create, whose first reply was lost: it is ours
             return stored[1]
         return stored
@@ -618,7 +631,9 @@ class Runner:
         if len(parts) not in (5, 6) or parts[4] not in ("cancel", "answer", "delete"):
             return  # not a documented subject
         if parts[4] == "delete":
-            if len(parts) == 5:  # no form addressed to a node (`subjects.EXEC_DELETE`)
+            # Only as a client sent it: no form addressed to a node (`subjects.EXEC_DELETE`),
+            # none passed on by another node.
+            if len(parts) == 5 and forward:
                 await self._on_delete(msg, parts[2], parts[3])
             return
         ex = self._held(subject)
@@ -777,12 +792,20 @@ class Runner:
         except WireError as exc:
             await respond_error(msg, exc.kind, str(exc))
             return
-        await self._delete_slots.acquire()
+        # Never wait here: this callback also takes every public cancel and answer.
+        key = (user, execution)
+        if self._delete_slots.locked() or key in self._deleting:
+            message = f"this node is deleting other executions (or {execution}): retry shortly"
+            await respond_error(msg, "busy", message)
+            return
+        await self._delete_slots.acquire()  # free: checked above, nothing awaited since
+        self._deleting.add(key)
         task = asyncio.create_task(self._delete(msg, user, execution), name=f"delete-{execution}")
         self._tasks.add(task)
-        task.add_done_callback(self._deleted)
+        task.add_done_callback(lambda done: self._deleted(done, key))
 
-    def _deleted(self, task: asyncio.Task[Any]) -> None:
+    def _deleted(self, task: asyncio.Task[Any], key: tuple[str, str]) -> None:
+        self._deleting.discard(key)
         self._delete_slots.release()
         self._done(task)
 
@@ -810,7 +833,7 @@ class Runner:
             count = await files.forget(self._js, user, execution, node=record.node)
         except Exception as exc:  # a purge failed: what is left is found by a second delete
             log.warning("delete of %s: %r", execution, exc)
-            await respond_error(msg, "internal", f"execution {execution} is not deleted: {exc}")
+            await respond_error(msg, "internal", f"execution {execution} is not wholly deleted")
             return
         await respond(msg, Ack(message=f"deleted execution {execution} ({count} files)"))
 

@@ -97,14 +97,21 @@ async def made_files(bus: Bus, alice: Client) -> Execution:
 
 async def traces(js: JetStreamContext, user: str, execution: str) -> dict[str, int]:
     """What the stores hold of one execution, as an admin sees them: events, record and index
-    entries, objects (names in the bucket)."""
+    entries, objects (names in the bucket). A deleted execution's record key holds an empty
+    value for a while (`files._hold_the_id`): nothing of the execution, not counted."""
     events = await js.stream_info(
         subjects.STREAM_EVENTS, subjects_filter=subjects.events(user, execution, "*")
     )
     keys = await js.stream_info(
         subjects.kv_stream(RECORDS), subjects_filter=subjects.kv_subject(RECORDS, ">")
     )
-    held = [s for s in (keys.state.subjects or {}) if s.endswith(f".{user}.{execution}")]
+    record = subjects.kv_subject(RECORDS, subjects.record_key(user, execution))
+    held = [
+        s
+        for s in (keys.state.subjects or {})
+        if s.endswith(f".{user}.{execution}")
+        and (s != record or (await js.get_last_msg(subjects.kv_stream(RECORDS), s)).data)
+    ]
     return {
         "events": events.state.messages,
         "record and index": len(held),

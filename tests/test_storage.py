@@ -6,6 +6,7 @@ Real nats-server (each test its own, so the limits are the test's), real Ray for
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -54,7 +55,7 @@ async def kept_per_execution(js: JetStreamContext) -> Counter[str]:
 
 
 async def test_existing_storage_is_brought_to_its_limits_in_place(
-    fresh_server: NatsServer,
+    fresh_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A deployment made before the limits (no max_bytes, nats-py's `discard: new` bucket, no
     per-message TTL, a 120 s duplicate window that made nats-server's memory grow with the event
@@ -93,9 +94,12 @@ async def test_existing_storage_is_brought_to_its_limits_in_place(
         assert (await js.stream_info(subjects.STREAM_EVENTS)).state.messages == 1
 
         # A start with unchanged settings writes nothing; -1 lifts the limits again.
-        await ensure_execution_storage(
-            js, max_age=3600, max_bytes=EVENTS_LIMIT, records_max_bytes=RECORDS_LIMIT
-        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="kodo_bus.bus"):
+            await ensure_execution_storage(
+                js, max_age=3600, max_bytes=EVENTS_LIMIT, records_max_bytes=RECORDS_LIMIT
+            )
+        assert not [r for r in caplog.records if "brought to" in r.getMessage()], caplog.text
         await ensure_execution_storage(js, max_age=3600, max_bytes=-1, records_max_bytes=-1)
         assert (await js.stream_info(subjects.STREAM_EVENTS)).config.max_bytes == -1
     finally:
