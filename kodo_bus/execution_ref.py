@@ -402,6 +402,9 @@ class Execution:
         found: dict[str, File] = {}
         async for event in self.events(kinds=["file"]):
             ref = File.model_validate(event.data)
+            if not ref.belongs_to(event.launcher, self.id):
+                log.warning("execution %s names a file not of its own: %s", self.id, ref.name)
+                continue  # never downloaded: a flow cannot hand out another user's object
             found.pop(ref.name, None)
             found[ref.name] = ref
         return list(found.values())

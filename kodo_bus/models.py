@@ -23,6 +23,8 @@ from typing import Any, BinaryIO, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
 
+from . import subjects
+
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS: frozenset[int] = frozenset({1})
 """Schema versions a service accepts in requests; any other `v` gets `unsupported_version`."""
@@ -432,6 +434,14 @@ class File(BaseModel):
     def filename(self) -> str:
         """The last part of the name: what a download writes."""
         return self.name.rsplit("/", 1)[-1]
+
+    def belongs_to(self, launcher: str, execution: str) -> bool:
+        """Whether this is an object of that execution in its launcher's bucket: a `file` event
+        is written by a flow, which must not make a reader fetch another user's object (the
+        secure profile's accounts stop that; a panel or script with wider rights must too)."""
+        return self.bucket == subjects.bucket_files(launcher) and self.name.startswith(
+            f"{execution}/"
+        )
 
     @property
     def path(self) -> Path:

@@ -56,6 +56,8 @@ async def file_refs(js: JetStreamContext, launcher: str, execution: str) -> list
                 ref = File.model_validate(event.data)
             except ValidationError:
                 continue
+            if not ref.belongs_to(launcher, execution):
+                continue  # a flow naming someone else's object: never streamed to a viewer
             found.pop(ref.filename, None)
             found[ref.filename] = ref
     return list(found.values())
