@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -69,7 +70,8 @@ END_ID = ":end"
 """Suffix of the Msg-Id of terminal events (see the module docstring)."""
 
 PUBLISH_WITHIN = 30.0
-"""Seconds an outside ender retries storing the terminal events (a stream electing a leader)."""
+"""Seconds an outside ender retries storing the terminal events (a stream electing a leader);
+shorter than the events' `DUPLICATE_WINDOW`, so a retry is de-duplicated (`publish`)."""
 
 
 @dataclass(frozen=True)
@@ -393,13 +395,26 @@ _ERROR_TYPES = {"lost": "ExecutionLost", "cancelled": "Cancelled", "timeout": "T
 
 
 async def publish(js: JetStreamContext, messages: list[Message]) -> None:
-    """Store events one by one, acknowledged, in order (retried while JetStream fails over)."""
+    """Store events one by one, acknowledged, in order (retried while JetStream fails over).
+
+    Nothing is handed to nats-py while it is disconnected: its reconnect buffer would write
+    every attempt made meanwhile once it is back, however late — past the stream's duplicate
+    window (`DUPLICATE_WINDOW`) a second copy of an ending event whose ack was lost would be
+    stored. Each attempt is made connected, all within `PUBLISH_WITHIN`, which is shorter."""
     for subject, body, headers in messages:
         await js_retry(
-            functools.partial(js.publish, subject, body, headers=headers),
+            functools.partial(_publish_connected, js, subject, body, headers),
             f"publish on {subject}",
             PUBLISH_WITHIN,
         )
+
+
+async def _publish_connected(
+    js: JetStreamContext, subject: str, body: bytes, headers: dict[str, str]
+) -> object:
+    if not js._nc.is_connected:
+        raise nats.errors.ConnectionReconnectingError  # retried by `js_retry`
+    return await js.publish(subject, body, headers=headers)
 
 
 REPAIR_WITHIN = 600.0
