@@ -191,3 +191,40 @@ def test_a_file_input_is_a_file_field() -> None:
     assert forms.file_fields(fields) == ["data"]
     assert 'type="file"' in forms.render(fields) and 'name="in.data"' in forms.render(fields)
     assert forms.parse(fields, {"in.data": "x", "in.note": "n"}) == {"note": "n"}
+
+
+async def test_uploads_past_the_bound_at_once_are_answered_503() -> None:
+    """Each posted form with files may put twice the upload bound on disk: the panel takes
+    `UPLOADS_AT_ONCE` of them at once, the next is refused until one is removed (review)."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+
+    from kodo_bus.web import uploads
+
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="f"; filename="a.txt"\r\n\r\nabc\r\n--b--\r\n'
+    )
+
+    def request() -> Request:
+        sent = False
+
+        async def receive() -> dict[str, object]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = [(b"content-type", b"multipart/form-data; boundary=b")]
+        return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+
+    held = [await uploads.read(request(), 1024, ["f"]) for _ in range(uploads.UPLOADS_AT_ONCE)]
+    assert all(p.files["f"].read_bytes() == b"abc" for p in held)
+    with pytest.raises(HTTPException) as refused:
+        await uploads.read(request(), 1024, ["f"])
+    assert refused.value.status_code == 503
+    await held.pop().remove()
+    again = await uploads.read(request(), 1024, ["f"])
+    for posted in [*held, again]:
+        await posted.remove()
+    assert not uploads._uploading

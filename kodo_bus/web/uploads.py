@@ -33,6 +33,12 @@ FILES_MAX = 16
 """Files of one posted form at most."""
 NAME_MAX = 200
 """Characters of a file's name at most (longer ones are cut, keeping the extension)."""
+UPLOADS_AT_ONCE = 4
+"""Posted forms with files being read or launched at once; one more is answered 503. Each may
+put up to twice the upload bound on disk (python-multipart's spool, then the file under its own
+name), so the panel's disk use is bounded too, not only each request's."""
+_uploading: set[int] = set()
+"""`id`s of the `Posted` forms counted against `UPLOADS_AT_ONCE` (one event loop: no lock)."""
 
 
 def is_multipart(request: Request) -> bool:
@@ -84,6 +90,7 @@ class Posted:
 
     async def remove(self) -> None:
         """Remove the saved files (after the launch uploaded them, or refused them)."""
+        _uploading.discard(id(self))
         if self.where is not None:
             where, self.where = self.where, None
             await asyncio.to_thread(shutil.rmtree, where, True)
@@ -98,8 +105,12 @@ def _save(upload: UploadFile, dest: Path) -> None:
 
 async def read(request: Request, limit: int, file_fields: Collection[str]) -> Posted:
     """A multipart form whose files (of `file_fields` only, one each, a chosen file only) are
-    saved on disk; raises 413 past `limit` bytes, 400 for a body that is not multipart."""
+    saved on disk; raises 413 past `limit` bytes, 400 for a body that is not multipart, 503
+    past `UPLOADS_AT_ONCE` (until `Posted.remove`)."""
+    if len(_uploading) >= UPLOADS_AT_ONCE:
+        raise HTTPException(503, "the panel is taking other uploads: retry in a moment")
     posted = Posted({})
+    _uploading.add(id(posted))
     try:
         async with _bounded(request, limit).form(
             max_files=FILES_MAX, max_fields=FIELDS_MAX
