@@ -530,16 +530,20 @@ class Peers:
                 if whole is None:
                     nodes = self.registry.republished().nodes
                     whole = nodes, await self._encoded(nodes)
-                kept, _ = _split_horizon(key, *whole)
+                kept, _ = _split_horizon(key, *whole, self._heard_on(key))
                 await self._send_stream(out, "full", kept, [])
                 out.full = False
             elif entries or removed:
                 if body is None:
                     body = await self._encoded(entries)
-                kept, skipped = _split_horizon(key, entries, body)
+                kept, skipped = _split_horizon(key, entries, body, self._heard_on(key))
                 await self._send_stream(out, "changes", kept, removed + skipped)
             elif now - out.last >= self.settings.heartbeat * 0.9:
                 await self._send_stream(out, "beat", [], [])
+
+    def _heard_on(self, bus: str) -> set[str]:
+        """Registries whose stream we hear on `bus` (see `_split_horizon`)."""
+        return {sender for sender, heard_on in self._in if heard_on == bus} if bus else set()
 
     async def _encoded(self, entries: list[NodeEntry]) -> list[bytes]:
         """Each entry as it goes out: with this registry at the end of its path.
@@ -634,21 +638,26 @@ class Peers:
 
 
 def _split_horizon(
-    bus: str, entries: list[NodeEntry], encoded: list[bytes]
+    bus: str, entries: list[NodeEntry], encoded: list[bytes], heard_here: set[str]
 ) -> tuple[list[bytes], list[str]]:
     """What goes out on `bus` ('' for our own, else the link's url): every entry but those of
-    nodes living on that bus (their `urls` name it), and the ids of those left out.
+    nodes living on that bus (their `urls` name it) and those whose chosen copy came from a
+    registry heard on that bus (`heard_here`), and the ids of those left out.
 
     The registries of a bus hear its nodes directly, and a copy sent back came around a loop:
     in a ring or a chain that was a fifth of each whole view at 5 buses, sent for nothing.
-    A node is offered nowhere else by this rule: only back where it is heard first-hand.
+    Likewise every registry listening on a bus hears the streams sent there: a copy taken from
+    one of them and sent back is one hop longer than the one they hold (in a 5-bus chain the
+    middle registries sent back half of every view they published). A node is offered nowhere
+    else by these rules: only back where it is heard already. (Cycles of such omissions cannot
+    form: each would be a copy whose path holds the registry that chose it, a loop left out.)
     """
     if not bus:
         return encoded, []
     kept: list[bytes] = []
     skipped: list[str] = []
     for entry, body in zip(entries, encoded, strict=True):
-        if bus in entry.catalog.urls:
+        if bus in entry.catalog.urls or (entry.via and entry.via in heard_here):
             skipped.append(entry.catalog.node)
         else:
             kept.append(body)
