@@ -348,7 +348,7 @@ async def repair(js: JetStreamContext, record: ExecutionRecord) -> Ending:
     """A terminal record: make sure the events it stands for are stored (its ender may have
     died between the claim and storing them). The same seqs and Msg-Ids as the ender's, so a
     repair racing the ender stores one copy."""
-    stored = await _stored_ending(js, record)
+    stored = await stored_ending(js, record)
     if stored is not None:  # the common case, in one direct get instead of the whole trail
         return Ending(stored.status, False, stored.seq)
     tail = await stored_tail(js, record)
@@ -372,7 +372,7 @@ class _Stored:
     seq: int
 
 
-async def _stored_ending(js: JetStreamContext, record: ExecutionRecord) -> _Stored | None:
+async def stored_ending(js: JetStreamContext, record: ExecutionRecord) -> _Stored | None:
     """The terminal status stored last on the execution's `status` subject, if it is one."""
     subject = subjects.events(record.launcher, record.execution, "status")
     try:

@@ -56,7 +56,7 @@ from .executions import (
     update_record,
 )
 from .flows import FlowSpec
-from .lifecycle import conclude, end_from_outside, envelope, error_of
+from .lifecycle import conclude, end_from_outside, envelope, error_of, stored_ending
 from .models import (
     TERMINAL_STATUSES,
     Ack,
@@ -828,6 +828,16 @@ class Runner:
         if record.status not in TERMINAL_STATUSES:
             message = f"execution {execution} is {record.status}: cancel it first"
             await respond_error(msg, "invalid_request", message)
+            return
+        if (
+            time.time() - record.updated < DUPLICATE_WINDOW
+            and await stored_ending(self._js, record) is None
+        ):
+            # Its ender claimed the record and may still be storing the terminal status (its
+            # publisher re-sends for up to a minute): purged now, that status would be stored
+            # after the purge, events of no record.
+            message = f"execution {execution} is still storing its ending: retry shortly"
+            await respond_error(msg, "busy", message)
             return
         try:
             count = await files.forget(self._js, user, execution, node=record.node)

@@ -16,12 +16,12 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from kodo_bus import files, subjects
-from kodo_bus.bus import connect, ensure_execution_storage, jetstream
+from kodo_bus.bus import connect, ensure_execution_storage, jetstream, request
 from kodo_bus.client import Client
 from kodo_bus.config import ConnectSettings, ServiceSettings
-from kodo_bus.errors import ExecutionNotEnded, ExecutionNotFound
+from kodo_bus.errors import ExecutionNotEnded, ExecutionNotFound, RemoteError
 from kodo_bus.executions import create_record, event_message
-from kodo_bus.models import Event, ExecutionRecord
+from kodo_bus.models import TERMINAL_STATUSES, Ack, Empty, Event, ExecutionRecord
 from kodo_bus.runner import Runner
 from kodo_bus.server import NatsServer
 
@@ -38,7 +38,9 @@ async def nc(fresh_server: NatsServer) -> AsyncIterator[NATS]:
         await conn.close()
 
 
-async def an_execution(js: JetStreamContext, status: str = "finished") -> str:
+async def an_execution(
+    js: JetStreamContext, status: str = "finished", ending_stored: bool = True
+) -> str:
     """An execution as a node leaves it: record and index entry, events, an input and an
     output file (one of them deleted the nats-py way, which leaves its metadata behind)."""
     kv = await ensure_execution_storage(js, max_age=ServiceSettings().events_max_age)
@@ -52,10 +54,13 @@ async def an_execution(js: JetStreamContext, status: str = "finished") -> str:
             created=now, updated=now,
         ),
     )  # fmt: skip
-    for seq, kind in enumerate(("meta", "inputs", "final"), start=1):
+    trail: list[tuple[str, dict[str, str]]] = [("meta", {}), ("inputs", {}), ("final", {})]
+    if status in TERMINAL_STATUSES and ending_stored:  # (else a delete waits for it)
+        trail.append(("status", {"status": status}))
+    for seq, (kind, data) in enumerate(trail, start=1):
         event = Event(
             execution=execution, seq=seq, ts=now, kind=kind, node="n1", flow="f",
-            launcher=USER, data={},
+            launcher=USER, data=data,
         )  # fmt: skip
         subject, body, headers = event_message(event)
         await js.publish(subject, body, headers=headers)
@@ -146,5 +151,31 @@ async def test_with_a_node_the_node_deletes(fresh_server: NatsServer, nc: NATS) 
             with pytest.raises(ExecutionNotEnded, match="cancel it first"):
                 await kb.execution(live).delete()
         assert await left_of(js, live, kept) == kept  # the live one is untouched
+    finally:
+        await node.stop()
+
+
+async def test_a_delete_waits_for_an_ending_still_being_stored(
+    fresh_server: NatsServer, nc: NATS
+) -> None:
+    """An ender claims the record, then stores the terminal status (re-sent for up to a
+    minute): a delete in between would purge the events and that status be stored after the
+    purge, events of no record (found by review). The node answers `busy` until it is stored."""
+    js = jetstream(nc)
+    execution = await an_execution(js, ending_stored=False)
+    node = Runner(nc, ServiceSettings(id="n1", nats=[fresh_server.url]), [])
+    await node.start()
+    try:
+        subject = subjects.exec_delete(USER, execution)
+        with pytest.raises(RemoteError, match="still storing its ending") as busy:
+            await request(nc, subject, Empty(), Ack, timeout=10)
+        assert busy.value.kind == "busy"
+        status = Event(
+            execution=execution, seq=4, ts=time.time(), kind="status", node="n1", flow="f",
+            launcher=USER, data={"status": "finished"},
+        )  # fmt: skip
+        await js.publish(*event_message(status)[:2], headers=event_message(status)[2])
+        await request(nc, subject, Empty(), Ack, timeout=10)
+        assert await stored_subjects(js, execution) == set()
     finally:
         await node.stop()
