@@ -10,14 +10,19 @@ the npm dependencies; a checkout without them gets `npm ci` here first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from kodo_bus.bus import connect
+from kodo_bus.config import ConnectSettings
+from kodo_bus.discovery import live_services
 from kodo_bus.server import NatsServer
 
 from .conftest import Processes
@@ -49,6 +54,16 @@ def _node_binary() -> str:
     return node
 
 
+async def both_answer(url: str, ids: set[str], within: float = 60.0) -> None:
+    nc = await connect(ConnectSettings(nats=[url], retry=0))
+    try:
+        deadline = time.monotonic() + within
+        while not ids <= {s["id"] for s in await live_services(nc)}:
+            assert time.monotonic() < deadline, f"{ids} did not all answer $SRV.PING"
+    finally:
+        await nc.close()
+
+
 def test_the_js_client_walks_through_the_contract(
     fresh_server: NatsServer, ray_address: str, procs: Processes, tmp_path: Path
 ) -> None:
@@ -56,6 +71,8 @@ def test_the_js_client_walks_through_the_contract(
     urls = [fresh_server.url]
     service(procs, tmp_path, urls, id="js-registry", role="registry")
     service(procs, tmp_path, urls, ray_address, id="js-node", role="node", flows=FLOWS)
+    # The demo discovers the services of that very moment: both must be up first.
+    asyncio.run(both_answer(fresh_server.url, {"js-registry", "js-node"}))
     env = {"PATH": os.environ.get("PATH", ""), "KODO_NATS": fresh_server.url}
     demo = procs.spawn([node, "demo.mjs"], cwd=str(CLIENT), env=env)
     out, _ = demo.communicate(timeout=240)  # stderr goes to stdout

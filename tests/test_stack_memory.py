@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from kodo_bus import Client
+from kodo_bus.bench.memory import family, smaps
 from kodo_bus.config import ServerSettings
 from kodo_bus.server import NatsServer
 
@@ -33,22 +34,6 @@ UNUSED = {
     "dashboard API server": "dashboard/dashboard.py",
 }
 """Ray processes a node's own Ray stops (pool.py `_trim_local_ray`), by their command line."""
-
-
-def pss_mb(proc: psutil.Process) -> float:
-    """Proportional set size, as smem counts it (shared pages split among their users)."""
-    for line in Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def family(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 def described(proc: psutil.Process) -> str:
@@ -94,7 +79,8 @@ async def test_a_nodes_own_ray_runs_without_the_processes_kodo_bus_does_not_use(
         idle = [line for line in lines if line.startswith("ray::IDLE")]
         assert not idle, "\n".join(lines)
         assert any(line.startswith("ray::ExecActor") for line in lines), "\n".join(lines)
-        print(f"node tree: {len(tree)} processes, {sum(map(pss_mb, tree)):.0f} MB PSS")
+        pss = sum(smaps(p.pid).get("Pss", 0.0) for p in tree)
+        print(f"node tree: {len(tree)} processes, {pss:.0f} MB PSS")
         # Ray keeps working without them: a second launch, on the running actor
         again = await flow.launch({"name": "again"})
         assert await again.result(timeout=60) == "Hello, **again**!"
