@@ -61,7 +61,8 @@ async def test_execution_scenarios(nats_server: NatsServer, ray_address: str) ->
         assert rates["executions/s (all final)"] > 0
         assert rates["CPU per execution: SDK + node (this process)"] > 0
         assert rates["executions/s (all final), node in its own process"] > 0
-        assert rates["CPU per execution, node in its own process: node (its own process)"] > 0
+        # 20 executions may cost the node's own process less than one clock tick (10 ms)
+        assert rates["CPU per execution, node in its own process: node (its own process)"] >= 0
         # a bus given with --nats: its server is not ours to measure
         assert not any("nats-server" in name for name in rates)
         assert not throughput.notes, throughput.notes
