@@ -37,6 +37,7 @@ from .test_reliability_support import (
 )
 
 TTL = 1.5
+HOLD = TTL + 2 + 6 + 4
 
 
 def unique(prefix: str) -> str:
@@ -138,8 +139,10 @@ async def test_sigkill_of_one_replica_ends_its_executions_lost_the_others_finish
         # launches spread over the replicas (one queue group): launch until each holds one
         held: dict[str, list[Execution]] = {dead: [], alive: []}
         tags: dict[str, str] = {}
+        # Held longer than the bound this test gives `lost` (TTL + 2 + 6 s after the kill):
+        # a worker Ray has not yet killed along with its node must not finish first.
         for i in range(40):
-            ex = await flow.launch({"seconds": 8, "tag": str(i)})
+            ex = await flow.launch({"seconds": HOLD, "tag": str(i)})
             tags[ex.id] = str(i)
             held.setdefault(await holder(ex), []).append(ex)
             if held[dead] and held[alive] and i >= 3:
