@@ -134,8 +134,8 @@ async def _put(
     return await store.put(name, source, meta=meta)  # type: ignore[arg-type]
 
 
-async def _fetch(js: JetStreamContext, ref: File, target: BinaryIO) -> tuple[int, str]:
-    """Write `ref`'s chunks to `target`; the bytes written and their SHA-256.
+async def chunks(js: JetStreamContext, ref: File) -> AsyncGenerator[bytes]:
+    """`ref`'s content, chunk by chunk, unchecked (`check_digest` once all are read).
 
     Not nats-py's `ObjectStore.get`: it looks the stream up by subject (`STREAM.NAMES`, which
     a client of the secure profile may not ask), and its push consumer outran a slow disk (the
@@ -150,23 +150,39 @@ async def _fetch(js: JetStreamContext, ref: File, target: BinaryIO) -> tuple[int
         info = await store.get_info(ref.name)
     except nats.js.errors.NotFoundError:
         raise FileError(f"no file {ref.name} in {ref.bucket} (expired, or deleted)") from None
+    subject = subjects.obj_subject(ref.bucket, f"C.{info.nuid}")
+    stream = subjects.obj_stream(ref.bucket)
+    size = 0
+    seq = 1
+    while size < (info.size or 0):
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
+        except nats.js.errors.NotFoundError:
+            return  # fewer chunks than the size says: the digest check tells
+        data = msg.data or b""
+        size += len(data)
+        seq = (msg.seq or seq) + 1
+        yield data
+
+
+def check_digest(ref: File, size: int, digest: str) -> None:
+    """Raise `FileDigestMismatch` unless `size` bytes with SHA-256 `digest` are `ref`'s."""
+    if digest != ref.digest or size != ref.size:
+        raise FileDigestMismatch(
+            f"{ref.name}: got {size} bytes with sha256 {digest}, "
+            f"expected {ref.size} bytes with sha256 {ref.digest}"
+        )
+
+
+async def _fetch(js: JetStreamContext, ref: File, target: BinaryIO) -> tuple[int, str]:
+    """Write `ref`'s chunks to `target`; the bytes written and their SHA-256."""
     sha = hashlib.sha256()
     size = 0
-    if not info.size:
-        return size, sha.hexdigest()
-    chunks = subjects.obj_subject(ref.bucket, f"C.{info.nuid}")
-    stream = subjects.obj_stream(ref.bucket)
-    seq = 1
-    while size < info.size:
-        try:
-            msg = await js.get_msg(stream, seq=seq, subject=chunks, next=True, direct=True)
-        except nats.js.errors.NotFoundError:
-            break  # fewer chunks than the size says: the digest check tells
-        data = msg.data or b""
-        sha.update(data)
-        size += len(data)
-        await asyncio.to_thread(target.write, data)
-        seq = (msg.seq or seq) + 1
+    async with contextlib.aclosing(chunks(js, ref)) as content:
+        async for data in content:
+            sha.update(data)
+            size += len(data)
+            await asyncio.to_thread(target.write, data)
     return size, sha.hexdigest()
 
 
@@ -181,11 +197,7 @@ async def download(js: JetStreamContext, ref: File, dest: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as target:
             size, digest = await _fetch(js, ref, target)
-        if digest != ref.digest or size != ref.size:
-            raise FileDigestMismatch(
-                f"{ref.name}: got {size} bytes with sha256 {digest}, "
-                f"expected {ref.size} bytes with sha256 {ref.digest}"
-            )
+        check_digest(ref, size, digest)
         os.replace(tmp, dest)
     except BaseException:
         os.unlink(tmp)

@@ -10,6 +10,7 @@ reaches the browser whole — the connection is cut instead, and the download fa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
-from .. import subjects
+from .. import files, subjects
 from ..codec import decode_events
 from ..errors import FileDigestMismatch, KodoError, WireError
 from ..models import File
@@ -64,33 +65,19 @@ async def file_refs(js: JetStreamContext, launcher: str, execution: str) -> list
 
 
 async def chunks(js: JetStreamContext, ref: File) -> AsyncIterator[bytes]:
-    """`ref`'s content, chunk by chunk; raises `FileDigestMismatch` before the last chunk when
-    the bytes are not the ones the reference names."""
-    store = await js.object_store(ref.bucket)
-    info = await store.get_info(ref.name)
+    """`ref`'s content, chunk by chunk; the last one is held back until the whole is checked
+    (`FileDigestMismatch` instead), so a browser never gets a wrong file whole."""
     sha = hashlib.sha256()
     size = 0
     held = b""
-    stream = subjects.obj_stream(ref.bucket)
-    subject = subjects.obj_subject(ref.bucket, f"C.{info.nuid}")
-    seq = 1
-    while size < (info.size or 0):
-        try:
-            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
-        except nats.js.errors.NotFoundError:
-            break
-        data = msg.data or b""
-        sha.update(data)
-        size += len(data)
-        seq = (msg.seq or seq) + 1
-        if held:
-            yield held
-        held = data
-    if size != ref.size or sha.hexdigest() != ref.digest:
-        raise FileDigestMismatch(
-            f"{ref.name}: got {size} bytes with sha256 {sha.hexdigest()}, "
-            f"expected {ref.size} bytes with sha256 {ref.digest}"
-        )
+    async with contextlib.aclosing(files.chunks(js, ref)) as content:
+        async for data in content:
+            sha.update(data)
+            size += len(data)
+            if held:
+                yield held
+            held = data
+    files.check_digest(ref, size, sha.hexdigest())
     if held:
         yield held
 
