@@ -160,8 +160,8 @@ class Runner:
         self._relay_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         self._hand_slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         """Requests being handed to their holder at once; more wait in the subscription."""
-        self._delete_slots = asyncio.Semaphore(DELETES_AT_ONCE)
-        self._deleting: set[tuple[str, str]] = set()  # at most DELETES_AT_ONCE
+        self._deleting: set[tuple[str, str]] = set()
+        """(user, execution) of the deletes under way: at most `DELETES_AT_ONCE`."""
         self._pub: EventPublisher | None = None
         self._pool: ActorPool | None = pool  # `kodo-bus try`: local_pool.LocalPool, no Ray
         self._js: JetStreamContext | None = None
@@ -794,11 +794,10 @@ class Runner:
             return
         # Never wait here: this callback also takes every public cancel and answer.
         key = (user, execution)
-        if self._delete_slots.locked() or key in self._deleting:
+        if len(self._deleting) >= DELETES_AT_ONCE or key in self._deleting:
             message = f"this node is deleting other executions (or {execution}): retry shortly"
             await respond_error(msg, "busy", message)
             return
-        await self._delete_slots.acquire()  # free: checked above, nothing awaited since
         self._deleting.add(key)
         task = asyncio.create_task(self._delete(msg, user, execution), name=f"delete-{execution}")
         self._tasks.add(task)
@@ -806,7 +805,6 @@ class Runner:
 
     def _deleted(self, task: asyncio.Task[Any], key: tuple[str, str]) -> None:
         self._deleting.discard(key)
-        self._delete_slots.release()
         self._done(task)
 
     async def _delete(self, msg: Msg, user: str, execution: str) -> None:
