@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import secrets
 import ssl
@@ -527,7 +528,8 @@ async def _conform(
         num_replicas=want.num_replicas,
         discard=want.discard,
         allow_msg_ttl=bool(info.config.allow_msg_ttl or want.allow_msg_ttl) or None,
-        duplicate_window=(want.duplicate_window or info.config.duplicate_window),
+        duplicate_window=want.duplicate_window
+        or min(info.config.duplicate_window, want.max_age or math.inf),
     )
     try:
         updated = await js.update_stream(config)
