@@ -20,10 +20,12 @@ actor. Skipped with `--quick` (it starts Ray twice, about 30 s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -128,12 +130,14 @@ def tree_memory(
     return pss, rss, uss, counted
 
 
-async def bare_ray_mb(settle: float = SETTLE) -> float:
-    """PSS of a bare local Ray, idle with one actor, its driver included."""
+@contextlib.asynccontextmanager
+async def _snippet(code: str, ready_within: float) -> AsyncIterator[int]:
+    """A Python process running `code`, once it printed its ready line: its PID. `code` waits
+    on stdin, so closing it ends the process; what is left is stopped by PID."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        _BARE_RAY,
+        code,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -141,13 +145,19 @@ async def bare_ray_mb(settle: float = SETTLE) -> float:
     )
     try:
         assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), 180)
-        await asyncio.sleep(settle)
-        return tree_memory(proc.pid)[0]
+        await asyncio.wait_for(proc.stdout.readline(), ready_within)
+        yield proc.pid
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
         await stop_process(proc, timeout=30)
+
+
+async def bare_ray_mb(settle: float = SETTLE) -> float:
+    """PSS of a bare local Ray, idle with one actor, its driver included."""
+    async with _snippet(_BARE_RAY, 180) as pid:
+        await asyncio.sleep(settle)
+        return tree_memory(pid)[0]
 
 
 async def up_stack(
@@ -207,22 +217,8 @@ async def _first_launch(url: str, proc: asyncio.subprocess.Process, deadline: fl
 
 async def bare_python_mb() -> float:
     """RSS of a Python process with nats-py, pydantic and msgpack imported, idle."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _BARE,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), 60)
-        return rss_mb(proc.pid)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        await asyncio.wait_for(proc.wait(), 30)
+    async with _snippet(_BARE, 60) as pid:
+        return rss_mb(pid)
 
 
 async def run(env: BenchEnv, *, nodes: int = 1000, flows: int = 20) -> ScenarioResult:
