@@ -15,8 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from nats.aio.client import Client as NATS
 
-from kodo_bus.config import ServerSettings
+from kodo_bus.bus import connect
+from kodo_bus.config import ConnectSettings, ServerSettings
 from kodo_bus.server import NatsServer
 
 from .invariants import Watch
@@ -77,6 +79,16 @@ def fresh_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def nc(fresh_server: NatsServer) -> AsyncIterator[NATS]:
+    """A kodo-bus connection to `fresh_server` (a test module may define its own `nc`)."""
+    conn = await connect(ConnectSettings(nats=[fresh_server.url]))
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

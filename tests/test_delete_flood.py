@@ -19,14 +19,13 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
 
 from kodo_bus import files, subjects
-from kodo_bus.bus import connect, ensure_execution_storage, jetstream, request
-from kodo_bus.config import ConnectSettings, ServiceSettings
+from kodo_bus.bus import ensure_execution_storage, jetstream, request
+from kodo_bus.config import ServiceSettings
 from kodo_bus.errors import KodoError, RemoteError
 from kodo_bus.executions import create_record
 from kodo_bus.models import Ack, Empty, ExecutionRecord
@@ -36,15 +35,6 @@ from kodo_bus.server import NatsServer
 USER = subjects.DEFAULT_USER
 OBJECTS = 3000
 """Metadata messages the launcher puts in its own bucket (about 150 B each)."""
-
-
-@pytest.fixture
-async def nc(fresh_server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await connect(ConnectSettings(nats=[fresh_server.url]))
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def _cancel_latency(nc: NATS) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
 
 import nats.js.errors
 import pytest
@@ -16,9 +15,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from kodo_bus import files, subjects
-from kodo_bus.bus import connect, ensure_execution_storage, jetstream, request
+from kodo_bus.bus import ensure_execution_storage, jetstream, request
 from kodo_bus.client import Client
-from kodo_bus.config import ConnectSettings, ServiceSettings
+from kodo_bus.config import ServiceSettings
 from kodo_bus.errors import ExecutionNotEnded, ExecutionNotFound, RemoteError
 from kodo_bus.executions import create_record, event_message
 from kodo_bus.models import TERMINAL_STATUSES, Ack, Empty, Event, ExecutionRecord
@@ -27,15 +26,6 @@ from kodo_bus.server import NatsServer
 
 USER = subjects.DEFAULT_USER
 RECORDS = subjects.BUCKET_EXECUTIONS
-
-
-@pytest.fixture
-async def nc(fresh_server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await connect(ConnectSettings(nats=[fresh_server.url]))
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def an_execution(

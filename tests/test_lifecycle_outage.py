@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import nats.errors
 import nats.js.errors
@@ -20,21 +19,12 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from kodo_bus import bus, lifecycle, subjects
-from kodo_bus.bus import connect, ensure_execution_storage, jetstream
-from kodo_bus.config import DUPLICATE_WINDOW, ConnectSettings
+from kodo_bus.bus import ensure_execution_storage, jetstream
+from kodo_bus.config import DUPLICATE_WINDOW
 from kodo_bus.models import ExecutionRecord
 from kodo_bus.server import NatsServer
 
 WINDOW = 2.0
-
-
-@pytest.fixture
-async def nc(fresh_server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await connect(ConnectSettings(nats=[fresh_server.url]))
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def until(check: object, within: float) -> None:

@@ -24,9 +24,8 @@ from nats.js.kv import KeyValue
 
 from kodo_bus import subjects
 from kodo_bus.auth import UserStore, permissions
-from kodo_bus.bus import connect
 from kodo_bus.codec import encode
-from kodo_bus.config import ConnectSettings, ServiceSettings
+from kodo_bus.config import ServiceSettings
 from kodo_bus.errors import ConfigError
 from kodo_bus.models import Catalog, FlowInfo, Heartbeat, NodeEntry, RegistryView
 from kodo_bus.server import NatsServer
@@ -94,13 +93,6 @@ def test_auth_refuses_a_bad_user_name(tmp_path: Path, name: str) -> None:
 
 
 # -- where names enter: a registry ---------------------------------------------------------------
-@pytest.fixture
-async def nc(fresh_server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await connect(ConnectSettings(nats=[fresh_server.url]))
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 class Registries:
