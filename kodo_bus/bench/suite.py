@@ -41,7 +41,7 @@ class Sizes(BaseModel):
 QUICK = Sizes(
     launches=5,
     warmup=2,
-    executions=20,
+    executions=200,
     events=200,
     nodes=10,
     flows=3,
