@@ -12,7 +12,9 @@ topology:
 - view exchange bytes per heartbeat interval (every `kodo.registry.*.view` message on every bus)
   in steady state with 0, 10 and 100 nodes changing per interval: proportional to the changes;
 - the largest view message seen, and whether anything circulates (messages in a quiet interval
-  beyond one beat per stream).
+  beyond one beat per stream);
+- how long the federation took to settle after the burst (no `full` part on any bus for one
+  whole heartbeat interval), and how many readers each server cut as slow consumers.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from nats.aio.msg import Msg
 from .. import subjects
 from ..codec import encode
 from ..config import ServerSettings
+from ..dashboard.feeds import fetch_varz
 from ..errors import KodoTimeout, NoResponders
 from ..peers import CHUNK_BYTES
 from ..server import NatsServer
@@ -47,6 +50,9 @@ from .simnodes import SimNodes, catalog
 
 TARGET_NEW_FLOW_S = 2.0
 TARGET_MAX_MESSAGE = 1024 * 1024
+SETTLE_WITHIN = 120.0
+"""Seconds the federation gets to settle after the burst before the steady state is measured
+anyway (and the note says it had not settled)."""
 
 
 class _Tap:
@@ -159,6 +165,19 @@ class _Federation:
     def kinds(self) -> Counter[str]:
         return sum((t.kinds for t in self.taps), Counter())
 
+    async def slow_consumers(self) -> list[int]:
+        """Each server's count of connections it cut as slow consumers (`/varz`); -1 when its
+        monitoring does not answer."""
+        counts = []
+        for server in self.servers:
+            monitor = server.monitor_url
+            try:
+                varz = await asyncio.to_thread(fetch_varz, monitor) if monitor else {}
+                counts.append(int(varz.get("slow_consumers", -1)))
+            except (OSError, ValueError):
+                counts.append(-1)
+        return counts
+
 
 async def _flows_on(nc: NATS, registry: str) -> int:
     """Flows `registry` lists; 0 while it is too busy taking in a burst to answer in time, or
@@ -206,6 +225,10 @@ async def _topology(
         beats = [asyncio.create_task(sim.heartbeats(heartbeat, 3600)) for sim in sims]
         try:
             await _measure(fed, result, sims, links, t0, nodes=nodes, flows=flows)
+            cuts = await fed.slow_consumers()
+            total_cuts = sum(max(c, 0) for c in cuts)
+            result.add(f"{name}: slow-consumer cuts, all buses", total_cuts, "cuts")
+            result.notes.append(f"{name}: slow consumers cut per bus (/varz): {cuts}")
         finally:
             for task in beats:
                 task.cancel()
@@ -238,8 +261,11 @@ async def _measure(
         time.perf_counter() - t0,
         "s",
     )
-    # the burst's full views and changes are over once a quiet interval passes
-    await asyncio.sleep(2 * heartbeat)  # settling: a measuring window, not a condition
+    # steady state means steady: no `full` part on any bus for one whole heartbeat interval
+    settle = await _settle(fed)
+    result.add(f"{name}: settled after the burst (no full for {heartbeat:g} s)", settle, "s")
+    if settle >= SETTLE_WITHIN:
+        result.notes.append(f"{name}: NOT settled within {SETTLE_WITHIN:g} s: measured anyway")
 
     # 2. a new flow on bus 1, persisted on the last bus
     node = sims[0].ids[0]
@@ -338,6 +364,20 @@ async def _steady(
             )
         else:
             result.notes.append(f"{name}: {changed} nodes changing: messages per interval {kinds}")
+
+
+async def _settle(fed: _Federation, within: float = SETTLE_WITHIN) -> float:
+    """Seconds until one whole heartbeat interval passed with no `full` part on any bus (the
+    interval included); at `within` the measuring goes on, with a note that it had not
+    settled."""
+    t0 = time.perf_counter()
+    while True:
+        fulls = fed.kinds()["full"]
+        await asyncio.sleep(fed.heartbeat)  # one window observed, not a settling guess
+        if fed.kinds()["full"] == fulls:
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 >= within:
+            return time.perf_counter() - t0
 
 
 async def _more(nc: NATS, registry: str, total: int) -> bool:
