@@ -50,6 +50,15 @@ EVENTS_MAX_BYTES = 4 * 1024**3
 4 GiB: at the ~3.5 KB a short execution stores, over a million executions — days of a busy
 node — and with `RECORDS_MAX_BYTES` half of the packaged server's 10 GB `max_file_store`,
 the rest left to files and views."""
+VIEWS_MAX_BYTES = 512 * 1024**2
+"""Bytes the `KODO_VIEWS` stream of one bus holds at most; past it the oldest view messages go.
+Sized so a burst fits: at 10,000 nodes a whole view is ~44 MB, and a bus of a 5-bus chain
+carries a few of them plus their changes while its registries take them in. A registry that
+lags by more than this (or `VIEWS_MAX_AGE`) sees a gap and asks for one more whole view."""
+VIEWS_MAX_AGE = 120.0
+"""Seconds the `KODO_VIEWS` stream keeps a view message: far longer than a registry busy
+taking in a burst lags (seconds), short enough that the stream holds only the last minutes of
+view traffic (a registry reads it from where it stopped, never from the start)."""
 RECORDS_MAX_BYTES = 1024**3
 """Bytes the `KODO_EXECUTIONS` bucket holds at most; past it the least recently written
 records are discarded. A record is ~400 bytes, so this holds more executions than the events
@@ -284,6 +293,10 @@ class ServiceSettings(_Settings):
     records_max_bytes: int = Field(default=RECORDS_MAX_BYTES, ge=-1)
     """Bytes of the executions bucket at most (-1: no limit); the least recently written
     records go first."""
+    views_max_bytes: int = Field(default=VIEWS_MAX_BYTES, gt=0)
+    """Bytes of view messages the `KODO_VIEWS` stream keeps on a bus (registries with feed on)."""
+    views_max_age: float = Field(default=VIEWS_MAX_AGE, gt=0)
+    """Seconds the `KODO_VIEWS` stream keeps a view message."""
     retention: float = Field(default=7 * 24 * 3600.0, gt=0)
     """Seconds an offline node stays in a registry's view before the registry prunes it: long
     enough for a machine away over a week-end to come back listed, short enough that a view

@@ -111,6 +111,9 @@ other account imports the parts of their API it may use under this prefix (ARCHI
 
 STREAM_EVENTS = "KODO_EVENTS"
 """Captures `kodo.events.>` so late readers replay an execution in order."""
+STREAM_VIEWS = "KODO_VIEWS"
+"""Captures `kodo.registry.*.view` on each bus where a registry reads views: a registry reads
+them through a consumer it paces, so a busy one lags instead of being cut (`viewstream.py`)."""
 
 BUCKET_VIEW = "KODO_VIEW_{registry}"
 """One KV bucket per registry: its view of nodes and flows; survives restarts."""
@@ -347,7 +350,13 @@ ALL_PATTERNS: tuple[str, ...] = (
 )
 """Every subject pattern above; the documentation test walks this tuple."""
 
-ALL_JETSTREAM: tuple[str, ...] = (STREAM_EVENTS, BUCKET_VIEW, BUCKET_EXECUTIONS, BUCKET_FILES)
+ALL_JETSTREAM: tuple[str, ...] = (
+    STREAM_EVENTS,
+    STREAM_VIEWS,
+    BUCKET_VIEW,
+    BUCKET_EXECUTIONS,
+    BUCKET_FILES,
+)
 
 
 def work_jobs(node: str, pool: str, worker: int) -> str:
