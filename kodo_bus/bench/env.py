@@ -175,12 +175,16 @@ class BenchEnv:
 
         if ray.is_initialized():
             return
+        from ..pool import LOCAL_RAY_CONFIG
+
+        # A node's own Ray as `kodo-bus run` starts it (its workers at the node's niceness).
         await asyncio.to_thread(
             ray.init,
             num_cpus=self.settings.ray_cpus,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            _system_config=LOCAL_RAY_CONFIG,
         )
         self._ray_started = True
         self._watch_signals()
