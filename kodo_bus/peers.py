@@ -40,6 +40,7 @@ from .errors import ConnectError, WireError
 from .models import SCHEMA_VERSION, Catalog, FlowInfo, NodeEntry, RegistryView
 from .tasks import TaskSet
 from .view import catalog_problem
+from .viewstream import ViewReader
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -189,9 +190,10 @@ class Peers:
         """Streams heard, by (sender, bus: '' for our own, else the url of the link)."""
         self.sent_messages = 0
         self.sent_bytes = 0
-        self.subs: list[Subscription] = []
-        """View subscriptions on the links (one per link): their backlog says whether this
-        registry is behind on reading (see `Registry.behind`)."""
+        self.readers: list[ViewReader] = []
+        """The views of each bus this registry reads (feed on): its own, and each link's."""
+        self._asks_subs: list[Subscription] = []
+        """View subscriptions on links with feed off (only asks of a 0.1 registry matter)."""
         self._catalogs: dict[str, dict[bytes, Catalog]] = {}
         """Node → catalogs taken in, by a digest of the bytes they arrived as (and of the urls
         filled in when they had none): the same bytes again are not decoded again."""
@@ -201,6 +203,25 @@ class Peers:
         every stream, in every `full`; the flows of an incoming copy are compared with them
         before decoding it. (One copy of the bytes: a second one of the flows cost a registry
         holding 10,000 nodes some 45 MB.)"""
+
+    @property
+    def subs(self) -> list[Subscription]:
+        """Every view subscription: its backlog says whether this registry is behind on reading
+        (see `Registry.behind`)."""
+        return [*(r.sub for r in self.readers if r.sub is not None), *self._asks_subs]
+
+    async def read_views(self, nc: NATS, url: str | None) -> ViewReader:
+        """Read the views of one bus (`url` None: our own), through its `KODO_VIEWS` stream
+        where it can be (`viewstream.py`), and take them in (`Registry.on_view_msg`)."""
+        urls = None if url is None else [url]
+
+        async def on_view(msg: Msg) -> None:
+            await self.registry.on_view_msg(msg, urls)
+
+        reader = ViewReader(nc, self.settings, on_view, "our own bus" if url is None else url)
+        self.readers.append(reader)
+        await reader.start()
+        return reader
 
     def _targets(self) -> Iterator[tuple[str, _Outbound]]:
         if not self.settings.feeds and "" not in self._out:
@@ -239,6 +260,9 @@ class Peers:
 
     async def stop(self) -> None:
         await self.tasks.close()
+        for reader in self.readers:
+            await reader.stop()
+        self.readers.clear()
         for nc in [*self.links.values(), *([self._reader] if self._reader else [])]:
             with contextlib.suppress(nats.errors.Error):
                 await nc.drain()
@@ -278,16 +302,20 @@ class Peers:
         self.links[url] = nc
         log.info("linked to peer bus %s", url)
 
-        async def on_view(msg: Msg) -> None:
-            await self.registry.on_view_msg(msg, [url])
+        if self.settings.feeds:
+            await self.read_views(nc, url)
+        else:
 
-        # feed off too: asks for our view arrive there
-        sub = await nc.subscribe(
-            subjects.REGISTRY_VIEW_ALL,
-            cb=on_view,
-            pending_bytes_limit=VIEW_PENDING_BYTES,
-        )
-        self.subs.append(sub)
+            async def on_view(msg: Msg) -> None:
+                await self.registry.on_view_msg(msg, [url])
+
+            # feed off too: asks of a 0.1 registry arrive there
+            sub = await nc.subscribe(
+                subjects.REGISTRY_VIEW_ALL,
+                cb=on_view,
+                pending_bytes_limit=VIEW_PENDING_BYTES,
+            )
+            self._asks_subs.append(sub)
 
         async def on_ask(msg: Msg) -> None:
             await self.on_ask(msg, [url])

@@ -96,17 +96,19 @@ class Registry:
             await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node),
             await self.nc.subscribe(subjects.ADMIN_FORGET_ALL, cb=self._on_forget),
         ]
-        # feed off too: asks for a provider's view arrive on its own bus. Feed on, the views
-        # are read on a connection of their own (`Peers.reader`): a server cutting that reader
-        # as a slow consumer leaves heartbeats, KV writes and liveness on `nc` untouched
-        views = await self.peers.reader() if self.settings.feeds else self.nc
-        self._subs.append(
-            await views.subscribe(
-                subjects.REGISTRY_VIEW_ALL,
-                cb=self.on_view_msg,
-                pending_bytes_limit=VIEW_PENDING_BYTES,
+        if self.settings.feeds:
+            # on a connection of their own (`Peers.reader`), through the bus's `KODO_VIEWS`
+            # stream at our pace (`viewstream.py`): a backlog of views holds back neither
+            # heartbeats, KV writes and liveness on `nc`, nor is it cut by the server
+            await self.peers.read_views(await self.peers.reader(), None)
+        else:  # asks for a provider's view (of a 0.1 registry) arrive on its own bus
+            self._subs.append(
+                await self.nc.subscribe(
+                    subjects.REGISTRY_VIEW_ALL,
+                    cb=self.on_view_msg,
+                    pending_bytes_limit=VIEW_PENDING_BYTES,
+                )
             )
-        )
         self._subs.append(
             await self.nc.subscribe(subjects.registry_ask(self.settings.id), cb=self._on_ask)
         )

@@ -1,0 +1,145 @@
+"""Reading the views of one bus through JetStream, at the pace the registry takes them in.
+
+Read by a core subscription, views arriving faster than a registry decodes them (a whole view
+is ~44 MB at 10,000 nodes) pile up at the server until it cuts the reader as a slow consumer:
+every stream heard there has a gap, each gap costs one more whole view, decoded by every
+registry of the bus, and the cuts go on (issue 18, the 5-bus chain). Here the bus keeps the
+views in the stream `KODO_VIEWS` and the registry reads them through an ordered consumer with
+flow control: the server sends a window ahead and waits for the registry to take it in, so a
+busy registry lags behind the stream instead of being cut, and reads on from where it stopped.
+It misses messages only when it lags past the stream's limits (`views_max_bytes`,
+`views_max_age`): then the sender's `seq` has a gap and the registry asks for a `full`, as
+with any gap. After a server restart or the loss of its consumer, nats-py's ordered consumer
+makes a new one from the stream sequence after the last one delivered (missed idle heartbeats).
+
+A bus where the stream cannot be made or read (no JetStream there, or no right to it) is read by
+a core subscription as before, with one warning saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api
+
+from . import subjects
+from .bus import consumer_config, ensure_stream, jetstream
+from .config import ServiceSettings
+from .errors import KodoError
+
+log = logging.getLogger("kodo_bus.viewstream")
+
+INACTIVE = 30.0
+"""Seconds the server keeps a reader's consumer once nobody reads it: a killed registry leaves
+nothing behind for longer, and a registry stalled for less (a long pause, a reconnect) finds
+its consumer still there."""
+IDLE_HEARTBEAT = 2.0
+"""Seconds between the server's idle heartbeats on a consumer; two missed and the consumer is
+made anew from the next stream sequence (a server restart, a consumer lost)."""
+STREAM_WITHIN = 10.0
+"""Seconds a reader waits for the stream to be made or found before it reads by a core
+subscription instead: a secure profile without the rights answers nothing, and the views of
+the bus must still be read."""
+PENDING_BYTES = 256 * 1024 * 1024
+"""Bytes of view messages held by nats-py before the reader takes them in (flow control keeps
+far fewer in flight; a bound all the same)."""
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class ViewReader:
+    """The views of one bus, read by one registry: through `KODO_VIEWS`, else core NATS."""
+
+    def __init__(
+        self, nc: NATS, settings: ServiceSettings, handle: Handler, where: str = "its own bus"
+    ) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.handle = handle
+        self.where = where
+        self.own = subjects.registry_view(settings.id)
+        self.sub: Subscription | None = None
+        self.streamed = False
+        """Whether the views are read through the stream (else a core subscription)."""
+        self.skipped_msgs = 0
+        self.skipped_bytes = 0
+        """Our own view messages handed back by the stream and dropped unread: the core
+        subscription of a link had no_echo, a consumer has no such option."""
+        self._consumer: str | None = None
+
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self._streamed(), STREAM_WITHIN)
+        except (nats.errors.Error, KodoError, TimeoutError) as exc:
+            log.warning(
+                "views on %s read by a core subscription, not through the stream %s: %s",
+                self.where,
+                subjects.STREAM_VIEWS,
+                _why(exc),
+            )
+            self.sub = await self.nc.subscribe(
+                subjects.REGISTRY_VIEW_ALL, cb=self._on_msg, pending_bytes_limit=PENDING_BYTES
+            )
+
+    async def _streamed(self) -> None:
+        js = jetstream(self.nc)
+        # one look first: a bus without JetStream answers nothing, at once
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.stream_info(subjects.STREAM_VIEWS)
+        await ensure_stream(
+            js,
+            subjects.STREAM_VIEWS,
+            [subjects.REGISTRY_VIEW_ALL],
+            max_age=self.settings.views_max_age,
+            max_bytes=self.settings.views_max_bytes,
+            replicas=self.settings.replicas,
+        )
+        sub = await js.subscribe(
+            subjects.REGISTRY_VIEW_ALL,
+            stream=subjects.STREAM_VIEWS,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            idle_heartbeat=IDLE_HEARTBEAT,
+            pending_bytes_limit=PENDING_BYTES,
+            config=consumer_config(
+                deliver_policy=api.DeliverPolicy.NEW,
+                inactive_threshold=INACTIVE,
+            ),
+        )
+        self.sub, self.streamed, self._consumer = sub, True, sub._consumer
+        log.info("views on %s read through the stream %s", self.where, subjects.STREAM_VIEWS)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if msg.subject == self.own:  # ours, read back: a string compare, nothing decoded
+            self.skipped_msgs += 1
+            self.skipped_bytes += len(msg.data)
+            return
+        await self.handle(msg)
+
+    async def stop(self) -> None:
+        """Stop reading; the consumer is deleted (else the server drops it after `INACTIVE`)."""
+        sub, self.sub = self.sub, None
+        if sub is None:
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+        consumer = getattr(sub, "_consumer", None) or self._consumer
+        if self.streamed and consumer and self.nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await jetstream(self.nc, timeout=2).delete_consumer(subjects.STREAM_VIEWS, consumer)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return "no JetStream answers on that bus"
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+        return f"JetStream did not answer within {STREAM_WITHIN:g} s (no right to the stream?)"
+    return repr(exc)
