@@ -108,8 +108,8 @@ def _stores(users: list[User], files_quota: int = FILES_QUOTA) -> list[_Store]:
         _Store(RECORDS_ACCOUNT, (s.kv_stream(records),), (s.kv_subject(records, ">"),)),
         _Store(
             VIEWS_ACCOUNT,
-            tuple(s.kv_stream(v) for v in views),
-            tuple(s.kv_subject(v, ">") for v in views),
+            (*(s.kv_stream(v) for v in views), s.STREAM_VIEWS),
+            (*(s.kv_subject(v, ">") for v in views), s.REGISTRY_VIEW_ALL),
         ),
         *(_files_store(u.name, files_quota) for u in users if u.role == "client"),
     ]

@@ -160,6 +160,15 @@ def _registry(name: str) -> Permissions:
         _api("DIRECT", "GET", _kv_stream(view), ">"),
         _api("CONSUMER", "INFO", _kv_stream(view), "*"),
         _api("CONSUMER", "INFO", _kv_stream(records), "*"),
+        # views read through the bus's views stream, at the registry's pace (`viewstream.py`):
+        # it makes the stream and brings it to its limits, reads it by ordered consumers
+        _api("STREAM", "INFO", s.STREAM_VIEWS),
+        _api("STREAM", "CREATE", s.STREAM_VIEWS),
+        _api("STREAM", "UPDATE", s.STREAM_VIEWS),
+        _api("CONSUMER", "CREATE", s.STREAM_VIEWS, "*", s.REGISTRY_VIEW_ALL),
+        _api("CONSUMER", "INFO", s.STREAM_VIEWS, "*"),
+        _api("CONSUMER", "DELETE", s.STREAM_VIEWS, "*"),
+        f"$JS.FC.{s.STREAM_VIEWS}.>",
     ]
     sub = [*node.subscribe, s.NODE_ALL, s.REGISTRY_VIEW_ALL, s.registry_ask(name)]
     sub.append(s.ADMIN_FORGET_ALL)
