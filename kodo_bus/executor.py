@@ -55,7 +55,7 @@ from .executions import (
     update_record,
 )
 from .flows import Next, import_object, input_model, spec_of
-from .lifecycle import NOTHING, conclude, envelope, error_of, unless_ended
+from .lifecycle import NOTHING, Message, conclude, envelope, error_of, not_ended, unless_ended
 from .models import Ack, ExecutionRecord
 from .publisher import EventPublisher
 from .tasks import TaskSet
@@ -286,42 +286,38 @@ class ExecActor:
         tracer = Tracer(emitter, self._nc, loop, on_status)
         context = contextvars.copy_context()
         context.run(current.set, emitter)
-        if not await self._started(emitter):
-            emitter.close()
-            return await self._ended_elsewhere(r)
-        record.write_later(set_status("running"), RUNNING_WRITE_AFTER)
-        task = loop.create_task(self._call(job, tracer), context=context)
-        self._tasks[execution] = task
-        if execution in self._cancelled:
-            del self._cancelled[execution]
-            task.cancel()
-        try:
-            try:
-                how = await self._outcome_of(job, task)
-            finally:
-                self._tasks.pop(execution, None)
-        except asyncio.CancelledError:  # the actor is stopping
-            task.cancel()
-            stopped = ("cancelled", error_of("Cancelled", "the worker stopped"), NOTHING)
-            await self._end(job, emitter, record, stopped)
-            raise
-        except Exception as exc:  # a failure of ours, not the flow's: still one ending
-            log.exception("execution %s failed in the worker", execution)
-            how = ("error", error_data(exc, "WorkerFailure"), NOTHING)
-        emitter.flush_output()
-        return await self._end(job, emitter, record, how)
-
-    async def _started(self, emitter: Emitter) -> bool:
-        """Store `running`, unless the execution was ended meanwhile (`lifecycle.unless_ended`:
-        a job that reached this worker after its node was declared lost, say)."""
-        assert self._pub is not None
         running = emitter.message("status", {"status": "running"})
         if running is None:
-            return False
+            return await self._ended_elsewhere(r)
+        start = _Start(self._pub, execution, running)
         try:
-            return await self._pub.confirm(unless_ended(running, emitter.execution))
-        except EventsNotStored:  # the flow runs; its ending reports the loss
-            return True
+            record.write_later(set_status("running"), RUNNING_WRITE_AFTER)
+            task = loop.create_task(self._call(job, tracer), context=context)
+            start.watch(task)
+            self._tasks[execution] = task
+            if execution in self._cancelled:
+                del self._cancelled[execution]
+                task.cancel()
+            try:
+                try:
+                    how = await self._outcome_of(job, task)
+                finally:
+                    self._tasks.pop(execution, None)
+            except asyncio.CancelledError:  # the actor is stopping
+                task.cancel()
+                stopped = ("cancelled", error_of("Cancelled", "the worker stopped"), NOTHING)
+                await self._end(job, emitter, record, stopped, start)
+                raise
+            except Exception as exc:  # a failure of ours, not the flow's: still one ending
+                log.exception("execution %s failed in the worker", execution)
+                how = ("error", error_data(exc, "WorkerFailure"), NOTHING)
+            if start.refused:
+                emitter.close()
+                return await self._ended_elsewhere(r)
+            emitter.flush_output()
+            return await self._end(job, emitter, record, how, start)
+        finally:
+            self._pub.unguard(execution)
 
     async def _ended_elsewhere(self, r: ExecutionRecord) -> Outcome:
         log.warning("execution %s was ended before its worker started it", r.execution)
@@ -371,7 +367,9 @@ class ExecActor:
             return "error", error_data(failed), NOTHING
         return "finished", None, {**nxt.model_dump(), "children": children}
 
-    async def _end(self, job: Job, emitter: Emitter, record: _RecordWriter, how: _How) -> Outcome:
+    async def _end(
+        self, job: Job, emitter: Emitter, record: _RecordWriter, how: _How, start: _Start
+    ) -> Outcome:
         """The one ending (`lifecycle.conclude`), after every event the flow emitted.
 
         If events of the flow were given up on (`EventsNotStored`, the server gone longer than
@@ -385,7 +383,13 @@ class ExecActor:
         store = functools.partial(pub.store, execution=execution)
         known = await record.settle()
         end = functools.partial(
-            conclude, self._js, self._kv, job.record, store=store, send=pub.send
+            conclude,
+            self._js,
+            self._kv,
+            job.record,
+            store=store,
+            send=pub.send,
+            settled=start.settled,
         )
         try:
             pub.raise_lost(execution)  # events of the flow given up on: it ends `error`
@@ -454,6 +458,59 @@ class ExecActor:
                         ctypes.c_ulong(running[0]), ctypes.py_object(_Stop)
                     )
             raise
+
+
+class _Start:
+    """An execution's `running`, stored only if nobody ended the execution before this worker
+    got it (`lifecycle.unless_ended`: a job that reached the worker after its node was declared
+    lost, say) — and not waited for: the flow starts at once.
+
+    Waiting for that ack put a round trip before every flow and, for a short one, before its
+    ending (issue 18). Until the ack is in, the publisher `guard`s the execution: each of its
+    events, the flow's and the `final`/`error`, carries the same condition, so none is stored
+    behind an ending that came first (whoever else ends an execution claims its record before
+    storing an `error`, so an `error` stored means this worker's claim will lose). A `running`
+    refused cancels the flow, and the worker reports what the record says, as before; a flow
+    started that way ran for the one round trip, where it used to not run at all.
+    """
+
+    def __init__(self, pub: EventPublisher, execution: str, running: Message) -> None:
+        self._pub = pub
+        self._execution = execution
+        self._task: asyncio.Task[Any] | None = None
+        self.refused = False
+        """`running` was refused: the execution was ended before this worker got it."""
+        pub.guard(execution, not_ended(execution))
+        self._confirmed = pub.confirm(unless_ended(running, execution))
+        self._confirmed.add_done_callback(self._on_confirmed)
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        """The flow's task: cancelled if `running` is refused."""
+        self._task = task
+        if self.refused:
+            task.cancel()
+
+    def _on_confirmed(self, future: asyncio.Future[bool]) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is None and not future.result():
+            self.refused = True
+            if self._task is not None:
+                self._task.cancel()
+            return  # the guard stays: nothing more of this execution is to be stored
+        # Stored (or given up on: the flow runs, and its ending reports the loss).
+        self._pub.unguard(self._execution)
+
+    async def settled(self) -> None:
+        """Wait for `running`'s ack (`conclude`, after a won claim; long in by then, as a rule:
+        it was sent before the ending), then drop the guard so the status goes as it is."""
+        try:
+            stored = await self._confirmed
+        except EventsNotStored:
+            stored = True  # the flow ran; its ending reports the loss
+        if not stored:  # an `error` stored, yet this worker's claim won: not by the protocol
+            log.error("execution %s: its running was refused, yet its ending won", self._execution)
+        self._pub.unguard(self._execution)
 
 
 class _RecordWriter:

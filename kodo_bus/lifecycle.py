@@ -137,15 +137,17 @@ def unless_ended(message: Message, execution: str) -> Message:
     the execution's `error` events, so it holds against every ender at once.
     """
     subject, body, headers = message
-    return (
-        subject,
-        body,
-        {
-            **headers,
-            EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
-            EXPECTED_LAST_SUBJECT: subjects.events("*", execution, "error"),
-        },
-    )
+    return subject, body, {**headers, **not_ended(execution)}
+
+
+def not_ended(execution: str) -> dict[str, str]:
+    """The headers of `unless_ended`: JetStream stores the message only while no `error` of
+    the execution is stored. The worker's first events carry it (`EventPublisher.guard`) until
+    its `running` is acknowledged."""
+    return {
+        EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+        EXPECTED_LAST_SUBJECT: subjects.events("*", execution, "error"),
+    }
 
 
 # -- the stored trail ----------------------------------------------------------------------------
@@ -260,6 +262,7 @@ async def conclude(
     known: Stored | None = None,
     store: Store | None = None,
     send: Send | None = None,
+    settled: Callable[[], Awaitable[None]] | None = None,
 ) -> Ending:
     """End, as its owner, the execution with `status` after seq `after` (the owner numbers its
     events), unless someone else ended it first.
@@ -275,6 +278,10 @@ async def conclude(
     execution's ending and put two round trips between its `final` and its status. If the
     status is never stored (the owner died, the server stayed away longer than re-sends are
     tried), the record holds the ending for `repair` and for followers.
+
+    `settled` is awaited between a won claim and the status: the worker's, until its `running`
+    is acknowledged (its `final`/`error` may have been sent under that condition, which the
+    status must not carry: the worker's own `error` would fail it).
     """
     store = store or functools.partial(publish, js)
     first, last = ending_messages(record, after, status, error, final)
@@ -287,6 +294,8 @@ async def conclude(
         kv, record_key(record), status, last_seq=after + 2, error=message, known=known
     )
     if decided.won:
+        if settled is not None:
+            await settled()
         if send is None:
             await store([last])
         else:

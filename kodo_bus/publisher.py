@@ -186,6 +186,9 @@ class EventPublisher:
         a wake per event, across threads, cost more than the event)."""
         self._ttl: OrderedDict[str, str] = OrderedDict()
         """`Nats-TTL` of the executions `retain`ed (bounded by `RETAINED`)."""
+        self._guarded: dict[str, dict[str, str]] = {}
+        """Conditions every message of an execution carries while it is `guard`ed (one entry
+        per execution starting in this worker: each is `unguard`ed by the end of its run)."""
         self._thread = threading.get_ident()
         self.task = loop.create_task(self._run(), name="kodo-event-publisher")
         self.task.add_done_callback(self._ended)
@@ -202,13 +205,32 @@ class EventPublisher:
         if len(self._ttl) > RETAINED:
             self._ttl.popitem(last=False)
 
+    def guard(self, execution: str, condition: dict[str, str]) -> None:
+        """Send every message of `execution` queued from now on with the headers `condition`
+        (a JetStream condition: a message it fails is refused, not re-sent), until `unguard`.
+        Called on the loop's thread.
+
+        Why: a worker starts a flow without waiting for the ack of its `running`, whose
+        condition says the execution was not ended before the worker got it
+        (`lifecycle.unless_ended`); until that ack is in, each event of the flow carries the
+        same condition, so none is stored behind an ending that came first."""
+        self._guarded[execution] = condition
+
+    def unguard(self, execution: str) -> None:
+        """Messages of `execution` queued from now on go without the `guard`'s condition."""
+        self._guarded.pop(execution, None)
+
     # -- producers (any thread) ----------------------------------------------------------------
     def put(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         """Queue one message; never waits (see `wait_room_sync` and `wait_room` for that)."""
-        if self._ttl:
-            ttl = self._ttl.get(headers.get(MSG_ID, "").partition(":")[0])
+        if self._ttl or self._guarded:
+            execution = headers.get(MSG_ID, "").partition(":")[0]
+            ttl = self._ttl.get(execution)
             if ttl is not None:
                 headers[MSG_TTL] = ttl
+            condition = self._guarded.get(execution)
+            if condition is not None:
+                headers.update(condition)
         self._queue.append((subject, body, headers))
         with self._count:
             self._bytes += len(body) + EVENT_OVERHEAD

@@ -1,0 +1,149 @@
+"""The launch path trimmed for issue 18, at its edges: a worker starts a flow without waiting
+for the ack of its `running` (`executor._Start`), so what it sends before that ack carries the
+`running`'s condition (`EventPublisher.guard`). A job that reaches its worker after the
+execution was ended from outside must still leave nothing behind the ending — whether the flow
+emits before the refusal comes back, or ends (and sends its `final`) before it does.
+
+`ExecActor` is driven in this process against the session's nats-server (no Ray), as in
+tests/test_execution_handover.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from kodo_bus import subjects
+from kodo_bus.bus import connect, deliver, ensure_execution_storage, respond
+from kodo_bus.codec import decode_msg
+from kodo_bus.config import ConnectSettings
+from kodo_bus.executions import read_record, record_key
+from kodo_bus.executor import ExecActor, Job, JobBatch, Outcome, OutcomeBatch
+from kodo_bus.lifecycle import end_from_outside, error_of, stored_events
+from kodo_bus.models import Ack
+from kodo_bus.server import NatsServer
+
+from .test_execution_support import check_well_formed, handmade
+
+pytestmark = pytest.mark.usefixtures("invariants")
+
+STARTING = [("meta", {}), ("inputs", {}), ("status", {"status": "starting"})]
+"""What a runner stores of an execution before it hands the job over."""
+
+
+@pytest.fixture
+async def conn(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    nc = await connect(ConnectSettings(nats=[nats_server.url]))
+    try:
+        yield nc
+    finally:
+        await nc.drain()
+
+
+@pytest.fixture
+async def worker(nats_server: NatsServer, conn: NATS) -> AsyncIterator[tuple[ExecActor, str, str]]:
+    await ensure_execution_storage(conn.jetstream(), max_age=3600)
+    node, pool = f"launch-path-{time.monotonic_ns()}", "p1"
+    jobs, outcomes = subjects.work_jobs(node, pool, 1), subjects.work_outcomes(node, pool)
+    settings = ConnectSettings(nats=[nats_server.url]).model_dump(mode="json")
+    stdout, stderr = sys.stdout, sys.stderr  # the actor captures them, as in a Ray worker
+    actor = ExecActor(settings, list(sys.path), jobs, outcomes)
+    try:
+        await actor.start()
+        yield actor, jobs, outcomes
+    finally:
+        try:
+            await actor.stop()
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+
+
+async def _outcomes(nc: NATS, subject: str) -> asyncio.Queue[tuple[str, Outcome]]:
+    queue: asyncio.Queue[tuple[str, Outcome]] = asyncio.Queue()
+
+    async def on_outcomes(msg: Msg) -> None:
+        batch = decode_msg(msg, OutcomeBatch)
+        for execution, outcome in batch.outcomes.items():
+            queue.put_nowait((execution, outcome))
+        await respond(msg, Ack())
+
+    await nc.subscribe(subject, cb=on_outcomes)
+    await nc.flush()
+    return queue
+
+
+@pytest.mark.parametrize(
+    ("entry", "inputs"),
+    [
+        ("kodo_bus.bench.flows:noop", {}),  # ends before the refusal of its `running` is back
+        ("kodo_bus.bench.flows:emit", {"n": 300}),  # emits while the refusal is on its way
+    ],
+)
+async def test_a_job_that_reaches_its_worker_after_its_ending_adds_nothing(
+    conn: NATS, worker: tuple[ExecActor, str, str], entry: str, inputs: dict[str, int]
+) -> None:
+    """The node was declared lost (its execution ended `lost` from outside) while the job was
+    on its way to a worker that still takes it: the worker's events are refused by the
+    `running`'s condition, its claim loses, and it reports the ending that won."""
+    _, jobs_subject, outcomes_subject = worker
+    js = conn.jetstream()
+    kv = await ensure_execution_storage(js, max_age=3600)
+    record, revision = await handmade(js, kv, STARTING, status="starting", flow="bench")
+    lost = await end_from_outside(js, kv, record, "lost", error_of("ExecutionLost", "node gone"))
+    assert lost.won
+    reported = await _outcomes(conn, outcomes_subject)
+
+    job = Job(record=record, revision=revision, entry=entry, inputs=inputs, seq=len(STARTING))
+    await deliver(conn, jobs_subject, JobBatch(jobs=[job]))
+    execution, outcome = await asyncio.wait_for(reported.get(), 30)
+
+    assert execution == record.execution
+    assert (outcome.status, outcome.ended) == ("lost", True)
+    await conn.flush()
+    events = sorted(await stored_events(js, record), key=lambda e: e.seq)
+    check_well_formed(events)
+    assert [e.kind for e in events] == ["meta", "inputs", "status", "error", "status"]
+    assert events[-1].data == {"status": "lost"}
+    stored = await read_record(kv, record_key(record))
+    assert stored is not None and (stored[0].status, stored[0].last_seq) == ("lost", 5)
+
+
+async def test_a_short_flow_ends_with_its_running_and_final_in_order(
+    conn: NATS, worker: tuple[ExecActor, str, str]
+) -> None:
+    """The ordinary case of the same path: `running`, the flow's events, `final`, `finished`,
+    seqs in a row — the `final` sent before `running` was acknowledged is stored, and the
+    terminal status (sent once the guard is dropped) too."""
+    _, jobs_subject, outcomes_subject = worker
+    js = conn.jetstream()
+    kv = await ensure_execution_storage(js, max_age=3600)
+    reported = await _outcomes(conn, outcomes_subject)
+    jobs = []
+    for entry, inputs in (
+        ("kodo_bus.bench.flows:noop", {}),
+        ("kodo_bus.bench.flows:emit", {"n": 5}),
+    ):
+        record, revision = await handmade(js, kv, STARTING, status="starting", flow="bench")
+        jobs.append(Job(record=record, revision=revision, entry=entry, inputs=inputs, seq=3))
+    await deliver(conn, jobs_subject, JobBatch(jobs=jobs))
+    outcomes = dict([await asyncio.wait_for(reported.get(), 30) for _ in jobs])
+    for job, markdown in zip(jobs, (0, 5), strict=True):
+        assert outcomes[job.record.execution].status == "finished"
+        events = sorted(await stored_events(js, job.record), key=lambda e: e.seq)
+        check_well_formed(events)
+        kinds = [e.kind for e in events]
+        assert kinds == [
+            *(k for k, _ in STARTING),
+            "status",
+            *["markdown"] * markdown,
+            "final",
+            "status",
+        ]
+        assert events[3].data == {"status": "running"}
+        assert events[-1].data == {"status": "finished"}
