@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 
 from kodo_bus import subjects
 from kodo_bus.codec import CONTENT_TYPE, MSGPACK, encode
+from kodo_bus.dashboard.feeds import fetch_varz
 from kodo_bus.models import Catalog, FlowInfo, NodeEntry, NodesPage
 from kodo_bus.peers import _pack
 from kodo_bus.server import NatsServer
@@ -87,12 +88,12 @@ class Bus:
         self.nc = nc = await nats.connect(self.server.url)
         await eventually(lambda: nodes(nc, self.rid), lambda p: True)
 
-        async def on_ask(msg: Msg) -> None:
-            self.asks.append(msg)
-
-        await nc.subscribe(subjects.registry_ask(SENDER), cb=on_ask)
+        await nc.subscribe(subjects.registry_ask(SENDER), cb=self.on_ask)
         await nc.flush()
         return nc
+
+    async def on_ask(self, msg: Msg) -> None:
+        self.asks.append(msg)
 
     async def publish(self, kind: str, names: list[str], **fields: Any) -> None:
         assert self.nc is not None
@@ -143,6 +144,9 @@ async def test_a_frozen_reader_resumes_without_a_full(bus: Bus) -> None:
     await bus.publish("beat", [])
     await asyncio.sleep(1.0)  # an ask would come within one heartbeat (0.5 s) of a gap
     assert bus.asks == [], f"{len(bus.asks)} asks for a full: the reader lost messages"
+    assert bus.server.monitor_url is not None
+    varz = await asyncio.to_thread(fetch_varz, bus.server.monitor_url)
+    assert varz["slow_consumers"] == 0  # it lagged, nobody was cut
     assert b"read through the stream" in bus.log.read_bytes()
 
 
@@ -158,3 +162,27 @@ async def test_a_reader_past_the_stream_limits_recovers_by_a_full(bus: Bus) -> N
     # the sender answers an ask with its whole view: the registry holds it all again
     await bus.publish("full", ["far-0", *frozen, "far-last"], part=0, parts=1)
     await bus.listed({"far-0", *frozen, "far-last"})
+
+
+async def test_a_reader_resumes_after_its_server_restarts(bus: Bus) -> None:
+    await bus.start()
+    await bus.publish("full", ["far-0"], part=0, parts=1)
+    await bus.listed({"far-0"})
+    # stored while the registry cannot read them; then the server restarts under it (its
+    # consumer, in memory, is gone): it makes a new one from where it stopped
+    names = [f"far-{i}" for i in range(1, 6)]
+    assert bus.proc is not None and bus.nc is not None
+    os.kill(bus.proc.pid, signal.SIGSTOP)
+    try:
+        for name in names:
+            await bus.publish("changes", [name])
+        await bus.nc.flush()
+        await bus.nc.close()
+        await asyncio.to_thread(bus.server.restart)
+    finally:
+        os.kill(bus.proc.pid, signal.SIGCONT)
+    bus.nc = await nats.connect(bus.server.url)
+    await bus.nc.subscribe(subjects.registry_ask(SENDER), cb=bus.on_ask)
+    await bus.publish("changes", ["far-last"])
+    await bus.listed({"far-0", *names, "far-last"}, timeout=20)
+    assert bus.asks == [], "the registry asked for a full: it lost what was stored"
