@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -82,6 +83,10 @@ def _kind(data: bytes) -> str:
         if data.startswith(msgpack.packb(kind), at + 5):
             return kind
     return "?"
+
+
+_CLIENT = re.compile(r'"([^"]*)" - Slow Consumer')
+"""The client's `version:lang:name` in nats-server's log line of a slow-consumer cut."""
 
 
 class _Federation:
@@ -178,6 +183,17 @@ class _Federation:
                 counts.append(-1)
         return counts
 
+    def cut(self) -> list[list[str]]:
+        """Per bus, who its server cut as a slow consumer (the client names in its log)."""
+        return [
+            [
+                (m.group(1).rsplit(":", 1)[-1] or "?") if (m := _CLIENT.search(line)) else "?"
+                for line in server.log_tail()
+                if "Slow Consumer" in line
+            ]
+            for server in self.servers
+        ]
+
 
 async def _flows_on(nc: NATS, registry: str) -> int:
     """Flows `registry` lists; 0 while it is too busy taking in a burst to answer in time, or
@@ -228,7 +244,9 @@ async def _topology(
             cuts = await fed.slow_consumers()
             total_cuts = sum(max(c, 0) for c in cuts)
             result.add(f"{name}: slow-consumer cuts, all buses", total_cuts, "cuts")
-            result.notes.append(f"{name}: slow consumers cut per bus (/varz): {cuts}")
+            result.notes.append(
+                f"{name}: slow consumers cut per bus (/varz): {cuts}; who: {fed.cut()}"
+            )
         finally:
             for task in beats:
                 task.cancel()
