@@ -96,7 +96,7 @@ async def test_up_runs_bus_registry_and_example_node(procs: Processes, tmp_path:
                 assert up.poll() is None, up.stdout.read() if up.stdout else ""
                 await asyncio.sleep(0.2)
         page = await eventually(
-            lambda: flows(client, "up-registry"), lambda p: p.total == 9, timeout=30
+            lambda: flows(client, "up-node"), lambda p: p.total == 9, timeout=30
         )
         assert {i.name for i in page.items} >= {"hello", "hitl", "calc", "extract", "throughput"}
         assert {i.node for i in page.items} == {"up-node"}

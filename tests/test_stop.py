@@ -1,10 +1,11 @@
 """Stopping: `kodo-bus up` and `kodo-bus run` on Ctrl-C / SIGTERM, a second Ctrl-C, SIGKILL.
 
 Each test counts processes by PID (with their creation time, so a reused PID is not counted):
-every process of the tree it started — nats-server, registry, node and the node's own Ray (GCS,
-raylet, agents, workers) — must be gone when the command has exited. A terminal's Ctrl-C is
-SIGINT to the whole foreground process group: `os.killpg` on the group of the command (started
-in its own session, so the group is its own). Whatever is left is killed by PID at the end.
+every process of the tree it started — nats-server, registry and node (one process under `up`),
+the node's own Ray (GCS, raylet, agents, workers) — must be gone when the command has exited. A
+terminal's Ctrl-C is SIGINT to the whole foreground process group: `os.killpg` on the group of
+the command (started in its own session, so the group is its own). Whatever is left is killed by
+PID at the end.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import psutil
 import pytest
+from nats.aio.msg import Msg
 
+from kodo_bus import subjects
 from kodo_bus.client import Client
 from kodo_bus.server import NatsServer
 
@@ -140,7 +144,7 @@ async def up_bus(procs: Processes, tmp_path: Path, *args: str) -> tuple[Popen, P
     async def listed() -> int:
         assert up.poll() is None, text_of(log)
         async with Client(url, retry=0) as kb:
-            return len(await kb.flows(via="up-registry"))
+            return len(await kb.flows(via="up-node"))
 
     await eventually(listed, lambda count: count > 0, 60)
     return up, log, url
@@ -149,7 +153,7 @@ async def up_bus(procs: Processes, tmp_path: Path, *args: str) -> tuple[Popen, P
 async def start_ray(url: str, flow: str = "hello") -> None:
     """Launch the example `hello` and wait for its result: the node has started its own Ray."""
     async with Client(url) as kb:
-        execution = await (await kb.flow(flow, via="up-registry")).launch({"name": "stop"})
+        execution = await (await kb.flow(flow, via="up-node")).launch({"name": "stop"})
         assert await execution.result(timeout=120)
 
 
@@ -170,16 +174,28 @@ async def test_up_stops_in_order_within_3s_leaving_no_process(
     assert "nats-server" in names
     if ray:
         assert {"gcs_server", "raylet"} <= names, names
+    byes: list[bytes] = []
+    watcher = await nats.connect(url)
+
+    async def on_bye(msg: Msg) -> None:
+        byes.append(msg.data)
+
+    await watcher.subscribe(subjects.node_bye("up-node"), cb=on_bye)
+    await watcher.flush()
     ctrl_c(up)
+    with contextlib.suppress(Exception):  # the server goes: the watcher is cut
+        await watcher.flush()
     code, took = await exited(up, STOP_LIMIT)
+    with contextlib.suppress(Exception):
+        await watcher.close()
     text = text_of(log)
     assert code == 0, text
     assert took <= STOP_LIMIT, f"stopped in {took:.1f} s:\n{text}"
     assert alive(seen) == [], text
     assert "Traceback" not in text
     assert "FlushTimeout" not in text
-    # the registry heard the node's bye: the node stopped first, the server last
-    assert "node up-node stopped (stop)" in text
+    # the node said bye on the bus: it stopped before the server
+    assert len(byes) == 1, text
 
 
 async def test_up_second_ctrl_c_kills_everything_at_once(
@@ -187,7 +203,7 @@ async def test_up_second_ctrl_c_kills_everything_at_once(
 ) -> None:
     up, log, url = await up_bus(procs, tmp_path, "--grace", "120")
     async with Client(url) as kb:
-        hitl = await (await kb.flow("hitl", via="up-registry")).launch({})
+        hitl = await (await kb.flow("hitl", via="up-node")).launch({})
         await first_event(hitl, "lock")  # it waits for a human: the grace would be 120 s
     seen.update(snapshot(up.pid))
     ctrl_c(up)

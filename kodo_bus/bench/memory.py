@@ -8,13 +8,13 @@ first launch). Floor: a bare Python process that imported nats-py and pydantic â
 service on this bus costs before it does anything.
 
 The `up` stack (issue 18) is counted as smem counts it: PSS, from /proc/<pid>/smaps_rollup, of
-every process of the `kodo-bus up` tree (nats-server, registry, node, web panel, `up` itself and
-the node's own Ray: GCS, raylet, its agents, the actor's worker), summed, once the first launch
-of `hello` finished and `SETTLE` seconds passed. PSS splits a shared page among every process
-mapping it, machine-wide, so it reads a few percent higher on an idle machine than next to other
-Python processes; USS (pages of one process only) is given too, and is not. Floor: a bare Ray
-(`ray.init(address="local", include_dashboard=False)`, its driver included), idle, with one
-actor. Skipped with `--quick` (it starts Ray twice, about 30 s).
+every process of the `kodo-bus up` tree (nats-server, the node that is also the registry, the
+web panel, `up` itself and the node's own Ray: GCS, raylet, its agents, the actor's worker),
+summed, once the first launch of `hello` finished and `SETTLE` seconds passed. PSS splits a
+shared page among every process mapping it, machine-wide, so it reads a few percent higher on an
+idle machine than next to other Python processes; USS (pages of one process only) is given too,
+and is not. Floor: a bare Ray (`ray.init(address="local", include_dashboard=False)`, its driver
+included), idle, with one actor. Skipped with `--quick` (it starts Ray twice, about 30 s).
 """
 
 from __future__ import annotations
