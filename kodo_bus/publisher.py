@@ -180,6 +180,8 @@ class EventPublisher:
         that is starting at most."""
         self._all_acked = asyncio.Event()
         self._all_acked.set()
+        self._acks_due = 0.0
+        """When the oldest unacknowledged message has waited `ACK_WAIT` (loop time)."""
         self._wake = asyncio.Event()
         self._idle = False
         """The task waits for work: a put from another thread must wake it (else it need not:
@@ -369,6 +371,7 @@ class EventPublisher:
             self._confirmed(message, True)
         if not self._unacked:
             self._all_acked.set()
+            self._wake.set()  # `_quiet` settles the burst
 
     def _confirmed(self, message: _Message, stored: bool) -> bool:
         """Tell the sender awaiting `message` (if one does) how it went."""
@@ -399,6 +402,8 @@ class EventPublisher:
         except Exception as exc:  # not even sent (reconnecting, closed): re-sent at settle
             self._failed[number] = (message, f"not sent ({type(exc).__name__})")
             return False
+        if not self._unacked:
+            self._acks_due = self._loop.time() + ACK_WAIT
         self._unacked[number] = message
         self._all_acked.clear()
         return True
@@ -406,9 +411,8 @@ class EventPublisher:
     async def _run(self) -> None:
         self._acks = await self._nc.subscribe(self._inbox + "*", cb=self._on_ack)
         while True:
-            self._idle = True
             if not self._queue:
-                await self._wake.wait()
+                await self._quiet()
             self._idle = False
             self._wake.clear()
             while self._queue:
@@ -428,7 +432,38 @@ class EventPublisher:
                 # outside the queue's bound.
                 if len(self._unacked) + len(self._failed) + len(self._refused) >= ACK_WINDOW:
                     await self._settle()
-            await self._settle()
+
+    async def _quiet(self) -> None:
+        """Nothing queued: wait for work — and, while acks are due, settle once they are all
+        in or `ACK_WAIT` has passed since the oldest was sent, whichever comes first.
+
+        Events queued meanwhile go out at once, without waiting for the acks of the last
+        burst: a worker's `final` used to wait here for the ack of its `running`, a round trip
+        on every execution's path (issue 18). What a burst leaves unstored is still re-sent,
+        in order, by `_settle`; a re-sent event may be stored after later ones, as before (readers
+        order by seq)."""
+        while not self._queue:
+            if self._failed or self._refused:
+                await self._settle()  # refused or unsent: re-sent now, as before
+                continue
+            if not self._unacked:
+                self._idle = True
+                await self._wake.wait()
+                self._wake.clear()
+                return
+            due = self._acks_due - self._loop.time()
+            if due <= 0:
+                await self._settle()
+                continue
+            self._idle = True
+            timer = self._loop.call_later(due, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+            self._wake.clear()
+            if not self._unacked:
+                await self._settle()  # all stored: ends the run of failures, if any
 
     def _took(self, size: int) -> None:
         """`size` bytes left the queue: wake the waiting emitters once it is half empty."""
@@ -487,7 +522,7 @@ class EventPublisher:
     async def _settle(self) -> None:
         """Wait for the acks of what is in flight; re-send together, in order, what was not
         stored, until it is or `RESEND_WITHIN` has passed since the failures began."""
-        await self._acked(ACK_WAIT)
+        await self._acked(self._acks_due - self._loop.time())
         unstored = self._unstored()
         if not unstored:
             self._failing_since = None
