@@ -178,8 +178,9 @@ class Peers:
         self.registry = registry
         self.settings = registry.settings
         self.links: dict[str, NATS] = {}
-        self._reader: NATS | None = None
-        """Our own bus, for reading the views there only (see `reader`)."""
+        self._readers: dict[str, NATS] = {}
+        """Connections for reading views only (see `reader`): '' for our own bus, else the
+        link's url."""
         self.tasks = TaskSet(log)
         self._publisher: asyncio.Task[None] | None = None
         self.pending: set[str] = set()
@@ -239,35 +240,43 @@ class Peers:
         if not self.settings.feeds or self.settings.connect:
             self._publisher = self.tasks.spawn(self._republish(), "republish")
 
-    async def reader(self) -> NATS:
-        """A connection of its own to our bus, on which the registry reads the views there.
+    async def reader(self, url: str | None = None) -> NATS:
+        """A connection of its own to our bus (`url` None) or a link's, on which the registry
+        reads the views there.
 
         Read on the registry's own connection, the views of a 5-bus chain at 2,000 nodes per
         bus (tens of MB in a burst) queued at the server ahead of the nodes' heartbeats, which
         arrived late: a middle registry turned hundreds of its own live nodes offline and back
         (each flip one more entry down the chain), and nats-server cut the connection as a
         slow consumer 2-8 times per server and run. Here a backlog or a cut holds back only
-        views (a gap: the stream is asked for again); heartbeats, KV writes and requests keep
-        the registry's connection. (On a link the views share the connection our stream goes
-        out on, with no_echo: a reader of its own there would get our own stream back.)
+        views; heartbeats, KV writes and requests keep the registry's connection. On a link,
+        likewise, a cut of the connection our stream goes out on (read through the views
+        stream, which hands our own messages back as well) lost what we were publishing and
+        restarted our stream with a whole view: the 5-bus chain's link connections were the
+        ones nats-server cut. A reader cut here resumes from the stream (`viewstream.py`).
         """
-        if self._reader is None:
-            settings = self.settings.connect_settings().model_copy(
-                update={"name": f"{self.settings.id}-views"}
-            )
-            self._reader = await connect(settings)
-        return self._reader
+        key = url or ""
+        if key not in self._readers:
+            name = f"{self.settings.id}-views"
+            if url is None:
+                settings = self.settings.connect_settings().model_copy(update={"name": name})
+            else:
+                settings = ConnectSettings(
+                    nats=[url], retry=-1, credentials=self.settings.credentials, name=name
+                )
+            self._readers[key] = await connect(settings)
+        return self._readers[key]
 
     async def stop(self) -> None:
         await self.tasks.close()
         for reader in self.readers:
             await reader.stop()
         self.readers.clear()
-        for nc in [*self.links.values(), *([self._reader] if self._reader else [])]:
+        for nc in [*self.links.values(), *self._readers.values()]:
             with contextlib.suppress(nats.errors.Error):
                 await nc.drain()
         self.links.clear()
-        self._reader = None
+        self._readers.clear()
 
     async def withdraw(self) -> None:
         """Stop republishing and publish an empty view, so every taker drops our entries."""
@@ -303,7 +312,10 @@ class Peers:
         log.info("linked to peer bus %s", url)
 
         if self.settings.feeds:
-            await self.read_views(nc, url)
+            try:
+                await self.read_views(await self.reader(url), url)
+            except ConnectError as exc:
+                log.error("cannot read views on peer bus %s: %s", url, exc)
         else:
 
             async def on_view(msg: Msg) -> None:

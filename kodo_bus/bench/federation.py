@@ -85,8 +85,14 @@ def _kind(data: bytes) -> str:
     return "?"
 
 
-_CLIENT = re.compile(r'"([^"]*)" - Slow Consumer')
+_CLIENT = re.compile(r'"([^"]*)" - Slow Consumer Detected(: [^:(]*)?')
 """The client's `version:lang:name` in nats-server's log line of a slow-consumer cut."""
+
+
+def _who(line: str) -> str:
+    """`name: reason` of the client cut in a log line, '?' when the line says neither."""
+    m = _CLIENT.search(line)
+    return "?" if m is None else m.group(1).rsplit(":", 1)[-1] + (m.group(2) or "")
 
 
 class _Federation:
@@ -184,13 +190,9 @@ class _Federation:
         return counts
 
     def cut(self) -> list[list[str]]:
-        """Per bus, who its server cut as a slow consumer (the client names in its log)."""
+        """Per bus, who its server cut as a slow consumer and why (the client names in its log)."""
         return [
-            [
-                (m.group(1).rsplit(":", 1)[-1] or "?") if (m := _CLIENT.search(line)) else "?"
-                for line in server.log_tail()
-                if "Slow Consumer" in line
-            ]
+            [_who(line) for line in server.log_tail() if "Slow Consumer" in line]
             for server in self.servers
         ]
 
