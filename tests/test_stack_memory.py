@@ -182,3 +182,28 @@ def test_any_other_use_of_the_cli_registers_every_command() -> None:
     names = done.stdout.split("]")[0]
     for command in ("run", "web", "up", "launch", "bench", "flows"):
         assert f"'{command}'" in names, done.stdout
+
+
+def test_the_up_process_leaves_out_the_sdk_and_the_panel_command() -> None:
+    """`up` only supervises: the SDK's client and the panel's command module (~10 MB PSS of the
+    stack) stay out of it; its `import kodo_bus` loads no public name it does not use."""
+    script = SERVICE_SCRIPT.replace(
+        "print(names, heavy)", "print(sorted(m for m in sys.modules if m.startswith('kodo_bus.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "/venv/bin/kodo-bus", "up"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout
+    for module in (
+        "kodo_bus.client",
+        "kodo_bus.cli.web_cmd",
+        "kodo_bus.cli.exec_cmd",
+        "kodo_bus.bus",
+    ):
+        assert f"'{module}'" not in loaded, loaded

@@ -19,7 +19,6 @@ from .. import procs
 from ..config import WEB_PORT, ServerSettings
 from ..server import NatsServer, config_ports, default_config, find_binary, is_loopback
 from ..version import __version__
-from . import web_cmd
 from .app import console, out
 
 UP_GRACE = 1.0
@@ -207,11 +206,19 @@ def up(  # noqa: PLR0917 (typer options)
             cwd=examples.resolve().parent,
         )
         console.print("node and registry [bold]up-node[/] starting")
-        panel = [(web_cmd.spawn_for_up(server.url, web_port), SERVER_STOP)] if web else []
+        panel = [(_spawn_panel(server.url, web_port), SERVER_STOP)] if web else []
         # the node's limit covers its Ray's stop
         return [*panel, (node, grace + NODE_STOP)]
 
     raise typer.Exit(_serve_until_signal(server, start_services))
+
+
+def _spawn_panel(nats_url: str, port: int) -> subprocess.Popen[bytes]:
+    """The web panel (`kodo-bus web`) as a child of `up`, stopped with its other services; the
+    child prints its URL once it listens. (Not imported from cli/web_cmd.py: its imports, the
+    SDK's client and models among them, cost the `up` process ~20 MB for one command line.)"""
+    argv = [sys.executable, "-m", "kodo_bus", "web", "--nats", nats_url, "--port", str(port)]
+    return procs.spawn(argv)
 
 
 def version() -> None:

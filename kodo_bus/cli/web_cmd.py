@@ -8,7 +8,6 @@ server that answers every page with an error; it prints its URL once the socket 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from typing import Annotated
 
@@ -128,15 +127,6 @@ def _has_secret(credentials: Credentials | None) -> bool:
     if credentials is None:
         return False
     return any(x is not None for x in (credentials.password, credentials.creds, credentials.nkey))
-
-
-def spawn_for_up(nats_url: str, port: int) -> subprocess.Popen[bytes]:
-    """The panel as a child of `kodo-bus up` (stopped with its other services); the child prints
-    its URL once it listens."""
-    from .. import procs
-
-    argv = [sys.executable, "-m", "kodo_bus", "web", "--nats", nats_url, "--port", str(port)]
-    return procs.spawn(argv)
 
 
 def register(app: typer.Typer) -> None:
