@@ -41,7 +41,14 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from . import files, subjects
-from .bus import ensure_execution_storage, jetstream, js_retry, respond, respond_error
+from .bus import (
+    JETSTREAM_TRANSIENT,
+    ensure_execution_storage,
+    jetstream,
+    js_retry,
+    respond,
+    respond_error,
+)
 from .codec import MSG_ID, decode_msg
 from .config import DUPLICATE_WINDOW, ServiceSettings
 from .errors import ConfigError, EventsNotStored, InputsInvalid, RemoteError, WireError
@@ -815,9 +822,15 @@ class Runner:
         assert self._js is not None and self._kv is not None
         try:
             stored = await read_record(self._kv, subjects.record_key(user, execution))
-        except Exception as exc:
+        except JETSTREAM_TRANSIENT as exc:  # the store did not answer within js_retry's time
             log.warning("delete of %s: cannot read its record: %r", execution, exc)
-            await respond_error(msg, "internal", f"cannot read the record of {execution}: {exc}")
+            message = f"the store did not answer for execution {execution}: retry shortly"
+            await respond_error(msg, "busy", message)
+            return
+        except Exception as exc:  # nats-py's text is for the node's log, not for the client
+            log.warning("delete of %s: cannot read its record: %r", execution, exc)
+            message = f"the node cannot read the record of {execution} (see the node's log)"
+            await respond_error(msg, "internal", message)
             return
         if stored is None:
             await respond_error(msg, "not_found", f"no execution {execution} of {user}")
