@@ -6,8 +6,9 @@ no-op executions at ~3 ms and >1,000/s here. Each actor runs many executions at 
 (`max_concurrency`); sync flows run in the actor's thread pool so they never block neighbours.
 
 Events go straight from the actor to NATS, in seq order on one connection, through an
-`EventPublisher` (pipelined, every ack checked). The execution's end waits until every event
-before it is acknowledged, so its terminal events are stored before the runner hears the outcome.
+`EventPublisher` (pipelined, every ack checked, re-sent until stored). Nothing on an execution's
+way waits for an event's ack but the claim of its ending (`lifecycle.conclude`): the flow starts
+as its `running` goes out (`_Start`), and the `final` goes out behind the flow's events.
 
 The record is written here at the end (and `running` only once an execution has run for
 `RUNNING_WRITE_AFTER`, so short executions cost one write), each write compare-and-set from the
@@ -390,6 +391,7 @@ class ExecActor:
             store=store,
             send=pub.send,
             settled=start.settled,
+            written=pub.written,
         )
         try:
             pub.raise_lost(execution)  # events of the flow given up on: it ends `error`

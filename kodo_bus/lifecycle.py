@@ -263,6 +263,7 @@ async def conclude(
     store: Store | None = None,
     send: Send | None = None,
     settled: Callable[[], Awaitable[None]] | None = None,
+    written: Callable[[], Awaitable[None]] | None = None,
 ) -> Ending:
     """End, as its owner, the execution with `status` after seq `after` (the owner numbers its
     events), unless someone else ended it first.
@@ -279,6 +280,10 @@ async def conclude(
     status is never stored (the owner died, the server stayed away longer than re-sends are
     tried), the record holds the ending for `repair` and for followers.
 
+    `written` (the publisher's) is awaited between handing over the `final` and the claim, so
+    the `final` is on the wire before the claim: without it the claim, sent through nats-py
+    directly, went out ahead of the `final` still queued in the publisher.
+
     `settled` is awaited between a won claim and the status: the worker's, until its `running`
     is acknowledged (its `final`/`error` may have been sent under that condition, which the
     status must not carry: the worker's own `error` would fail it).
@@ -289,6 +294,8 @@ async def conclude(
         await store([first])
     else:
         send([first])
+        if written is not None:
+            await written()
     message = error.get("message") if error is not None else None
     decided = await claim(
         kv, record_key(record), status, last_seq=after + 2, error=message, known=known

@@ -130,10 +130,12 @@ _Unstored = tuple[_Message, str]
 
 
 class _Mark:
-    """A position in the queue: resolved once everything before it is stored or given up."""
+    """A position in the queue: resolved once everything before it is stored or given up
+    (`settle`), or only handed to NATS (`written`)."""
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
+    def __init__(self, future: asyncio.Future[None], settle: bool = True) -> None:
         self.future = future
+        self.settle = settle
 
 
 @dataclass
@@ -320,6 +322,20 @@ class EventPublisher:
             self._abandon("the event publisher is not running")
         self.raise_lost(execution)
 
+    async def written(self) -> None:
+        """Return once everything queued before this call is handed to NATS (not stored: its
+        acks may still be due).
+
+        Why: what goes out through nats-py directly after it, such as an ending's claim of
+        the record, must follow it on the wire; a message only queued here is written after
+        whatever the caller sends before it next yields."""
+        if self.task.done():
+            return
+        mark = _Mark(self._loop.create_future(), settle=False)
+        self._queue.append(mark)
+        self._wake.set()
+        await mark.future
+
     def raise_lost(self, execution: str | None = None) -> None:
         """Raise `EventsNotStored` for events given up on so far (of `execution` only, when
         named) — without waiting for what is still on its way (`drain` waits)."""
@@ -418,7 +434,8 @@ class EventPublisher:
             while self._queue:
                 item = self._queue.popleft()
                 if isinstance(item, _Mark):
-                    await self._settle()
+                    if item.settle:
+                        await self._settle()
                     if not item.future.done():
                         item.future.set_result(None)
                     continue

@@ -595,6 +595,7 @@ class Runner:
             known=(ex.record, ex.revision),
             store=functools.partial(self._pub.store, execution=ex.record.execution),
             send=self._pub.send,
+            written=self._pub.written,
         )
 
     def _forget(self, ex: _Execution) -> None:

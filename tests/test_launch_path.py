@@ -33,6 +33,7 @@ from .test_execution_support import check_well_formed, handmade
 
 pytestmark = pytest.mark.usefixtures("invariants")
 
+NOOP = "kodo_bus.bench.flows:noop"
 STARTING = [("meta", {}), ("inputs", {}), ("status", {"status": "starting"})]
 """What a runner stores of an execution before it hands the job over."""
 
@@ -147,3 +148,40 @@ async def test_a_short_flow_ends_with_its_running_and_final_in_order(
         ]
         assert events[3].data == {"status": "running"}
         assert events[-1].data == {"status": "finished"}
+
+
+async def test_the_final_is_on_the_wire_before_the_claim(
+    conn: NATS, worker: tuple[ExecActor, str, str]
+) -> None:
+    """A worker hands its `final` to its publisher, then claims the record through nats-py
+    directly: the claim must not overtake the `final` on their one connection (it did, being
+    written before the publisher's task ran), or a repair that reads the claimed record before
+    the `final` is stored stores an `error` in its place. A core subscriber on both subjects
+    sees one connection's messages in the order the server got them."""
+    _, jobs_subject, outcomes_subject = worker
+    js = conn.jetstream()
+    kv = await ensure_execution_storage(js, max_age=3600)
+    reported = await _outcomes(conn, outcomes_subject)
+    jobs = []
+    for _ in range(5):
+        record, revision = await handmade(js, kv, STARTING, status="starting", flow="bench")
+        jobs.append(Job(record=record, revision=revision, entry=NOOP, inputs={}, seq=3))
+    seen: dict[str, list[str]] = {job.record.execution: [] for job in jobs}
+
+    async def on_msg(msg: Msg) -> None:
+        parts = msg.subject.split(".")
+        if parts[0] == "kodo":
+            seen[parts[3]].append(parts[4])
+        elif parts[-1] in seen:  # the record's key ends with the execution id
+            seen[parts[-1]].append("record")
+
+    await conn.subscribe(subjects.events("local", "*", "*"), cb=on_msg)
+    await conn.subscribe(subjects.kv_subject(subjects.BUCKET_EXECUTIONS, ">"), cb=on_msg)
+    await conn.flush()
+    for job in jobs:
+        await deliver(conn, jobs_subject, JobBatch(jobs=[job]))
+        execution, outcome = await asyncio.wait_for(reported.get(), 30)
+        assert (execution, outcome.status) == (job.record.execution, "finished")
+    await conn.flush()
+    for job in jobs:
+        assert seen[job.record.execution] == ["status", "final", "record", "status"]
