@@ -2,9 +2,11 @@
 
 Buses joined at the NATS level are one bus; `connect` names independent buses. For each one the
 registry keeps a second NATS connection (retried forever in the background, so a missing peer
-never blocks start). On it the registry publishes its view on `kodo.registry.<id>.view` and, with
-feed on, listens to the views other registries publish there. A provider also republishes on its
-own bus, where registries with feed on take it in; it never takes anything in.
+never blocks start). On it the registry publishes its view on `kodo.registry.<id>.view`; with
+feed on, it reads the views other registries publish there (and on its own bus) through that
+bus's `KODO_VIEWS` stream, on a connection of their own (`viewstream.py`, `reader`). A provider
+also republishes on its own bus, where registries with feed on take it in; it never takes
+anything in.
 
 What goes on the wire is a numbered stream per bus (see `RegistryView` and ARCHITECTURE.md,
 "Federation"): the whole view once (`full`, cut into parts under `CHUNK_BYTES`), then only the
