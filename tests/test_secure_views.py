@@ -81,6 +81,7 @@ async def test_a_secure_registry_reads_views_through_the_stream(
     assert b"read through the stream" in log.read_bytes(), log.read_text()
     sender = await login(secure, "vreg2")
     core = await root.subscribe(subjects.REGISTRY_VIEW_ALL)  # in KODO, beside the import
+    await root.flush()  # subscribed at the server before anything is published
     try:
         # another registry's view (its user may publish only its own view subject)
         body = view("full", 1, ["far-0", "far-1"], part=0, parts=1, registry="vreg2")
