@@ -3,7 +3,9 @@
 Everything an execution says travels as events on `kodo.events.<user>.<id>.<kind>`, captured by
 the `KODO_EVENTS` stream. Reading them through an ordered JetStream consumer gives history then
 live events in one sequence, so `events()` needs no separate "catch up" phase and `result()` is
-just the last event of that sequence.
+just the last event of that sequence — except that `result()` of a running execution of the
+client's own user first listens for its ending on plain subscriptions, with no consumer
+(`_live_ending`), and follows the events only when that cannot tell.
 
 A follower never waits on nothing: an id with neither a record nor an event is
 `ExecutionNotFound` within `NOT_FOUND_WITHIN` seconds, and a follower that hears nothing for
@@ -94,6 +96,9 @@ EXECUTION_STATUSES: frozenset[str] = frozenset(get_args(ExecutionStatus))
 DELETE_WITHIN = 30.0
 """Seconds a delete waits at least for the node's reply: it lists and purges the execution's
 files, then purges its events and its record."""
+
+LIVE_HEARD = 64
+"""Events a live `result()` keeps at most (an ending is two or three, copies included)."""
 
 NAMES_KEPT = 8
 """Consumer names of one follow remembered for deletion: the ordered consumer takes a new one
@@ -308,7 +313,65 @@ class Execution:
         return f"it goes on running: its record says {record.status}"
 
     async def _ending(self) -> Any:
+        live = await self._live_ending()
+        if live is not None:
+            return self._outcome(*live)
         return self._outcome(*await self._conclusion())
+
+    async def _live_ending(self) -> tuple[str, Any, dict[str, Any]] | None:
+        """How a running execution of this client's user ends, heard live: core subscriptions
+        to its `final`, `error` and `status` subjects, no JetStream consumer. None when that
+        cannot tell (the execution is not known yet, has ended already, stays silent for
+        `STALL_CHECK`, or its ending is not one clear event): `_conclusion` follows it then.
+
+        Why: a consumer per `result()` (created, fed with flow control, deleted) cost the SDK
+        and the nats-server more CPU than the rest of a short execution, and on two cores that
+        CPU is latency (issue 18). What is trusted: a terminal status is sent only by the
+        ender that won the record's claim (`lifecycle`), so hearing it is knowing the ending;
+        its `final`/`error` is the one event heard at the seq before it — one only: a worker
+        whose claim lost may have sent a refused `final` of the same seq.
+        """
+        launcher = self.launcher or self._client.user
+        if launcher != self._client.user:
+            return None  # a user may subscribe to its own events only (secure profile)
+        heard: list[Event] = []
+        ended = asyncio.Event()
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                events = decode_events(msg.subject, msg.data, msg.headers)
+            except WireError:
+                return
+            if len(heard) + len(events) > LIVE_HEARD:
+                ended.set()  # more than an ending: let the follow sort it out
+                return
+            heard.extend(events)
+            if any(status_of(e) in TERMINAL_STATUSES for e in events):
+                ended.set()
+
+        nc = self._nc
+        subs = []
+        try:
+            for kind in ("final", "error", "status"):
+                subs.append(await nc.subscribe(subjects.events(launcher, self.id, kind), cb=on_msg))
+            # Sent after the subscriptions on one connection: what was published before the
+            # server took them is stored by the time this read is answered, as a rule; a
+            # status missed in between costs a silent `STALL_CHECK`, then the follow.
+            try:
+                last = await self._last_event(launcher, "status")
+            except nats.errors.Error:  # a stream electing its leader, say: the follow waits
+                return None
+            if last is None or status_of(last) in TERMINAL_STATUSES:
+                return None
+            try:
+                await asyncio.wait_for(ended.wait(), STALL_CHECK)
+            except TimeoutError:
+                return None
+        finally:
+            for sub in subs:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+        return _ending_of(heard)
 
     async def _conclusion(self) -> tuple[str, Any, dict[str, Any]]:
         """Terminal status, final value and failure data, read from the events themselves.
@@ -480,6 +543,30 @@ class Execution:
             error=error,
             children=list(kids),
         )
+
+
+def _ending_of(heard: list[Event]) -> tuple[str, Any, dict[str, Any]] | None:
+    """Terminal status, final value and failure from events heard live, if they say it
+    clearly: one terminal status, and one `final` or `error` (copies alike) at the seq before
+    it — else None."""
+    terminal = {(e.seq, status_of(e)) for e in heard if status_of(e) in TERMINAL_STATUSES}
+    if len(terminal) != 1:
+        return None
+    ((seq, status),) = terminal
+    endings = {
+        (e.kind, repr(e.data)): e
+        for e in heard
+        if e.kind in ("final", "error") and e.seq == seq - 1
+    }
+    if len(endings) != 1:
+        return None
+    (event,) = endings.values()
+    if status == "finished" and event.kind != "final":
+        return None
+    if event.kind == "final":
+        return str(status), event.data, {}
+    failure = event.data if isinstance(event.data, dict) else {"message": event.data}
+    return str(status), None, failure
 
 
 class _Follower:

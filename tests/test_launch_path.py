@@ -14,6 +14,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -21,12 +22,13 @@ from nats.aio.msg import Msg
 
 from kodo_bus import subjects
 from kodo_bus.bus import connect, deliver, ensure_execution_storage, respond
+from kodo_bus.client import Client
 from kodo_bus.codec import decode_msg
 from kodo_bus.config import ConnectSettings
 from kodo_bus.executions import read_record, record_key
 from kodo_bus.executor import ExecActor, Job, JobBatch, Outcome, OutcomeBatch
-from kodo_bus.lifecycle import end_from_outside, error_of, stored_events
-from kodo_bus.models import Ack
+from kodo_bus.lifecycle import end_from_outside, envelope, error_of, stored_events
+from kodo_bus.models import Ack, Event, ExecutionRecord
 from kodo_bus.server import NatsServer
 
 from .test_execution_support import check_well_formed, handmade
@@ -34,6 +36,7 @@ from .test_execution_support import check_well_formed, handmade
 pytestmark = pytest.mark.usefixtures("invariants")
 
 NOOP = "kodo_bus.bench.flows:noop"
+EMIT = "kodo_bus.bench.flows:emit"
 STARTING = [("meta", {}), ("inputs", {}), ("status", {"status": "starting"})]
 """What a runner stores of an execution before it hands the job over."""
 
@@ -185,3 +188,60 @@ async def test_the_final_is_on_the_wire_before_the_claim(
     await conn.flush()
     for job in jobs:
         assert seen[job.record.execution] == ["status", "final", "record", "status"]
+
+
+def _event(record: ExecutionRecord, seq: int, kind: str, data: Any) -> Event:
+    return Event(seq=seq, ts=time.time(), kind=kind, data=data, **envelope(record))
+
+
+def test_a_live_ending_is_trusted_only_when_it_is_clear() -> None:
+    """`result()` heard live takes the terminal status and the one `final`/`error` right
+    before it; anything less clear (two different endings at that seq — a worker whose claim
+    lost sent a refused `final` beside the winner's `error` —, none, a `finished` without a
+    `final`) is left to the follow, which reads what the stream stored."""
+    from kodo_bus.execution_ref import _ending_of
+
+    now = time.time()
+    r = ExecutionRecord(
+        execution="e" * 32, flow="f", node="n", launcher="local", status="running",
+        created=now, updated=now,
+    )  # fmt: skip
+    final, finished = _event(r, 4, "final", 7), _event(r, 5, "status", {"status": "finished"})
+    lost = _event(r, 5, "status", {"status": "lost"})
+    error = _event(r, 4, "error", {"type": "ExecutionLost", "message": "gone"})
+    assert _ending_of([final, finished]) == ("finished", 7, {})
+    assert _ending_of([final, final, finished, finished]) == ("finished", 7, {})  # copies
+    assert _ending_of([error, lost]) == ("lost", None, error.data)
+    assert _ending_of([final, error, lost]) is None
+    assert _ending_of([error, finished]) is None
+    assert _ending_of([finished]) is None
+    assert _ending_of([_event(r, 3, "final", 7), finished]) is None
+    assert _ending_of([final]) is None
+    assert _ending_of([final, finished, _event(r, 6, "status", {"status": "error"})]) is None
+
+
+async def test_the_result_of_a_running_execution_needs_no_consumer(
+    nats_server: NatsServer, conn: NATS, worker: tuple[ExecActor, str, str]
+) -> None:
+    """`result()` of an execution of one's own that is still running hears its ending live
+    (core subscriptions): no JetStream consumer is made (one per result cost the SDK and the
+    server more CPU than the rest of a short execution, issue 18)."""
+    _, jobs_subject, outcomes_subject = worker
+    js = conn.jetstream()
+    kv = await ensure_execution_storage(js, max_age=3600)
+    reported = await _outcomes(conn, outcomes_subject)
+    record, revision = await handmade(js, kv, STARTING, status="starting", flow="bench")
+    job = Job(record=record, revision=revision, entry=EMIT, inputs={"n": 20}, seq=3)
+    async with Client(nats_server.url, user="local") as kb:
+        ex = kb.execution(record.execution)
+        result = asyncio.ensure_future(ex.result(timeout=30))
+        consumers = []
+        while not result.done():
+            info = await js.stream_info(subjects.STREAM_EVENTS)
+            consumers.append(info.state.consumer_count)
+            if len(consumers) == 5:  # the result waits meanwhile
+                await deliver(conn, jobs_subject, JobBatch(jobs=[job]))
+            await asyncio.wait({result}, timeout=0.01)
+        assert await result == 20
+    await asyncio.wait_for(reported.get(), 30)
+    assert len(consumers) >= 5 and max(consumers) == 0
