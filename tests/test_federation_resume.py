@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 
 from kodo_bus import subjects
 from kodo_bus.codec import CONTENT_TYPE, MSGPACK, encode
+from kodo_bus.config import ServerSettings
 from kodo_bus.dashboard.feeds import fetch_varz
 from kodo_bus.models import Catalog, FlowInfo, NodeEntry, NodesPage
 from kodo_bus.peers import _pack
@@ -186,3 +187,55 @@ async def test_a_reader_resumes_after_its_server_restarts(bus: Bus) -> None:
     await bus.publish("changes", ["far-last"])
     await bus.listed({"far-0", *names, "far-last"}, timeout=20)
     assert bus.asks == [], "the registry asked for a full: it lost what was stored"
+
+
+NO_JETSTREAM_CONF = """
+host: 127.0.0.1
+accounts {
+  NOJS: { jetstream: disabled, users: [ { user: plain, password: plain } ] }
+}
+"""
+
+
+async def test_a_bus_without_jetstream_is_read_by_a_core_subscription(
+    procs: Processes, server_factory: Callable[[str], NatsServer], tmp_path: Path
+) -> None:
+    home = server_factory("home")
+    conf = tmp_path / "nojs.conf"
+    conf.write_text(NO_JETSTREAM_CONF)
+    plain = NatsServer(
+        ServerSettings(port=0, http_port=0, store=tmp_path / "nojs", config=conf)
+    ).start()
+    try:
+        log = tmp_path / "link-r.log"
+        cmd = ["run", "--nats", home.url, "--id", "link-r", "--role", "registry"]
+        cmd += ["--connect", plain.url, "--cache-reset", "--heartbeat", "0.5"]
+        procs.start(
+            *cmd,
+            "--log-file",
+            str(log),
+            env={"KODO_USER": "plain", "KODO_PASSWORD": "plain"},
+            cwd=REPO,
+        )
+        home_nc = await nats.connect(home.url)
+        link_nc = await nats.connect(plain.url, user="plain", password="plain")
+        try:
+
+            async def logged() -> bytes:
+                return log.read_bytes() if log.exists() else b""
+
+            await eventually(logged, lambda b: b"core subscription" in b)
+            body = view("full", 1, ["far-0"], part=0, parts=1)
+            await link_nc.publish(
+                subjects.registry_view(SENDER), body, headers={CONTENT_TYPE: MSGPACK}
+            )
+            await link_nc.flush()
+            await eventually(lambda: nodes(home_nc, "link-r"), lambda p: far(p) == {"far-0"})
+        finally:
+            await link_nc.close()
+            await home_nc.close()
+        text = log.read_text()
+        assert f"views on {plain.url} read by a core subscription" in text, text
+        assert "views on our own bus read through the stream" in text, text
+    finally:
+        plain.stop()
