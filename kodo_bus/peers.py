@@ -213,15 +213,17 @@ class Peers:
         (see `Registry.behind`)."""
         return [*(r.sub for r in self.readers if r.sub is not None), *self._asks_subs]
 
-    async def read_views(self, nc: NATS, url: str | None) -> ViewReader:
+    async def read_views(self, nc: NATS, url: str | None, core: NATS | None = None) -> ViewReader:
         """Read the views of one bus (`url` None: our own), through its `KODO_VIEWS` stream
-        where it can be (`viewstream.py`), and take them in (`Registry.on_view_msg`)."""
+        where it can be (`viewstream.py`; else by a core subscription on `core`, or `nc`), and
+        take them in (`Registry.on_view_msg`)."""
         urls = None if url is None else [url]
 
         async def on_view(msg: Msg) -> None:
             await self.registry.on_view_msg(msg, urls)
 
-        reader = ViewReader(nc, self.settings, on_view, "our own bus" if url is None else url)
+        where = "our own bus" if url is None else url
+        reader = ViewReader(nc, self.settings, on_view, where, core)
         self.readers.append(reader)
         await reader.start()
         return reader
@@ -315,7 +317,7 @@ class Peers:
 
         if self.settings.feeds:
             try:
-                await self.read_views(await self.reader(url), url)
+                await self.read_views(await self.reader(url), url, core=nc)
             except ConnectError as exc:
                 log.error("cannot read views on peer bus %s: %s", url, exc)
         else:

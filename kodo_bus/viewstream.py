@@ -59,9 +59,17 @@ class ViewReader:
     """The views of one bus, read by one registry: through `KODO_VIEWS`, else core NATS."""
 
     def __init__(
-        self, nc: NATS, settings: ServiceSettings, handle: Handler, where: str = "its own bus"
+        self,
+        nc: NATS,
+        settings: ServiceSettings,
+        handle: Handler,
+        where: str = "its own bus",
+        core: NATS | None = None,
     ) -> None:
         self.nc = nc
+        self.core = core or nc
+        """Where the fallback's core subscription is made: on a link, the connection our stream
+        goes out on, made with no_echo (our own stream is not handed back there)."""
         self.settings = settings
         self.handle = handle
         self.where = where
@@ -85,7 +93,7 @@ class ViewReader:
                 subjects.STREAM_VIEWS,
                 _why(exc),
             )
-            self.sub = await self.nc.subscribe(
+            self.sub = await self.core.subscribe(
                 subjects.REGISTRY_VIEW_ALL, cb=self._on_msg, pending_bytes_limit=PENDING_BYTES
             )
 
