@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import get_args
 
 from kodo_bus import models
+from kodo_bus.auth import AUTH_ROLES, permissions
 from kodo_bus.cli.render import event_json
 from kodo_bus.codec import JSON, MSGPACK
 from kodo_bus.lifecycle import envelope
@@ -120,3 +121,16 @@ def test_parent_is_absent_on_the_wire_and_in_the_cli_json() -> None:
             assert ("parent" in wire) is (parent is not None)
             assert "null" not in event_json(models.Event.model_validate_json(body))
     assert "without `parent` is\n  a top-level execution's" in DOC
+
+
+def test_each_roles_permissions_in_subjects_md_are_the_code_s() -> None:
+    """subjects.md's "Permissions" lines list, role by role, what `auth.permissions` grants: a
+    right added in the code (the views stream's, say) and not written there is a gap in what an
+    operator reviews before trusting a role."""
+    for role in AUTH_ROLES:
+        granted = permissions(role, "the-user")
+        line = re.search(rf"^- \*\*{role}\*\* — publish: (.*); subscribe: (.*)$", DOC, re.M)
+        assert line is not None, f"subjects.md has no permissions line for {role}"
+        for written, code in zip(line.groups(), (granted.publish, granted.subscribe), strict=True):
+            expected = {s.replace("the-user", "<name>") for s in code}
+            assert set(_ticked(written)) == expected, role
