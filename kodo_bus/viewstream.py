@@ -11,6 +11,9 @@ It misses messages only when it lags past the stream's limits (`views_max_bytes`
 `views_max_age`): then the sender's `seq` has a gap and the registry asks for a `full`, as
 with any gap. After a server restart or the loss of its consumer, nats-py's ordered consumer
 makes a new one from the stream sequence after the last one delivered (missed idle heartbeats).
+It never makes the stream, though: a stream deleted (by hand, or lost with the server's store)
+or made anew by someone else is found by a look every `WATCH` seconds, made again, and read
+from then on; what was published meanwhile shows as a gap, and a `full` is asked for.
 
 A bus where the stream cannot be made or read (no JetStream there, or no right to it) is read by
 a core subscription as before, with one warning saying why.
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import nats.errors
 import nats.js.errors
@@ -29,11 +33,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
+from nats.js.client import JetStreamContext
 
 from . import subjects
 from .bus import consumer_config, ensure_stream, jetstream
 from .config import ServiceSettings
 from .errors import KodoError
+from .tasks import TaskSet
 
 log = logging.getLogger("kodo_bus.viewstream")
 
@@ -48,6 +54,8 @@ STREAM_WITHIN = 10.0
 """Seconds a reader waits for the stream to be made or found before it reads by a core
 subscription instead: a secure profile without the rights answers nothing, and the views of
 the bus must still be read."""
+WATCH = 5.0
+"""Seconds between two looks at the stream (one `STREAM.INFO`): is it still the one read?"""
 PENDING_BYTES = 256 * 1024 * 1024
 """Bytes of view messages held by nats-py before the reader takes them in (flow control keeps
 far fewer in flight; a bound all the same)."""
@@ -82,10 +90,14 @@ class ViewReader:
         """Our own view messages handed back by the stream and dropped unread: the core
         subscription of a link had no_echo, a consumer has no such option."""
         self._consumer: str | None = None
+        self._created: datetime | None = None
+        """When the stream read was made (`StreamInfo.created`): another date, another stream."""
+        self.tasks = TaskSet(log)
 
     async def start(self) -> None:
         try:
             await asyncio.wait_for(self._streamed(), STREAM_WITHIN)
+            self.tasks.spawn(self._watch(), f"views stream on {self.where}")
         except (nats.errors.Error, KodoError, TimeoutError) as exc:
             log.warning(
                 "views on %s read by a core subscription, not through the stream %s: %s",
@@ -102,7 +114,12 @@ class ViewReader:
         # one look first: a bus without JetStream answers nothing, at once
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.stream_info(subjects.STREAM_VIEWS)
-        await ensure_stream(
+        await self._subscribe(js)
+        log.info("views on %s read through the stream %s", self.where, subjects.STREAM_VIEWS)
+
+    async def _subscribe(self, js: JetStreamContext) -> None:
+        """Make the stream (or bring it to our limits) and read it from its next message."""
+        info = await ensure_stream(
             js,
             subjects.STREAM_VIEWS,
             [subjects.REGISTRY_VIEW_ALL],
@@ -123,7 +140,54 @@ class ViewReader:
             ),
         )
         self.sub, self.streamed, self._consumer = sub, True, sub._consumer
-        log.info("views on %s read through the stream %s", self.where, subjects.STREAM_VIEWS)
+        self._created = info.created
+
+    async def _watch(self) -> None:
+        """Read the stream again once it is gone or another one: nats-py's ordered consumer
+        would try to make a consumer on it every few seconds, forever, each failure logged at
+        debug level only, and the views of the bus unheard."""
+        js = jetstream(self.nc)
+        while True:
+            await asyncio.sleep(WATCH)
+            if not self.nc.is_connected:
+                continue  # nats-py's consumer resumes by itself after a reconnect
+            try:
+                info = await js.stream_info(subjects.STREAM_VIEWS)
+            except nats.js.errors.NotFoundError:
+                what = "is gone"
+            except (nats.errors.Error, TimeoutError):
+                continue  # no answer now: looked at again next time
+            else:
+                if info.created == self._created:
+                    continue
+                what = "was made anew"
+            log.warning(
+                "the stream %s on %s %s: read again from now on (a gap, a full asked for)",
+                subjects.STREAM_VIEWS,
+                self.where,
+                what,
+            )
+            await self._unsubscribe()
+            try:
+                await self._subscribe(js)
+            except (nats.errors.Error, KodoError, TimeoutError) as exc:
+                log.warning(
+                    "cannot read the stream %s on %s: %s",
+                    subjects.STREAM_VIEWS,
+                    self.where,
+                    _why(exc),
+                )
+
+    async def _unsubscribe(self) -> None:
+        sub, self.sub = self.sub, None
+        if sub is None:
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+        consumer = getattr(sub, "_consumer", None) or self._consumer
+        if self.streamed and consumer and self.nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await jetstream(self.nc, timeout=2).delete_consumer(subjects.STREAM_VIEWS, consumer)
 
     async def _on_msg(self, msg: Msg) -> None:
         if msg.subject == self.own:  # ours, read back: a string compare, nothing decoded
@@ -134,15 +198,8 @@ class ViewReader:
 
     async def stop(self) -> None:
         """Stop reading; the consumer is deleted (else the server drops it after `INACTIVE`)."""
-        sub, self.sub = self.sub, None
-        if sub is None:
-            return
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-        consumer = getattr(sub, "_consumer", None) or self._consumer
-        if self.streamed and consumer and self.nc.is_connected:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await jetstream(self.nc, timeout=2).delete_consumer(subjects.STREAM_VIEWS, consumer)
+        await self.tasks.close()
+        await self._unsubscribe()
 
 
 def _why(exc: BaseException) -> str:

@@ -1,0 +1,101 @@
+"""A registry whose `KODO_VIEWS` stream goes away under it reads views again (issue 18 review).
+
+The reader's ordered consumer re-creates itself from the stream sequence after the last one it
+read, but never makes the stream: deleted (by an operator, or lost with the server's store),
+nobody makes it again, every re-creation fails, and the registry hears no view of that bus until
+it restarts, while the senders' streams show it no gap to ask about. Real nats-server, a real
+`kodo-bus run` registry, a made-up sender publishing in msgpack as a registry does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import pytest
+
+from kodo_bus import subjects
+from kodo_bus.bus import jetstream
+from kodo_bus.errors import KodoError
+from kodo_bus.server import NatsServer
+
+from .conftest import Processes
+from .test_federation import nodes
+from .test_federation_resume import Bus, far
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def bus(
+    procs: Processes, server_factory: Callable[[str], NatsServer], tmp_path: Path
+) -> AsyncIterator[Bus]:
+    b = Bus(procs, server_factory("s0"), tmp_path, "loss-r")
+    try:
+        yield b
+    finally:
+        if b.proc is not None and b.proc.poll() is None:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        if b.nc is not None:
+            await b.nc.close()
+
+
+async def heard_again(bus: Bus, timeout: float = 20.0) -> None:
+    """Publish a new node in `changes` (and a `full` when asked) until the registry lists one."""
+    assert bus.nc is not None
+    deadline = time.monotonic() + timeout
+    names: list[str] = []
+    while time.monotonic() < deadline:
+        name = f"far-{len(names) + 1}"
+        names.append(name)
+        if bus.asks:
+            bus.asks.clear()
+            await bus.publish("full", ["far-0", *names], part=0, parts=1)
+        else:
+            await bus.publish("changes", [name])
+        with contextlib.suppress(KodoError):  # reconnecting after its server restarted
+            if far(await nodes(bus.nc, bus.rid)) - {"far-0"}:
+                return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no view heard within {timeout} s after the stream went away")
+
+
+async def test_a_deleted_views_stream_is_made_again(bus: Bus) -> None:
+    nc = await bus.start()
+    await bus.publish("full", ["far-0"], part=0, parts=1)
+    await bus.listed({"far-0"})
+    js = jetstream(nc)
+    await js.delete_stream(subjects.STREAM_VIEWS)
+    await heard_again(bus)
+    info = await js.stream_info(subjects.STREAM_VIEWS)  # made again, and read
+    assert info.state.messages > 0
+
+
+async def test_a_views_stream_lost_with_the_store_is_made_again(bus: Bus) -> None:
+    await bus.start()
+    await bus.publish("full", ["far-0"], part=0, parts=1)
+    await bus.listed({"far-0"})
+    assert bus.nc is not None
+    await bus.nc.close()
+    # the server comes back with an empty store (a container without a volume, say)
+    await asyncio.to_thread(_restart_empty, bus.server)
+    bus.nc = nc = await nats.connect(bus.server.url)
+    await nc.subscribe(subjects.registry_ask("far"), cb=bus.on_ask)
+    await heard_again(bus)
+
+
+def _restart_empty(server: NatsServer) -> None:
+    server.stop()
+    store = server.settings.store
+    assert store is not None
+    for path in sorted(Path(store).rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file():
+            path.unlink()
+        else:
+            path.rmdir()
+    server.restart()
