@@ -265,8 +265,13 @@ class Peers:
             if url is None:
                 settings = self.settings.connect_settings().model_copy(update={"name": name})
             else:
+                # our own inboxes: on a secure bus JetStream answers there, or nowhere
                 settings = ConnectSettings(
-                    nats=[url], retry=-1, credentials=self.settings.credentials, name=name
+                    nats=[url],
+                    retry=-1,
+                    credentials=self.settings.credentials,
+                    name=name,
+                    inbox_prefix=subjects.inbox(self.settings.id),
                 )
             self._readers[key] = await connect(settings)
         return self._readers[key]
@@ -303,6 +308,7 @@ class Peers:
             retry=-1,
             credentials=self.settings.credentials,
             name=f"{self.settings.id}-peer",
+            inbox_prefix=subjects.inbox(self.settings.id),
         )
         try:
             # no_echo: the server does not hand our own stream back to us on this connection
