@@ -458,13 +458,19 @@ class EventPublisher:
         burst: a worker's `final` used to wait here for the ack of its `running`, a round trip
         on every execution's path (issue 18). What a burst leaves unstored is still re-sent,
         in order, by `_settle`; a re-sent event may be stored after later ones, as before (readers
-        order by seq)."""
-        while not self._queue:
+        order by seq).
+
+        `_idle` is set before each look at the queue: a thread that queues after the look sees
+        it and wakes the task (set after the look, a thread's event queued in between stayed
+        queued until some other event or ack came)."""
+        while True:
+            self._idle = True
+            if self._queue:
+                return
             if self._failed or self._refused:
                 await self._settle()  # refused or unsent: re-sent now, as before
                 continue
             if not self._unacked:
-                self._idle = True
                 await self._wake.wait()
                 self._wake.clear()
                 return
@@ -472,7 +478,6 @@ class EventPublisher:
             if due <= 0:
                 await self._settle()
                 continue
-            self._idle = True
             timer = self._loop.call_later(due, self._wake.set)
             try:
                 await self._wake.wait()
