@@ -29,6 +29,7 @@ import nats.errors
 import psutil
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from . import subjects
 from .codec import decode_msg, encode
@@ -89,6 +90,7 @@ class Node:
         self.joined = False
         self.tasks = TaskSet(log)
         self.runner: _Runner | None = None
+        self._sync_sub: Subscription | None = None
         self._sync_pending = False
         self._wake = asyncio.Event()
         """Set on a reconnect: the heartbeat loop announces and beats at once."""
@@ -155,8 +157,9 @@ class Node:
         Heartbeats go on while the runner finishes: a node silent for `ttl` during its grace
         period would have its still-running executions declared lost by registries.
         """
-        with contextlib.suppress(nats.errors.Error):  # a closed connection has no subscription
-            await self._sync_sub.unsubscribe()
+        if self._sync_sub is not None:  # None: stopped while starting
+            with contextlib.suppress(nats.errors.Error):  # a closed connection has none
+                await self._sync_sub.unsubscribe()
         if self.runner is not None:
             await self.runner.stop()
         await self.tasks.close()

@@ -20,6 +20,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from . import snapshot, subjects
@@ -61,6 +62,7 @@ class Registry:
         self.view = View(settings.id, local)
         self.tasks = TaskSet(log)
         self.kv: KeyValue | None = None
+        self._subs: list[Subscription] = []
         self._dirty: set[str] = set()
         self._flush = asyncio.Event()
         self.changed = asyncio.Event()
@@ -92,10 +94,8 @@ class Registry:
             replicas=self.settings.replicas,
         )
         await self._load()
-        self._subs = [
-            await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node),
-            await self.nc.subscribe(subjects.ADMIN_FORGET_ALL, cb=self._on_forget),
-        ]
+        self._subs.append(await self.nc.subscribe(subjects.NODE_ALL, cb=self._on_node))
+        self._subs.append(await self.nc.subscribe(subjects.ADMIN_FORGET_ALL, cb=self._on_forget))
         if self.settings.feeds:
             # on a connection of their own (`Peers.reader`), through the bus's `KODO_VIEWS`
             # stream at our pace (`viewstream.py`): a backlog of views holds back neither
@@ -119,6 +119,7 @@ class Registry:
         await self.peers.start()
 
     async def stop(self) -> None:
+        """Also after a start cut short (a signal while starting): what it made is undone."""
         for sub in self._subs:
             await sub.unsubscribe()
         await self.peers.stop()

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 
 from kodo_bus import subjects
 from kodo_bus.client import Client
+from kodo_bus.config import ServerSettings
 from kodo_bus.server import NatsServer
 
 from .conftest import KODO_BUS, REPO, Processes, free_ports
@@ -132,7 +133,8 @@ async def exited(proc: Popen, within: float) -> tuple[int, float]:
 
 
 async def up_bus(procs: Processes, tmp_path: Path, *args: str) -> tuple[Popen, Path, str]:
-    """`kodo-bus up` on free ports; returns once its registry lists the example node's flows."""
+    """`kodo-bus up` on free ports; returns once its registry lists the example node's flows and
+    the node has started."""
     port, http_port = free_ports(2)
     log = tmp_path / "up.log"
     up = start(
@@ -147,6 +149,9 @@ async def up_bus(procs: Processes, tmp_path: Path, *args: str) -> tuple[Popen, P
             return len(await kb.flows(via="up-node"))
 
     await eventually(listed, lambda count: count > 0, 60)
+    # listed by its registry half before its node half has started (a Ctrl-C before that is a
+    # stop while starting: no bye, see test_ctrl_c_while_starting_stops_at_once)
+    await logged(up, log, "up-node ready", 60)
     return up, log, url
 
 
@@ -259,3 +264,41 @@ async def test_next_start_kills_what_a_sigkilled_node_left(
     proc.wait()
     service(procs, tmp_path, [fresh_server.url], None, **node_body("stop-next"))
     await eventually(lambda: asyncio.sleep(0, alive(ray)), lambda left: left == [], 60)
+
+
+NO_JETSTREAM = """
+host: 127.0.0.1
+accounts {
+  NOJS: { jetstream: disabled, users: [ { user: plain, password: plain } ] }
+}
+"""
+
+
+@pytest.mark.parametrize("role", ["node", "registry"])
+async def test_ctrl_c_while_starting_stops_at_once(
+    procs: Processes, tmp_path: Path, role: str
+) -> None:
+    """A bus whose JetStream does not answer keeps a service's start retrying (30 s a step, a
+    bound meant for a cluster electing leaders); Ctrl-C then stops it at once, cleanly."""
+    conf = tmp_path / "nojs.conf"
+    conf.write_text(NO_JETSTREAM)
+    server = NatsServer(
+        ServerSettings(port=0, http_port=0, store=tmp_path / "store", config=conf)
+    ).start()
+    try:
+        log = tmp_path / f"{role}.log"
+        proc = start(
+            procs, log, "run", "--nats", server.url, "--role", role, "--id", f"starting-{role}",
+            "--log-level", "DEBUG",
+            env={"KODO_USER": "plain", "KODO_PASSWORD": "plain"},
+        )  # fmt: skip
+        await logged(proc, log, "retrying in")  # its start waits for JetStream
+        proc.send_signal(signal.SIGINT)
+        code, took = await exited(proc, STOP_LIMIT)
+        text = text_of(log)
+        assert code == 0, text
+        assert took <= STOP_LIMIT, f"stopped in {took:.1f} s:\n{text}"
+        assert "stopping while starting" in text
+        assert "Traceback" not in text
+    finally:
+        server.stop()

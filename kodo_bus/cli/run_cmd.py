@@ -54,9 +54,25 @@ async def serve(settings: ServiceSettings, flows: list[Any]) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    async with KodoService(settings, flows):
-        await stop.wait()
-        log.info("stopping (Ctrl-C again to stop at once)")
+    service = KodoService(settings, flows)
+    starting = asyncio.create_task(service.start(), name="kodo-start")
+    signalled = asyncio.create_task(stop.wait(), name="kodo-signal")
+    try:
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a start that failed raises its error, with nothing to stop
+            await signalled
+            log.info("stopping (Ctrl-C again to stop at once)")
+        else:
+            # A signal while starting: a bus whose JetStream does not answer keeps a start in
+            # bounded retries (30 s per step); Ctrl-C stops now, not after them.
+            log.info("stopping while starting (Ctrl-C again to stop at once)")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+    finally:
+        signalled.cancel()
+    await service.stop()
 
 
 def _force() -> None:
