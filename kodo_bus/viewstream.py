@@ -16,7 +16,8 @@ or made anew by someone else is found by a look every `WATCH` seconds, made agai
 from then on; what was published meanwhile shows as a gap, and a `full` is asked for.
 
 A bus where the stream cannot be made or read (no JetStream there, or no right to it) is read by
-a core subscription as before, with one warning saying why.
+a core subscription as before, with one warning saying why; the stream is tried again at
+growing intervals (`WATCH` doubling up to `RETRY_MAX`) and read once it can be.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ subscription instead: a secure profile without the rights answers nothing, and t
 the bus must still be read."""
 WATCH = 5.0
 """Seconds between two looks at the stream (one `STREAM.INFO`): is it still the one read?"""
+RETRY_MAX = 300.0
+"""Longest wait, in seconds, between two tries of the stream by a reader that reads by a core
+subscription (the wait doubles from `WATCH`): a bus without the rights to it is not asked every
+few seconds, each refusal logged by its server."""
 PENDING_BYTES = 256 * 1024 * 1024
 """Bytes of view messages held by nats-py before the reader takes them in (flow control keeps
 far fewer in flight; a bound all the same)."""
@@ -97,10 +102,10 @@ class ViewReader:
     async def start(self) -> None:
         try:
             await asyncio.wait_for(self._streamed(), STREAM_WITHIN)
-            self.tasks.spawn(self._watch(), f"views stream on {self.where}")
         except (nats.errors.Error, KodoError, TimeoutError) as exc:
             log.warning(
-                "views on %s read by a core subscription, not through the stream %s: %s",
+                "views on %s read by a core subscription, not through the stream %s (tried "
+                "again now and then): %s",
                 self.where,
                 subjects.STREAM_VIEWS,
                 _why(exc),
@@ -108,6 +113,7 @@ class ViewReader:
             self.sub = await self.core.subscribe(
                 subjects.REGISTRY_VIEW_ALL, cb=self._on_msg, pending_bytes_limit=PENDING_BYTES
             )
+        self.tasks.spawn(self._watch(), f"views stream on {self.where}")
 
     async def _streamed(self) -> None:
         js = jetstream(self.nc)
@@ -147,10 +153,14 @@ class ViewReader:
         would try to make a consumer on it every few seconds, forever, each failure logged at
         debug level only, and the views of the bus unheard."""
         js = jetstream(self.nc)
+        wait = WATCH
         while True:
-            await asyncio.sleep(WATCH)
+            await asyncio.sleep(wait)
             if not self.nc.is_connected:
                 continue  # nats-py's consumer resumes by itself after a reconnect
+            if not self.streamed:
+                wait = WATCH if await self._retried() else min(2 * wait, RETRY_MAX)
+                continue
             try:
                 info = await js.stream_info(subjects.STREAM_VIEWS)
             except nats.js.errors.NotFoundError:
@@ -178,6 +188,25 @@ class ViewReader:
                     _why(exc),
                 )
 
+    async def _retried(self) -> bool:
+        """Whether the stream is read now, in place of the core subscription.
+
+        A stream that could not be made at start (JetStream still electing its leaders past
+        `STREAM_WITHIN`, rights given later, JetStream turned on) is not given up for good: a
+        core subscription is the one the server cuts when the registry falls behind. Both read
+        for a moment: a message heard twice is out of order, and a `full` is asked for.
+        """
+        core = self.sub
+        try:
+            await asyncio.wait_for(self._streamed(), STREAM_WITHIN)
+        except (nats.errors.Error, KodoError, TimeoutError) as exc:
+            log.debug("views on %s: still no stream (%s)", self.where, _why(exc))
+            return False
+        if core is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await core.unsubscribe()
+        return True
+
     async def _unsubscribe(self) -> None:
         sub, self.sub = self.sub, None
         if sub is None:
@@ -203,7 +232,7 @@ class ViewReader:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, nats.errors.NoRespondersError):
+    if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError):
         return "no JetStream answers on that bus"
     if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
         return f"JetStream did not answer within {STREAM_WITHIN:g} s (no right to the stream?)"

@@ -1,4 +1,5 @@
-"""A registry whose `KODO_VIEWS` stream goes away under it reads views again (issue 18 review).
+"""A registry whose `KODO_VIEWS` stream goes away under it reads views again, and one that could
+not read a bus through it at start does once it can (issue 18 review).
 
 The reader's ordered consumer re-creates itself from the stream sequence after the last one it
 read, but never makes the stream: deleted (by an operator, or lost with the server's store),
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,12 +22,14 @@ import nats
 import pytest
 
 from kodo_bus import subjects
+from kodo_bus.auth import UserStore
 from kodo_bus.bus import jetstream
+from kodo_bus.config import ServerSettings
 from kodo_bus.errors import KodoError
 from kodo_bus.server import NatsServer
 
-from .conftest import Processes
-from .test_federation import nodes
+from .conftest import REPO, Processes
+from .test_federation import eventually, nodes
 from .test_federation_resume import Bus, far
 
 pytestmark = pytest.mark.slow
@@ -99,3 +103,51 @@ def _restart_empty(server: NatsServer) -> None:
         else:
             path.rmdir()
     server.restart()
+
+
+def _without_views_rights(conf: str) -> str:
+    """The secure profile's config as rendered before `KODO_VIEWS` (an older users.yaml): the
+    views store neither captures views nor serves that stream's API."""
+    kept = []
+    for line in conf.splitlines(keepends=True):
+        item = line.strip()
+        if item.startswith("{ service") and (
+            "KODO_VIEWS" in item or subjects.REGISTRY_VIEW_ALL in item
+        ):
+            continue
+        kept.append(re.sub(r', "[^"]*KODO_VIEWS[^"]*"', "", line))
+    return "".join(kept)
+
+
+async def test_a_bus_read_by_a_core_subscription_is_read_through_the_stream_later(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A core subscription is what the server cuts when the registry falls behind: a stream that
+    could not be read at start (here: no right to it until the config is rendered again and
+    reloaded; in a cluster, leaders elected after `STREAM_WITHIN`) is not given up for good."""
+    store = UserStore(tmp_path / "conf")
+    store.add("late-r", "registry", password="late", rounds=4)
+    store.add("late-root", "admin", password="root", rounds=4)
+    conf = store.conf_file
+    rendered = conf.read_text()
+    conf.write_text(_without_views_rights(rendered))
+    server = NatsServer(
+        ServerSettings(port=0, http_port=0, store=tmp_path / "store", config=conf)
+    ).start()
+    try:
+        log = tmp_path / "late-r.log"
+        cmd = ["run", "--nats", server.url, "--id", "late-r", "--role", "registry"]
+        cmd += ["--cache-reset", "--heartbeat", "0.5", "--log-file", str(log)]
+        procs.start(*cmd, env={"KODO_USER": "late-r", "KODO_PASSWORD": "late"}, cwd=REPO)
+
+        async def logged() -> str:
+            return log.read_text() if log.exists() else ""
+
+        await eventually(logged, lambda t: "views on our own bus read by a core" in t, 20)
+        conf.write_text(rendered)  # the rights given: rendered again, reloaded
+        assert server._proc is not None
+        os.kill(server._proc.pid, signal.SIGHUP)
+        streamed = "views on our own bus read through the stream"
+        await eventually(logged, lambda t: streamed in t, timeout=20)
+    finally:
+        server.stop()
