@@ -290,6 +290,15 @@ async def conclude(
     """
     store = store or functools.partial(publish, js)
     first, last = ending_messages(record, after, status, error, final)
+    if final is not NOTHING and not _fits(js, first):
+        # No re-send stores it: it would be given up, while the claim and the status went on,
+        # leaving `finished` behind a gap where the value should be (followers waited for it,
+        # then took None for the result). It ends `error`, saying why.
+        size = len(first[1])
+        why = f"the flow's result ({size} bytes as its final event) does not fit in one NATS "
+        why += f"message (the server's max_payload is {js._nc.max_payload} bytes)"
+        status, error, final = "error", error_of("EventsNotStored", why), NOTHING
+        first, last = ending_messages(record, after, status, error, final)
     if send is None:
         await store([first])
     else:
@@ -309,6 +318,13 @@ async def conclude(
             send([last])
         return Ending(status, True, after + 2)
     return await _lost(js, record, decided)
+
+
+def _fits(js: JetStreamContext, message: Message) -> bool:
+    """Whether the server takes `message` (it counts the headers in its max_payload)."""
+    _, body, headers = message
+    size = len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 16
+    return size <= js._nc.max_payload
 
 
 async def end_from_outside(
