@@ -223,7 +223,7 @@ class Peers:
             await self.registry.on_view_msg(msg, urls)
 
         where = "our own bus" if url is None else url
-        reader = ViewReader(nc, self.settings, on_view, where, core)
+        reader = ViewReader(nc, self.settings, on_view, where, core, conform=url is None)
         self.readers.append(reader)
         await reader.start()
         return reader

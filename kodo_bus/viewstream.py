@@ -78,8 +78,14 @@ class ViewReader:
         handle: Handler,
         where: str = "its own bus",
         core: NATS | None = None,
+        *,
+        conform: bool = True,
     ) -> None:
         self.nc = nc
+        self.conform = conform
+        """Bring an existing stream to our limits (our own bus). On a link the stream belongs
+        to that bus (another organization's, its replicas and limits its own): made there if
+        missing, else read as it is."""
         self.core = core or nc
         """Where the fallback's core subscription is made: on a link, the connection our stream
         goes out on, made with no_echo (our own stream is not handed back there)."""
@@ -125,7 +131,11 @@ class ViewReader:
 
     async def _subscribe(self, js: JetStreamContext) -> None:
         """Make the stream (or bring it to our limits) and read it from its next message."""
-        info = await ensure_stream(
+        info: api.StreamInfo | None = None
+        if not self.conform:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                info = await js.stream_info(subjects.STREAM_VIEWS)
+        info = info or await ensure_stream(
             js,
             subjects.STREAM_VIEWS,
             [subjects.REGISTRY_VIEW_ALL],
