@@ -207,6 +207,10 @@ class Runner:
         self._launch_sub = await self._nc.subscribe(
             subjects.launch_node(node), queue=node, cb=self._on_launch
         )
+        # started means answering: a request sent right after (from another account too, on
+        # the secure profile) found no responder while the subscriptions were still on their
+        # way to the server (a fresh-clone run under load)
+        await self._nc.flush()
 
     async def stop(self) -> None:
         """Refuse new launches, give running ones `grace` seconds, then cancel them."""
