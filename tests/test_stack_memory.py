@@ -145,6 +145,20 @@ print(names, heavy)
 """
 
 
+def _cli_process(script: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`script` run as if `argv` were the command line of a `kodo-bus` process; must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.parametrize(
     ("argv", "commands"),
     [
@@ -157,28 +171,12 @@ def test_a_stack_process_registers_its_own_command_alone(
     argv: list[str], commands: list[str]
 ) -> None:
     """`up`, and the `run`/`web` processes it starts, skip the other commands' imports."""
-    done = subprocess.run(
-        [sys.executable, "-c", SERVICE_SCRIPT, str(REPO / argv[0]), *argv[1:]],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _cli_process(SERVICE_SCRIPT, str(REPO / argv[0]), *argv[1:])
     assert done.stdout.strip() == f"{commands} []"
 
 
 def test_any_other_use_of_the_cli_registers_every_command() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SERVICE_SCRIPT, "/venv/bin/kodo-bus", "launch", "hello"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _cli_process(SERVICE_SCRIPT, "/venv/bin/kodo-bus", "launch", "hello")
     names = done.stdout.split("]")[0]
     for command in ("run", "web", "up", "launch", "bench", "flows"):
         assert f"'{command}'" in names, done.stdout
@@ -190,15 +188,7 @@ def test_the_up_process_leaves_out_the_sdk_and_the_panel_command() -> None:
     script = SERVICE_SCRIPT.replace(
         "print(names, heavy)", "print(sorted(m for m in sys.modules if m.startswith('kodo_bus.')))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, "/venv/bin/kodo-bus", "up"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _cli_process(script, "/venv/bin/kodo-bus", "up")
     loaded = done.stdout
     for module in (
         "kodo_bus.client",

@@ -30,6 +30,7 @@ from kodo_bus.config import ServerSettings
 from kodo_bus.server import NatsServer
 
 from .conftest import KODO_BUS, REPO, Processes, free_ports
+from .test_federation_resume import NO_JETSTREAM_CONF
 from .test_reliability_support import eventually, first_event, node_body, service
 
 STOP_LIMIT = 3.0
@@ -266,14 +267,6 @@ async def test_next_start_kills_what_a_sigkilled_node_left(
     await eventually(lambda: asyncio.sleep(0, alive(ray)), lambda left: left == [], 60)
 
 
-NO_JETSTREAM = """
-host: 127.0.0.1
-accounts {
-  NOJS: { jetstream: disabled, users: [ { user: plain, password: plain } ] }
-}
-"""
-
-
 @pytest.mark.parametrize("role", ["node", "registry"])
 async def test_ctrl_c_while_starting_stops_at_once(
     procs: Processes, tmp_path: Path, role: str
@@ -281,7 +274,7 @@ async def test_ctrl_c_while_starting_stops_at_once(
     """A bus whose JetStream does not answer keeps a service's start retrying (30 s a step, a
     bound meant for a cluster electing leaders); Ctrl-C then stops it at once, cleanly."""
     conf = tmp_path / "nojs.conf"
-    conf.write_text(NO_JETSTREAM)
+    conf.write_text(NO_JETSTREAM_CONF)
     server = NatsServer(
         ServerSettings(port=0, http_port=0, store=tmp_path / "store", config=conf)
     ).start()
