@@ -42,7 +42,7 @@ from .errors import ConnectError, WireError
 from .models import SCHEMA_VERSION, Catalog, FlowInfo, NodeEntry, RegistryView
 from .tasks import TaskSet
 from .view import catalog_problem
-from .viewstream import ViewReader
+from .viewstream import VIEW_PENDING_BYTES, ViewReader
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -63,10 +63,6 @@ ASK_BACKOFF_BEATS = 6
 CACHED_PER_NODE = 4
 """Catalogs remembered per node by the bytes they arrived as (a node's catalog reaches a
 registry from several streams, with or without `urls` filled in)."""
-VIEW_PENDING_BYTES = 256 * 1024 * 1024
-"""View messages a registry holds before it has taken them in (nats-py's default is 128 MB):
-a few whole views of 10,000 nodes (tens of MB each) may arrive at once, and a message dropped
-here is a gap, an ask and one more whole view on the bus."""
 PACE_PARTS = 16
 """Parts of a view sent between two round trips to the server: a whole view goes out in steps
 the server and the receivers keep up with, not as one burst of tens of MB."""
@@ -265,16 +261,20 @@ class Peers:
             if url is None:
                 settings = self.settings.connect_settings().model_copy(update={"name": name})
             else:
-                # our own inboxes: on a secure bus JetStream answers there, or nowhere
-                settings = ConnectSettings(
-                    nats=[url],
-                    retry=-1,
-                    credentials=self.settings.credentials,
-                    name=name,
-                    inbox_prefix=subjects.inbox(self.settings.id),
-                )
+                settings = self._link_settings(url, name)
             self._readers[key] = await connect(settings)
         return self._readers[key]
+
+    def _link_settings(self, url: str, name: str) -> ConnectSettings:
+        """A connection to a link's bus: retried forever, with our own inboxes (on a secure
+        bus JetStream answers there, or nowhere)."""
+        return ConnectSettings(
+            nats=[url],
+            retry=-1,
+            credentials=self.settings.credentials,
+            name=name,
+            inbox_prefix=subjects.inbox(self.settings.id),
+        )
 
     async def stop(self) -> None:
         await self.tasks.close()
@@ -303,13 +303,7 @@ class Peers:
         self.registry.changed.set()
 
     async def _link(self, url: str) -> None:
-        settings = ConnectSettings(
-            nats=[url],
-            retry=-1,
-            credentials=self.settings.credentials,
-            name=f"{self.settings.id}-peer",
-            inbox_prefix=subjects.inbox(self.settings.id),
-        )
+        settings = self._link_settings(url, f"{self.settings.id}-peer")
         try:
             # no_echo: the server does not hand our own stream back to us on this connection
             # (a whole view is tens of MB at 10,000 nodes; read back for nothing, it made the

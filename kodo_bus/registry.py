@@ -38,9 +38,10 @@ from .models import (
     RegistryView,
     SyncRequest,
 )
-from .peers import VIEW_PENDING_BYTES, Peers
+from .peers import Peers
 from .tasks import TaskSet
 from .view import MAX_REPLICAS, View, catalog_problem
+from .viewstream import VIEW_PENDING_BYTES
 
 if TYPE_CHECKING:
     from .service import Rejects

@@ -61,9 +61,11 @@ RETRY_MAX = 300.0
 """Longest wait, in seconds, between two tries of the stream by a reader that reads by a core
 subscription (the wait doubles from `WATCH`): a bus without the rights to it is not asked every
 few seconds, each refusal logged by its server."""
-PENDING_BYTES = 256 * 1024 * 1024
-"""Bytes of view messages held by nats-py before the reader takes them in (flow control keeps
-far fewer in flight; a bound all the same)."""
+VIEW_PENDING_BYTES = 256 * 1024 * 1024
+"""View messages a registry holds before it has taken them in (nats-py's default is 128 MB), on
+any subscription to views: through the stream, flow control keeps far fewer in flight (a bound
+all the same); on a core subscription a few whole views of 10,000 nodes (tens of MB each) may
+arrive at once, and a message dropped there is a gap, an ask and one more whole view."""
 
 Handler = Callable[[Msg], Awaitable[None]]
 
@@ -117,7 +119,7 @@ class ViewReader:
                 _why(exc),
             )
             self.sub = await self.core.subscribe(
-                subjects.REGISTRY_VIEW_ALL, cb=self._on_msg, pending_bytes_limit=PENDING_BYTES
+                subjects.REGISTRY_VIEW_ALL, cb=self._on_msg, pending_bytes_limit=VIEW_PENDING_BYTES
             )
         self.tasks.spawn(self._watch(), f"views stream on {self.where}")
 
@@ -149,7 +151,7 @@ class ViewReader:
             cb=self._on_msg,
             ordered_consumer=True,
             idle_heartbeat=IDLE_HEARTBEAT,
-            pending_bytes_limit=PENDING_BYTES,
+            pending_bytes_limit=VIEW_PENDING_BYTES,
             config=consumer_config(
                 deliver_policy=api.DeliverPolicy.NEW,
                 inactive_threshold=INACTIVE,
