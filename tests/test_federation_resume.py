@@ -11,6 +11,7 @@ recovers, by asking for a `full`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -119,18 +120,27 @@ class Bus:
         await eventually(lambda: nodes(nc, self.rid), lambda p: far(p) >= want, timeout)
 
 
-@pytest.fixture
-async def bus(
-    procs: Processes, server_factory: Callable[[str], NatsServer], tmp_path: Path
+@contextlib.asynccontextmanager
+async def open_bus(
+    procs: Processes, server: NatsServer, tmp_path: Path, rid: str
 ) -> AsyncIterator[Bus]:
-    b = Bus(procs, server_factory("s0"), tmp_path, "resume-r")
+    """A `Bus` whose registry is never left stopped (SIGSTOP) for the teardown."""
+    b = Bus(procs, server, tmp_path, rid)
     try:
         yield b
     finally:
         if b.proc is not None and b.proc.poll() is None:
-            os.kill(b.proc.pid, signal.SIGCONT)  # never leave it stopped for the teardown
+            os.kill(b.proc.pid, signal.SIGCONT)
         if b.nc is not None:
             await b.nc.close()
+
+
+@pytest.fixture
+async def bus(
+    procs: Processes, server_factory: Callable[[str], NatsServer], tmp_path: Path
+) -> AsyncIterator[Bus]:
+    async with open_bus(procs, server_factory("s0"), tmp_path, "resume-r") as b:
+        yield b
 
 
 async def test_a_frozen_reader_resumes_without_a_full(bus: Bus) -> None:

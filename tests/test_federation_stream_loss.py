@@ -30,7 +30,7 @@ from kodo_bus.server import NatsServer
 
 from .conftest import REPO, Processes
 from .test_federation import eventually, nodes
-from .test_federation_resume import Bus, far
+from .test_federation_resume import Bus, far, open_bus
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +39,8 @@ pytestmark = pytest.mark.slow
 async def bus(
     procs: Processes, server_factory: Callable[[str], NatsServer], tmp_path: Path
 ) -> AsyncIterator[Bus]:
-    b = Bus(procs, server_factory("s0"), tmp_path, "loss-r")
-    try:
+    async with open_bus(procs, server_factory("s0"), tmp_path, "loss-r") as b:
         yield b
-    finally:
-        if b.proc is not None and b.proc.poll() is None:
-            os.kill(b.proc.pid, signal.SIGCONT)
-        if b.nc is not None:
-            await b.nc.close()
 
 
 async def heard_again(bus: Bus, timeout: float = 20.0) -> None:
