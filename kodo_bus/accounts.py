@@ -104,7 +104,7 @@ def _stores(users: list[User], files_quota: int = FILES_QUOTA) -> list[_Store]:
     views = [s.bucket_view(u.name) for u in users if u.role == "registry"]
     records = s.BUCKET_EXECUTIONS
     return [
-        _Store(EVENTS_ACCOUNT, (s.STREAM_EVENTS,), (s.EVENTS_ALL,)),
+        _Store(EVENTS_ACCOUNT, (s.STREAM_EVENTS,), (s.EVENTS_ALL, s.FENCE_ALL)),
         _Store(RECORDS_ACCOUNT, (s.kv_stream(records),), (s.kv_subject(records, ">"),)),
         _Store(
             VIEWS_ACCOUNT,

@@ -106,6 +106,7 @@ def _node(name: str) -> Permissions:
         s.node_heartbeat(name),
         s.node_bye(name),
         s.EVENTS_ALL,
+        s.FENCE_ALL,  # it ends executions its workers cannot (`lifecycle.end_from_outside`)
         _kv(records, ">"),
         _api("STREAM", "INFO", s.STREAM_EVENTS),
         _api("STREAM", "INFO", _kv_stream(records)),

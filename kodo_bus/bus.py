@@ -657,13 +657,13 @@ async def ensure_execution_storage(
     and the least recently written records; an existing deployment's stream and bucket are
     brought to these limits in place.
     """
-    from .subjects import BUCKET_EXECUTIONS, EVENTS_ALL, STREAM_EVENTS
+    from .subjects import BUCKET_EXECUTIONS, EVENTS_ALL, FENCE_ALL, STREAM_EVENTS
 
     try:
         await ensure_stream(
             js,
             STREAM_EVENTS,
-            [EVENTS_ALL],
+            [EVENTS_ALL, FENCE_ALL],
             max_age=max_age,
             replicas=replicas,
             max_bytes=_limit(max_bytes),

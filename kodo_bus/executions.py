@@ -33,8 +33,9 @@ from .models import TERMINAL_STATUSES, Event, ExecutionRecord
 
 log = logging.getLogger("kodo_bus.executions")
 
-KEY_WRONG_LAST_SEQUENCE = 10071
-"""JetStream API error code: the compare-and-set revision did not match."""
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream API error code: a compare-and-set or conditional publish found another last
+sequence than it expected."""
 
 
 def jsonable(data: Any) -> Any:
@@ -158,23 +159,48 @@ async def update_record(
         if new is None:
             return None
         new = new.model_copy(update={"updated": time.time()})
-        try:
-            written = await js_retry(
-                # nats-py's public `update` sends no TTL; its `_update` (what `update` calls) does
-                functools.partial(
-                    kv._update, key, record_bytes(new), last=revision, msg_ttl=_ttl(new)
-                ),
-                f"update {key}",
-            )
-        except nats.js.errors.KeyWrongLastSequenceError:
-            continue
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != KEY_WRONG_LAST_SEQUENCE:
-                raise
-            continue
-        return new, int(written)
+        written = await _replace(kv, key, new, revision)
+        if written is not None:
+            return new, written
     log.warning("gave up updating the record %s after 50 conflicts", key)
     return None
+
+
+async def _replace(kv: KeyValue, key: str, new: ExecutionRecord, revision: int) -> int | None:
+    """Write `new` if the record is still at `revision`: its new revision, None if not."""
+    try:
+        written = await js_retry(
+            # nats-py's public `update` sends no TTL; its `_update` (what `update` calls) does
+            functools.partial(kv._update, key, record_bytes(new), last=revision, msg_ttl=_ttl(new)),
+            f"update {key}",
+        )
+    except nats.js.errors.KeyWrongLastSequenceError:
+        return None
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != WRONG_LAST_SEQUENCE:
+            raise
+        return None
+    return int(written)
+
+
+async def move_last_seq(kv: KeyValue, key: str, last_seq: int) -> None:
+    """Point a terminal record's `last_seq` at its terminal status as stored.
+
+    The one change ever made to a terminal record: an ender claims with the seq its ending
+    would take after the tail it read, and a worker still emitting can move the tail before
+    the ending is stored (`lifecycle.store_ending` then numbers after it). Status and error
+    stay as claimed."""
+    for _ in range(50):
+        current = await read_record(kv, key)
+        if current is None:
+            return
+        record, revision = current
+        if record.status not in TERMINAL_STATUSES or record.last_seq == last_seq:
+            return
+        new = record.model_copy(update={"last_seq": last_seq, "updated": time.time()})
+        if await _replace(kv, key, new, revision) is not None:
+            return
+    log.warning("gave up moving the last_seq of %s after 50 conflicts", key)
 
 
 def set_status(status: str, **fields: Any) -> Change:

@@ -290,7 +290,7 @@ class ExecActor:
         running = emitter.message("status", {"status": "running"})
         if running is None:
             return await self._ended_elsewhere(r)
-        start = _Start(self._pub, execution, running)
+        start = _Start(self._pub, r, running)
         try:
             record.write_later(set_status("running"), RUNNING_WRITE_AFTER)
             task = loop.create_task(self._call(job, tracer), context=context)
@@ -321,7 +321,7 @@ class ExecActor:
             self._pub.unguard(execution)
 
     async def _ended_elsewhere(self, r: ExecutionRecord) -> Outcome:
-        log.warning("execution %s was ended before its worker started it", r.execution)
+        log.warning("execution %s was ended by someone else than its worker", r.execution)
         current = await read_record(self._kv, record_key(r))
         found = r if current is None else current[0]
         return Outcome(status=found.status, last_seq=found.last_seq, ended=True)
@@ -463,49 +463,53 @@ class ExecActor:
 
 
 class _Start:
-    """An execution's `running`, stored only if nobody ended the execution before this worker
-    got it (`lifecycle.unless_ended`: a job that reached the worker after its node was declared
-    lost, say) — and not waited for: the flow starts at once.
+    """An execution's `running`, and the condition every event of its run carries: stored only
+    while nobody else ended the execution (`lifecycle.not_ended`).
 
-    Waiting for that ack put a round trip before every flow and, for a short one, before its
-    ending (issue 18). Until the ack is in, the publisher `guard`s the execution: each of its
-    events, the flow's and the `final`/`error`, carries the same condition, so none is stored
-    behind an ending that came first (whoever else ends an execution claims its record before
-    storing an `error`, so an `error` stored means this worker's claim will lose). A `running`
-    refused cancels the flow, and the worker reports what the record says, as before; a flow
-    started that way ran for the one round trip, where it used to not run at all.
+    Nobody else should, but an outsider can: a job that reaches the worker after its node was
+    declared lost, or a registry that judges a node lost while it is only frozen and its Ray
+    actor runs on. Whoever ends an execution other than its worker claims the record, then
+    stores an `error` (`lifecycle.end_from_outside`); from then on every event of this worker
+    is refused — its `running` (then the flow is not even started for good), an output event,
+    its `final` — and the first refusal cancels the flow: its claim would lose anyway. So
+    nothing of the worker is stored behind an ending that came first.
+
+    The `running` is not waited for: the flow starts at once. Waiting for that ack put a
+    round trip before every flow and, for a short one, before its ending (issue 18).
     """
 
-    def __init__(self, pub: EventPublisher, execution: str, running: Message) -> None:
+    def __init__(self, pub: EventPublisher, record: ExecutionRecord, running: Message) -> None:
         self._pub = pub
-        self._execution = execution
+        self._execution = record.execution
         self._task: asyncio.Task[Any] | None = None
         self.refused = False
-        """`running` was refused: the execution was ended before this worker got it."""
-        pub.guard(execution, not_ended(execution))
-        self._confirmed = pub.confirm(unless_ended(running, execution))
+        """An event was refused: someone else ended the execution."""
+        pub.guard(record.execution, not_ended(record), self._refuse)
+        self._confirmed = pub.confirm(unless_ended(running, record))
         self._confirmed.add_done_callback(self._on_confirmed)
 
     def watch(self, task: asyncio.Task[Any]) -> None:
-        """The flow's task: cancelled if `running` is refused."""
+        """The flow's task: cancelled once an event is refused."""
         self._task = task
         if self.refused:
             task.cancel()
 
     def _on_confirmed(self, future: asyncio.Future[bool]) -> None:
-        if future.cancelled():
-            return
-        if future.exception() is None and not future.result():
-            self.refused = True
-            if self._task is not None:
-                self._task.cancel()
-            return  # the guard stays: nothing more of this execution is to be stored
-        # Stored (or given up on: the flow runs, and its ending reports the loss).
-        self._pub.unguard(self._execution)
+        # Given up on (EventsNotStored): the flow runs, and its ending reports the loss.
+        if not future.cancelled() and future.exception() is None and not future.result():
+            self._refuse()
+
+    def _refuse(self) -> None:
+        if not self.refused:
+            log.warning("execution %s was ended by someone else: stopping it", self._execution)
+        self.refused = True
+        if self._task is not None:
+            self._task.cancel()
 
     async def settled(self) -> None:
         """Wait for `running`'s ack (`conclude`, after a won claim; long in by then, as a rule:
-        it was sent before the ending), then drop the guard so the status goes as it is."""
+        it was sent before the ending), then drop the condition so the status goes as it is
+        (the worker's own `error` would fail it)."""
         try:
             stored = await self._confirmed
         except EventsNotStored:

@@ -323,7 +323,11 @@ async def forget(js: JetStreamContext, user: str, execution: str, node: str | No
     node instead (`Execution.delete`, `kodo.exec.<user>.<execution>.delete`)."""
     deleted = await delete(js, user, execution)
     records = subjects.BUCKET_EXECUTIONS
-    purges = [(subjects.STREAM_EVENTS, subjects.events(user, execution, "*"))]
+    purges = [
+        (subjects.STREAM_EVENTS, subjects.events(user, execution, "*")),
+        # a fence left by an outside ender would refuse every event of a later launch of the id
+        (subjects.STREAM_EVENTS, subjects.fence(execution)),
+    ]
     if node and subjects.is_token(node):
         index = subjects.record_node_key(node, user, execution)
         purges.append((subjects.kv_stream(records), subjects.kv_subject(records, index)))

@@ -31,6 +31,7 @@ make the ender reuse seqs.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -41,16 +42,19 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.kv import KeyValue
 
 from . import snapshot, subjects
 from .bus import js_retry
-from .codec import decode_events
+from .codec import MSG_ID, decode_events
 from .errors import WireError
 from .execution_id import EXPECTED_LAST_SUBJECT, EXPECTED_LAST_SUBJECT_SEQUENCE
 from .executions import (
+    WRONG_LAST_SEQUENCE,
     Stored,
     event_message,
+    move_last_seq,
     read_record,
     record_key,
     set_status,
@@ -125,29 +129,41 @@ def ending_messages(
     return messages
 
 
-def unless_ended(message: Message, execution: str) -> Message:
-    """The worker's first event (`running`), stored only if no `error` is stored for the
-    execution yet.
+def unless_ended(message: Message, record: ExecutionRecord) -> Message:
+    """The worker's first event (`running`), stored only if nobody ended the execution from
+    outside already (`not_ended`).
 
-    Whoever ends an execution before its worker started it stores an `error` (an outsider
-    always does; so does the runner ending it as owner before the hand-over). A job can still
-    reach a worker after that — sent just before its node died, and taken by the node's Ray
-    actor in the moment before Ray killed it — and that worker must not run it: its events
-    would follow the terminal status. The condition is JetStream's, on the wildcard subject of
-    the execution's `error` events, so it holds against every ender at once.
+    A job can still reach a worker after that — sent just before its node died, and taken by
+    the node's Ray actor in the moment before Ray killed it — and that worker must not run it:
+    its events would follow the terminal status.
     """
     subject, body, headers = message
-    return subject, body, {**headers, **not_ended(execution)}
+    return subject, body, {**headers, **not_ended(record)}
 
 
-def not_ended(execution: str) -> dict[str, str]:
-    """The headers of `unless_ended`: JetStream stores the message only while no `error` of
-    the execution is stored. The worker's first events carry it (`EventPublisher.guard`) until
-    its `running` is acknowledged."""
+def not_ended(record: ExecutionRecord) -> dict[str, str]:
+    """The headers of a worker's events: JetStream stores one only while the execution's
+    fence (`subjects.FENCE`) is empty.
+
+    Every event of a worker carries it, from its `running` to its `final`/`error`
+    (`EventPublisher.guard`); only its terminal status, sent once its own claim won, does not.
+    Whoever ends the execution from outside stores the fence once its claim won, before it
+    reads the tail it numbers its ending after (`end_from_outside`): from then on nothing of
+    the worker is stored, so that tail stays the tail. The fence is a subject of its own, not
+    the outsider's `error`: an `error` needs its seq, and the seq needs the tail that only the
+    fence holds still.
+    """
     return {
         EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
-        EXPECTED_LAST_SUBJECT: subjects.events("*", execution, "error"),
+        EXPECTED_LAST_SUBJECT: subjects.fence(record.execution),
     }
+
+
+async def fence(js: JetStreamContext, record: ExecutionRecord) -> None:
+    """Stop the worker of `record` storing events (`not_ended`). Idempotent: a fence stored
+    again is one message more, and the worker's events are refused alike."""
+    msg_id = f"{record.execution}:fence"
+    await _publish_one(js, subjects.fence(record.execution), b"", {MSG_ID: msg_id})
 
 
 # -- the stored trail ----------------------------------------------------------------------------
@@ -157,10 +173,27 @@ async def stored_events(js: JetStreamContext, record: ExecutionRecord) -> list[E
     Valid: it decodes, and its envelope names this execution and launcher, like its subject.
     Read with direct gets (`next_by_subj`), so reading leaves no state in the server.
     """
+    return (await _read(js, record, 1))[0]
+
+
+async def _read(js: JetStreamContext, record: ExecutionRecord, seq: int) -> tuple[list[Event], int]:
+    """The valid events of the execution from stream seq `seq` on, and the stream seq of the
+    last message on its subjects (valid or not: 0 when none), which is what a condition on
+    those subjects is checked against.
+
+    Read up to the message that was last when the read began: a worker still emitting would
+    otherwise keep a reader that is slower than it reading for ever."""
     wanted = subjects.events(record.launcher, record.execution, "*")
     events: list[Event] = []
-    seq = 1
-    while True:
+    try:
+        last = await js_retry(
+            functools.partial(js.get_last_msg, subjects.STREAM_EVENTS, wanted, direct=True),
+            f"read the last event of {record.execution}",
+        )
+    except nats.js.errors.NotFoundError:
+        return events, 0
+    end = int(last.seq or 0)
+    while seq <= end:
         try:
             msg = await js_retry(
                 functools.partial(
@@ -169,14 +202,17 @@ async def stored_events(js: JetStreamContext, record: ExecutionRecord) -> list[E
                 f"read the events of {record.execution}",
             )
         except nats.js.errors.NotFoundError:
-            return events
+            break
         seq = int(msg.seq or seq) + 1
+        if seq - 1 > end:
+            break
         try:
             decoded = decode_events(msg.subject or "", msg.data or b"", msg.headers)
         except WireError as exc:
             log.warning("execution %s: skipping a message: %s", record.execution, exc)
             continue
         events.extend(decoded)  # each checked against its subject, so it is this execution's
+    return events, end
 
 
 @dataclass(frozen=True)
@@ -188,6 +224,9 @@ class Tail:
     kinds: dict[int, str]
     terminal: str | None
     terminal_seq: int = 0
+    stream_seq: int = 0
+    """Stream seq of the last message on the execution's subjects (0: none): an ending
+    numbered after this tail is stored only if that is still the last (`store_ending`)."""
 
     def ending_at(self, seq: int) -> bool:
         """Whether the event at `seq` is a `final` or `error` (an ending under way)."""
@@ -197,17 +236,24 @@ class Tail:
 ENDING_KINDS = frozenset({"final", "error"})
 
 
-async def stored_tail(js: JetStreamContext, record: ExecutionRecord) -> Tail:
-    last, terminal, terminal_seq = 0, None, 0
+async def stored_tail(
+    js: JetStreamContext, record: ExecutionRecord, since: Tail | None = None
+) -> Tail:
+    """The execution's tail as stored; with `since`, read on from where that one ended."""
+    last, terminal, terminal_seq, stream_seq = 0, None, 0, 0
     kinds: dict[int, str] = {}
-    for event in await stored_events(js, record):
+    if since is not None:
+        last, terminal, terminal_seq = since.last_seq, since.terminal, since.terminal_seq
+        kinds, stream_seq = dict(since.kinds), since.stream_seq
+    events, read_to = await _read(js, record, stream_seq + 1)
+    for event in events:
         last = max(last, event.seq)
         kinds.setdefault(event.seq, event.kind)
         if event.kind == "status" and isinstance(event.data, dict):
             status = event.data.get("status")
             if status in TERMINAL_STATUSES and terminal is None:
                 terminal, terminal_seq = str(status), event.seq
-    return Tail(last, kinds, terminal, terminal_seq)
+    return Tail(last, kinds, terminal, terminal_seq, max(stream_seq, read_to))
 
 
 # -- the decision --------------------------------------------------------------------------------
@@ -317,7 +363,7 @@ async def conclude(
         else:
             send([last])
         return Ending(status, True, after + 2)
-    return await _lost(js, record, decided)
+    return await _lost(js, kv, record, decided)
 
 
 def _fits(js: JetStreamContext, message: Message) -> bool:
@@ -334,15 +380,17 @@ async def end_from_outside(
     status: str,
     error: dict[str, str],
 ) -> Ending:
-    """End an execution whose worker cannot (it died, its node did, it never got it).
+    """End an execution whose worker cannot (it died, its node did, it never got it) — or
+    that looks so from outside while its worker runs on (a node frozen past its ttl).
 
-    Numbers after the last valid stored event, claims the record, then stores its events (an
-    outsider's `error` can be made again from the record, so it need not go first). If the
-    last stored event is an owner's `final`/`error` (an ending under way, whose owner may have
-    died), that stays the ending event and only the status follows it. If the owner stores its
-    `final` meanwhile, it takes the seq of this `error` and the same Msg-Id: one of the two is
-    kept, either way one ending event. When the record is terminal already, this caller lost:
-    it repairs the stream if the terminal status is missing.
+    Claims the record with the seq its ending takes after the tail it read, then stores the
+    ending there (`store_ending`), each message only while that tail is still the last: a
+    worker that stored events meanwhile moves the ending behind them, and once the `error` is
+    stored nothing more of the worker is (`not_ended`). If the last stored event is an owner's
+    `final`/`error` (an ending under way, whose owner may have died, or whose claim lost to
+    this one), that stays the ending event and only the status follows it. When the record is
+    terminal already, this caller lost: it repairs the stream if the terminal status is
+    missing.
     """
     current = await read_record(kv, record_key(record))
     if current is None:
@@ -350,36 +398,85 @@ async def end_from_outside(
         return Ending(status, False)
     found = current[0]
     if found.status in TERMINAL_STATUSES:
-        return await repair(js, found)
+        return await repair(js, kv, found)
     tail = await stored_tail(js, found)
     if tail.terminal is not None:  # stored without a claim: not by this protocol; keep it
         return Ending(tail.terminal, False, tail.terminal_seq)
-    after = tail.last_seq
-    if tail.ending_at(after):
-        messages = ending_messages(found, after, status)
-    else:
-        messages = ending_messages(found, after, status, error)
-    last = after + len(messages)
+    last = tail.last_seq + (1 if tail.ending_at(tail.last_seq) else 2)
     decided = await claim(
         kv, record_key(found), status, last_seq=last, error=error["message"], known=current
     )
-    if not decided.won:
-        return await _lost(js, found, decided)
-    await publish(js, messages)
-    return Ending(status, True, last)
+    if not decided.won or decided.record is None:
+        return await _lost(js, kv, found, decided)
+    await fence(js, found)
+    tail = await stored_tail(js, found, tail)  # what the worker stored before the fence
+    return Ending(status, True, await store_ending(js, kv, decided.record, tail, error))
 
 
-async def _lost(js: JetStreamContext, record: ExecutionRecord, decided: Claim) -> Ending:
+async def store_ending(
+    js: JetStreamContext,
+    kv: KeyValue,
+    record: ExecutionRecord,
+    tail: Tail,
+    error: dict[str, str],
+) -> int:
+    """Store the ending the terminal `record` stands for right after `tail`: `error` (unless
+    the tail ends with a `final`/`error` already), then the status; the seq of the terminal
+    status stored.
+
+    Each message is stored only while the last message on the execution's subjects is the
+    one the tail ended with (JetStream's `Nats-Expected-Last-Subject-Sequence` on them). If
+    something came in between — a worker that ran on, another ender storing this same ending
+    (a repair) — the tail is read on and the ending numbered after it, until it is stored or a
+    terminal status is found; so no seq is stored twice and nothing follows the status. The
+    record's `last_seq` follows where the status went. Tried for `PUBLISH_WITHIN`: a worker
+    outpacing every try that long stores the ending itself when it ends (its claim lost, it
+    repairs).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PUBLISH_WITHIN
+    while tail.terminal is None:
+        after = tail.last_seq
+        ending = error if not tail.ending_at(after) else None
+        subject, body, headers = ending_messages(record, after, record.status, ending)[0]
+        headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(tail.stream_seq)
+        headers[EXPECTED_LAST_SUBJECT] = subjects.events(record.launcher, record.execution, "*")
+        try:
+            ack = await _publish_one(js, subject, body, headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            if loop.time() > deadline:
+                log.error("execution %s: its ending is still overtaken", record.execution)
+                return record.last_seq
+            tail = await stored_tail(js, record, tail)
+            continue
+        kind = "status" if ending is None else "error"
+        tail = Tail(
+            after + 1,
+            {**tail.kinds, after + 1: kind},
+            record.status if ending is None else None,
+            after + 1,
+            ack.seq,
+        )
+    if tail.terminal == record.status and tail.terminal_seq != record.last_seq:
+        await move_last_seq(kv, record_key(record), tail.terminal_seq)
+    return tail.terminal_seq
+
+
+async def _lost(
+    js: JetStreamContext, kv: KeyValue, record: ExecutionRecord, decided: Claim
+) -> Ending:
     if decided.record is None:
         log.warning("cannot end %s: it has no record", record.execution)
         return Ending(record.status, False)
-    return await repair(js, decided.record)
+    return await repair(js, kv, decided.record)
 
 
-async def repair(js: JetStreamContext, record: ExecutionRecord) -> Ending:
+async def repair(js: JetStreamContext, kv: KeyValue, record: ExecutionRecord) -> Ending:
     """A terminal record: make sure the events it stands for are stored (its ender may have
-    died between the claim and storing them). The same seqs and Msg-Ids as the ender's, so a
-    repair racing the ender stores one copy."""
+    died between the claim and storing them). Stored by `store_ending`, after the tail, so a
+    repair racing the ender (or a worker still emitting) stores one copy."""
     stored = await stored_ending(js, record)
     if stored is not None:  # the common case, in one direct get instead of the whole trail
         return Ending(stored.status, False, stored.seq)
@@ -388,14 +485,11 @@ async def repair(js: JetStreamContext, record: ExecutionRecord) -> Ending:
         return Ending(tail.terminal, False, tail.terminal_seq)
     if not record.last_seq:
         return Ending(record.status, False)
-    if tail.ending_at(record.last_seq - 1):
-        messages = ending_messages(record, record.last_seq - 1, record.status)
-    else:
-        error = error_of(_ERROR_TYPES.get(record.status, "Error"), record.error or "")
-        messages = ending_messages(record, record.last_seq - 2, record.status, error)
     log.warning("execution %s: storing the %s its record holds", record.execution, record.status)
-    await publish(js, messages)
-    return Ending(record.status, False, record.last_seq)
+    await fence(js, record)  # an outside ender may have died before it stored the fence
+    tail = await stored_tail(js, record, tail)
+    error = error_of(_ERROR_TYPES.get(record.status, "Error"), record.error or "")
+    return Ending(record.status, False, await store_ending(js, kv, record, tail, error))
 
 
 @dataclass(frozen=True)
@@ -434,16 +528,22 @@ async def publish(js: JetStreamContext, messages: list[Message]) -> None:
     window (`DUPLICATE_WINDOW`) a second copy of an ending event whose ack was lost would be
     stored. Each attempt is made connected, all within `PUBLISH_WITHIN`, which is shorter."""
     for subject, body, headers in messages:
-        await js_retry(
-            functools.partial(_publish_connected, js, subject, body, headers),
-            f"publish on {subject}",
-            PUBLISH_WITHIN,
-        )
+        await _publish_one(js, subject, body, headers)
+
+
+async def _publish_one(
+    js: JetStreamContext, subject: str, body: bytes, headers: dict[str, str]
+) -> PubAck:
+    return await js_retry(
+        functools.partial(_publish_connected, js, subject, body, headers),
+        f"publish on {subject}",
+        PUBLISH_WITHIN,
+    )
 
 
 async def _publish_connected(
     js: JetStreamContext, subject: str, body: bytes, headers: dict[str, str]
-) -> object:
+) -> PubAck:
     if not js._nc.is_connected:
         raise nats.errors.ConnectionReconnectingError  # retried by `js_retry`
     return await js.publish(subject, body, headers=headers)
@@ -480,7 +580,7 @@ async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None
             continue
         if record.status in TERMINAL_STATUSES:
             if record.updated >= horizon:
-                await repair(js, record)
+                await repair(js, kv, record)
             continue
         message = f"node {node!r} went offline while the execution was {record.status}"
         ending = await end_from_outside(js, kv, record, "lost", error_of("ExecutionLost", message))

@@ -190,7 +190,7 @@ class EventPublisher:
         a wake per event, across threads, cost more than the event)."""
         self._ttl: OrderedDict[str, str] = OrderedDict()
         """`Nats-TTL` of the executions `retain`ed (bounded by `RETAINED`)."""
-        self._guarded: dict[str, dict[str, str]] = {}
+        self._guarded: dict[str, tuple[dict[str, str], Callable[[], None]]] = {}
         """Conditions every message of an execution carries while it is `guard`ed (one entry
         per execution starting in this worker: each is `unguard`ed by the end of its run)."""
         self._thread = threading.get_ident()
@@ -209,16 +209,15 @@ class EventPublisher:
         if len(self._ttl) > RETAINED:
             self._ttl.popitem(last=False)
 
-    def guard(self, execution: str, condition: dict[str, str]) -> None:
+    def guard(self, execution: str, condition: dict[str, str], refused: Callable[[], None]) -> None:
         """Send every message of `execution` queued from now on with the headers `condition`
-        (a JetStream condition: a message it fails is refused, not re-sent), until `unguard`.
-        Called on the loop's thread.
+        (a JetStream condition: a message it fails is refused, not re-sent), until `unguard`;
+        call `refused` (on the loop) for each one the stream refuses. Called on the loop's
+        thread.
 
-        Why: a worker starts a flow without waiting for the ack of its `running`, whose
-        condition says the execution was not ended before the worker got it
-        (`lifecycle.unless_ended`); until that ack is in, each event of the flow carries the
-        same condition, so none is stored behind an ending that came first."""
-        self._guarded[execution] = condition
+        Why: a worker's events are stored only while nobody else ended its execution
+        (`lifecycle.not_ended`, `executor._Start`)."""
+        self._guarded[execution] = (condition, refused)
 
     def unguard(self, execution: str) -> None:
         """Messages of `execution` queued from now on go without the `guard`'s condition."""
@@ -232,9 +231,9 @@ class EventPublisher:
             ttl = self._ttl.get(execution)
             if ttl is not None:
                 headers[MSG_TTL] = ttl
-            condition = self._guarded.get(execution)
-            if condition is not None:
-                headers.update(condition)
+            guard = self._guarded.get(execution)
+            if guard is not None:
+                headers.update(guard[0])
         self._queue.append((subject, body, headers))
         with self._count:
             self._bytes += len(body) + EVENT_OVERHEAD
@@ -375,12 +374,17 @@ class EventPublisher:
             return  # acked after its burst gave up on it: it is being re-sent
         if not msg.data.startswith(STORED):
             if WRONG_LAST_SEQUENCE_ACK in msg.data:
-                # A conditional publish refused because its subject has a message already
-                # (`execution_id`): settled, not re-sent; its sender asks `preceded`.
+                # A conditional publish refused: settled, not re-sent. Its sender awaits it
+                # (`confirm`), is told (`guard`), or asks `preceded` (`execution_id`).
                 if not self._confirmed(message, False):
-                    self._preceded[message[2][MSG_ID]] = None
-                    if len(self._preceded) > LOST_KEPT:
-                        self._preceded.popitem(last=False)
+                    msg_id = message[2][MSG_ID]
+                    guard = self._guarded.get(msg_id.partition(":")[0])
+                    if guard is not None:
+                        guard[1]()
+                    else:
+                        self._preceded[msg_id] = None
+                        if len(self._preceded) > LOST_KEPT:
+                            self._preceded.popitem(last=False)
             else:
                 self._failed[number] = (message, _refusal(msg))
         elif self._confirming:

@@ -86,6 +86,11 @@ EVENTS_OF_EXECUTION = "kodo.events.*.{execution}.*"
 EVENTS_OF_USER = "kodo.events.{user}.>"
 EVENTS_STATUS_ALL = "kodo.events.*.*.status"
 EVENTS_LOG_ALL = "kodo.events.*.*.log"
+FENCE = "kodo.fence.{execution}"
+"""Stored in `KODO_EVENTS` by whoever ends an execution from outside, once its claim won: a
+worker's events are stored only while nothing is stored here (`lifecycle.not_ended`), so a
+worker that runs on (its node frozen past its ttl) stores nothing behind the ending."""
+FENCE_ALL = "kodo.fence.*"
 
 # -- a node and its Ray workers
 WORK_JOBS = "kodo.work.{node}.{pool}.{worker}.jobs"
@@ -110,7 +115,8 @@ other account imports the parts of their API it may use under this prefix (ARCHI
 "Security")."""
 
 STREAM_EVENTS = "KODO_EVENTS"
-"""Captures `kodo.events.>` so late readers replay an execution in order."""
+"""Captures `kodo.events.>` so late readers replay an execution in order (and the fences,
+`kodo.fence.*`, which JetStream checks the workers' events against)."""
 STREAM_VIEWS = "KODO_VIEWS"
 """Captures `kodo.registry.*.view` on each bus where a registry reads views: a registry reads
 them through a consumer it paces, so a busy one lags instead of being cut (`viewstream.py`)."""
@@ -249,6 +255,10 @@ def events(user: str, execution: str, kind: str) -> str:
     return EVENTS.format(user=user, execution=execution, kind=kind)
 
 
+def fence(execution: str) -> str:
+    return FENCE.format(execution=execution)
+
+
 def events_of_execution(execution: str) -> str:
     return EVENTS_OF_EXECUTION.format(execution=execution)
 
@@ -342,6 +352,8 @@ ALL_PATTERNS: tuple[str, ...] = (
     EVENTS_OF_USER,
     EVENTS_STATUS_ALL,
     EVENTS_LOG_ALL,
+    FENCE,
+    FENCE_ALL,
     WORK_JOBS,
     WORK_OUTCOMES,
     WORK_ASK,

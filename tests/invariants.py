@@ -6,7 +6,8 @@ stream and the `KODO_EXECUTIONS` bucket — so any test, on any bus, can hold th
 
 - the events of an execution carry seqs 1..n, no gap, no duplicate, up to its terminal status;
 - exactly one terminal `status` event, and nothing after it;
-- exactly one `final` or `error` event, right before it (`final` for `finished`, `error` else);
+- exactly one `final` or `error` event, right before it (`final` for `finished`, `error` else,
+  either for `lost`: a worker's `final` may be stored while a registry ends it);
 - every envelope agrees with its subject (execution, launcher, kind) and with the record (node,
   flow, launcher);
 - the record exists, its status is the terminal status and its `last_seq` the terminal seq.
@@ -329,8 +330,8 @@ class _Judge:
             listed = ", ".join(f"seq {e.seq} {e.kind}" for e in endings) or "none"
             self.bad("ending", f"{len(endings)} final/error events (want 1): {listed}")
         before = [e for e in by_seq if e.seq == terminal.seq - 1]
-        want = "final" if status == "finished" else "error"
-        if not before or before[0].kind != want:
+        want = _ENDING_KINDS.get(str(status), ("error",))
+        if not before or before[0].kind not in want:
             got = before[0].kind if before else "nothing"
             said = f"seq {terminal.seq - 1} before terminal {status} is {got}, want {want}"
             self.bad("ending", said)
@@ -342,6 +343,11 @@ class _Judge:
         if rec.last_seq != terminal.seq:
             said = f"record last_seq {rec.last_seq}, terminal event seq {terminal.seq}"
             self.bad("record", said)
+
+
+_ENDING_KINDS = {"finished": ("final",), "lost": ("final", "error")}
+"""The ending event allowed before each terminal status (`error` for the others). `lost` may
+follow a worker's `final`: stored while a registry, judging its node gone, was ending it."""
 
 
 def _check_one(

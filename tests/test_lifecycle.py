@@ -146,9 +146,9 @@ async def test_an_outsider_that_died_after_its_claim_is_repaired(bus: Bus) -> No
     assert won.won
     stored = await read_record(kv, record_key(record))
     assert stored is not None
-    again = await repair(js, stored[0])
+    again = await repair(js, kv, stored[0])
     assert (again.won, again.status, again.last_seq) == (False, "lost", 5)
-    await repair(js, stored[0])  # twice: nothing more stored
+    await repair(js, kv, stored[0])  # twice: nothing more stored
     await _check(js, kv, record, "lost")
 
 
