@@ -12,16 +12,14 @@ status that won.
 
 Only the owner of a `final` value has it, so an owner (the worker; the runner before the
 hand-over) stores its `final`/`error` first, then claims, then stores the status; an outsider
-claims first (its `error` can be made again from the record) and then stores both. A crash
-between the claim and the events leaves a terminal record without its terminal status; `repair`
-(run by any later ender, e.g. the runner after a worker death or a registry) stores what the
-record stands for. Terminal events carry the Msg-Id `<execution>:<seq>:end` whoever stores
-them, so a repair racing the ender, or an owner's `final` and an outsider's `error` numbered
-alike, keep one copy — and they never collide with the ids of ordinary events
-(`<execution>:<seq>`), so no real event is dropped as a duplicate. One case this cannot fence:
-an outsider that ends an execution whose worker is alive and still emitting (a registry that
-wrongly judged a node dead) can have that worker's next events stored after the end; readers
-stop at the terminal status. Liveness (`registry.py`) is built so that this does not happen.
+claims first (its `error` can be made again from the record), then fences the worker (`fence`:
+every worker event is stored only while `kodo.fence.<execution>` is empty, `not_ended`), then
+stores both after the tail the fence holds still (`store_ending`, each event conditional on
+that tail, renumbered if it moved). A crash between the claim and the events leaves a terminal
+record without its terminal status; `repair` (run by any later ender, e.g. the runner after a
+worker death or a registry) stores what the record stands for the same way. Terminal events
+carry the Msg-Id `<execution>:<seq>:end` whoever stores them, and they never collide with the
+ids of ordinary events (`<execution>:<seq>`), so no real event is dropped as a duplicate.
 
 An outside ender numbers its events after the last *valid* event stored for the execution
 (`stored_tail`): a message that does not decode, or whose envelope names another execution or
@@ -383,14 +381,13 @@ async def end_from_outside(
     """End an execution whose worker cannot (it died, its node did, it never got it) — or
     that looks so from outside while its worker runs on (a node frozen past its ttl).
 
-    Claims the record with the seq its ending takes after the tail it read, then stores the
-    ending there (`store_ending`), each message only while that tail is still the last: a
-    worker that stored events meanwhile moves the ending behind them, and once the `error` is
-    stored nothing more of the worker is (`not_ended`). If the last stored event is an owner's
-    `final`/`error` (an ending under way, whose owner may have died, or whose claim lost to
-    this one), that stays the ending event and only the status follows it. When the record is
-    terminal already, this caller lost: it repairs the stream if the terminal status is
-    missing.
+    Claims the record with the seq its ending takes after the tail it read; once that won,
+    fences the worker (nothing more of it is stored, `not_ended`), reads on to the tail the
+    fence holds still and stores the ending there (`store_ending`). If the last stored event is
+    an owner's `final`/`error` (an ending under way, whose owner may have died, or a worker's
+    `final` stored before the fence), that stays the ending event and only the status follows
+    it. When the record is terminal already, this caller lost: it repairs the stream if the
+    terminal status is missing.
     """
     current = await read_record(kv, record_key(record))
     if current is None:
@@ -429,9 +426,8 @@ async def store_ending(
     something came in between — a worker that ran on, another ender storing this same ending
     (a repair) — the tail is read on and the ending numbered after it, until it is stored or a
     terminal status is found; so no seq is stored twice and nothing follows the status. The
-    record's `last_seq` follows where the status went. Tried for `PUBLISH_WITHIN`: a worker
-    outpacing every try that long stores the ending itself when it ends (its claim lost, it
-    repairs).
+    record's `last_seq` follows where the status went. Called with the worker fenced
+    (`fence`), so only other enders can move the tail; tried for `PUBLISH_WITHIN` all the same.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PUBLISH_WITHIN
