@@ -321,7 +321,7 @@ class Execution:
     async def _live_ending(self) -> tuple[str, Any, dict[str, Any]] | None:
         """How a running execution of this client's user ends, heard live: core subscriptions
         to its `final`, `error` and `status` subjects, no JetStream consumer. None when that
-        cannot tell (the execution is not known yet, has ended already, stays silent for
+        cannot tell (the execution is not known yet, has ended already, does not end within
         `STALL_CHECK`, or its ending is not one clear event): `_conclusion` follows it then.
 
         Why: a consumer per `result()` (created, fed with flow control, deleted) cost the SDK

@@ -183,7 +183,8 @@ class EventPublisher:
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._acks_due = 0.0
-        """When the oldest unacknowledged message has waited `ACK_WAIT` (loop time)."""
+        """When what is in flight counts as unacknowledged: `ACK_WAIT` after the first send
+        into an empty window, or after the last ack (loop time)."""
         self._wake = asyncio.Event()
         self._idle = False
         """The task waits for work: a put from another thread must wake it (else it need not:
@@ -389,7 +390,12 @@ class EventPublisher:
                 self._failed[number] = (message, _refusal(msg))
         elif self._confirming:
             self._confirmed(message, True)
-        if not self._unacked:
+        if self._unacked:
+            # Acks come back in the order sent: while they come, the rest is on its way. Timed
+            # from the oldest send instead, a steady flow whose acks never all came in at once
+            # re-sent its latest events every ACK_WAIT (de-duplicated, but sent twice).
+            self._acks_due = self._loop.time() + ACK_WAIT
+        else:
             self._all_acked.set()
             self._wake.set()  # `_quiet` settles the burst
 
