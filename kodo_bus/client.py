@@ -40,7 +40,16 @@ from .errors import (
 )
 from .execution_ref import Execution
 from .flow_ref import Flow, choose
-from .models import Event, ExecutionRecord, FlowItem, FlowsPage, FlowsQuery
+from .models import (
+    Empty,
+    Event,
+    ExecutionRecord,
+    FlowItem,
+    FlowsPage,
+    FlowsQuery,
+    NodeItem,
+    NodesPage,
+)
 
 M = TypeVar("M", bound=BaseModel)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -59,6 +68,13 @@ async def flows_page(nc: NATS, registry: str, query: FlowsQuery, timeout: float)
     return await bus.request(
         nc, subjects.svc_flows(registry), query, FlowsPage, timeout=timeout, content_type=JSON
     )
+
+
+async def nodes_page(nc: NATS, registry: str | None = None, timeout: float = 5.0) -> NodesPage:
+    """The nodes a registry knows, online and offline, with when it last heard each: one
+    request to `registry`, or to any registry that answers."""
+    registry = registry or await find_registry(nc)
+    return await bus.request(nc, subjects.svc_nodes(registry), Empty(), NodesPage, timeout=timeout)
 
 
 class Client:
@@ -195,6 +211,17 @@ class Client:
                     f"{did_you_mean(node, nodes)}"
                 )
         raise FlowNotFound(f"no flow named {name!r}{_did_you_mean(flow_name, found, node)}")
+
+    # -- nodes ---------------------------------------------------------------------------------
+    async def nodes(self, via: str | None = None) -> list[NodeItem]:
+        """The nodes a registry knows (any registry that answers, or the one named by `via`),
+        online and offline."""
+        try:
+            return (await nodes_page(self.nc, via, self.timeout)).items
+        except NoResponders:
+            if via is None:
+                raise
+            raise await unknown_service(self.nc, via) from None
 
     # -- executions ----------------------------------------------------------------------------
     def execution(self, execution: str) -> Execution:

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ValidationError
 
 from . import subjects
 from .config import LAUNCH_ATTEMPTS, LAUNCH_RESPONDERS_WITHIN
-from .discovery import find_registry
 from .errors import (
     AmbiguousFlow,
     FieldProblem,
@@ -28,7 +27,7 @@ from .errors import (
 )
 from .files import upload_inputs
 from .flows import unknown_inputs
-from .models import Empty, FlowItem, LaunchReply, LaunchRequest, NodesPage
+from .models import FlowItem, LaunchReply, LaunchRequest
 from .schema_model import model_from_schema
 
 if TYPE_CHECKING:
@@ -190,11 +189,10 @@ async def _last_seen(client: Client, via: str | None) -> dict[str, float]:
     """Node id → when the registry last heard it; empty when no registry tells (an error
     message is on its way: it is written with what is known)."""
     try:
-        registry = via or await find_registry(client.nc)
-        page = await client._request(subjects.svc_nodes(registry), Empty(), NodesPage)
+        nodes = await client.nodes(via)
     except KodoError:
         return {}
-    return {n.id: n.last_seen for n in page.items}
+    return {n.id: n.last_seen for n in nodes}
 
 
 def _seen(when: float, now: float) -> str:

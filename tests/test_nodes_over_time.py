@@ -20,10 +20,9 @@ import nats.js.errors
 import pytest
 
 from kodo_bus import subjects
-from kodo_bus.bus import request
 from kodo_bus.client import Client
 from kodo_bus.errors import AmbiguousFlow, FlowOffline
-from kodo_bus.models import Empty, NodeItem, NodesPage
+from kodo_bus.models import NodeItem
 from kodo_bus.server import NatsServer
 
 from .conftest import Processes
@@ -55,8 +54,7 @@ def cli(procs: Processes, server: NatsServer, *args: str) -> tuple[int, str]:
 
 
 async def node_item(kb: Client, registry: str, node: str) -> NodeItem | None:
-    page = await request(kb.nc, subjects.svc_nodes(registry), Empty(), NodesPage, timeout=2)
-    return next((n for n in page.items if n.id == node), None)
+    return next((n for n in await kb.nodes(via=registry) if n.id == node), None)
 
 
 async def status(kb: Client, registry: str, node: str) -> str | None:

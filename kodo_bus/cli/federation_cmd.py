@@ -90,8 +90,7 @@ async def unknown_service(nc: NATS, service: str) -> NoResponders:
     or as `client.unknown_service` says (with close ids among the nodes a registry knows)."""
     known: dict[str, str] = {}
     with contextlib.suppress(KodoError):  # no registry: the live services are all we know
-        page = await request(nc, subjects.svc_nodes(await find_registry(nc)), Empty(), NodesPage)
-        known = {n.id: n.status for n in page.items}
+        known = {n.id: n.status for n in (await client.nodes_page(nc)).items}
     if known.get(service) == "offline":
         return NoResponders(
             f"node {service} is offline ('kodo-bus forget {service}' drops it from the views)"
@@ -141,9 +140,7 @@ def nodes(
     async def work(nc: NATS) -> NodesPage:
         if via:
             return await ask(nc, via, subjects.svc_nodes(via), Empty(), NodesPage)
-        return await request(
-            nc, subjects.svc_nodes(await discover_registry(nc)), Empty(), NodesPage
-        )
+        return await client.nodes_page(nc, await discover_registry(nc))
 
     reply = _call(nats, work, credentials)
 
@@ -278,8 +275,7 @@ async def _forget_hint(nc: NATS, node: str, services: list[dict[str, str]]) -> s
     among the nodes a registry knows and the live services ('' when none is close)."""
     known: set[str] = {m["id"] for m in services}
     with contextlib.suppress(KodoError):
-        page = await request(nc, subjects.svc_nodes(await find_registry(nc)), Empty(), NodesPage)
-        known |= {n.id for n in page.items}
+        known |= {n.id for n in (await client.nodes_page(nc)).items}
     if node in known:
         return ""
     suggestion = did_you_mean(node, known)

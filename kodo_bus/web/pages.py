@@ -11,10 +11,10 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import bus, subjects
 from ..client import flows_page as registry_flows
+from ..client import nodes_page as registry_nodes
 from ..errors import KodoError
-from ..models import TERMINAL_STATUSES, Empty, FlowItem, FlowsQuery, NodeItem, NodesPage
+from ..models import TERMINAL_STATUSES, FlowItem, FlowsQuery, NodeItem
 from .context import panel_of
 from .layout import ago, badge, page
 
@@ -227,13 +227,7 @@ async def nodes_page(request: Request) -> Response:
     panel = panel_of(request)
     try:
         registry = await panel.registry()
-        nodes = await bus.request(
-            panel.client.nc,
-            subjects.svc_nodes(registry),
-            Empty(),
-            NodesPage,
-            timeout=panel.client.timeout,
-        )
+        nodes = await registry_nodes(panel.client.nc, registry, panel.client.timeout)
     except KodoError as exc:
         return trouble(request, "Nodes", exc, "/nodes")
     now = time.time()
