@@ -105,7 +105,7 @@ async def test_streams_and_buckets_are_idempotent(fresh_server: NatsServer) -> N
         await ensure_execution_storage(js, max_age=3600)
         await ensure_execution_storage(js, max_age=3600)
         info = await js.stream_info(subjects.STREAM_EVENTS)
-        assert info.config.subjects == [subjects.EVENTS_ALL]
+        assert info.config.subjects == [subjects.EVENTS_ALL, subjects.FENCE_ALL]
         assert info.config.max_age == 3600
         await js.key_value(subjects.BUCKET_EXECUTIONS)
     finally:
