@@ -392,7 +392,6 @@ class ExecActor:
             send=pub.send,
             settled=start.settled,
             written=pub.written,
-            confirm=pub.confirm,
         )
         try:
             pub.raise_lost(execution)  # events of the flow given up on: it ends `error`

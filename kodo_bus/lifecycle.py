@@ -292,9 +292,6 @@ Store = Callable[[list[Message]], Awaitable[None]]
 """Stores events, acknowledged, behind whatever the ender stored before (its publisher)."""
 Send = Callable[[list[Message]], None]
 """Queues events behind whatever the ender queued before, without waiting for them."""
-Confirm = Callable[[Message], Awaitable[bool]]
-"""Queues one event like `Send` and waits for its ack: whether it was stored (False: refused by
-its condition); raises `EventsNotStored` when it was given up on."""
 
 
 async def conclude(
@@ -311,7 +308,6 @@ async def conclude(
     send: Send | None = None,
     settled: Callable[[], Awaitable[None]] | None = None,
     written: Callable[[], Awaitable[None]] | None = None,
-    confirm: Confirm | None = None,
 ) -> Ending:
     """End, as its owner, the execution with `status` after seq `after` (the owner numbers its
     events), unless someone else ended it first.
@@ -331,12 +327,6 @@ async def conclude(
     `written` (the publisher's) is awaited between handing over the `final` and the claim, so
     the `final` is on the wire before the claim: without it the claim, sent through nats-py
     directly, went out ahead of the `final` still queued in the publisher.
-
-    `confirm` (the worker's publisher's): the status is sent through it and its ack awaited,
-    so a worker reports its ending (`Outcome.ended`) once it is stored. A worker that died
-    after reporting an ending whose status was still on its way (a server restart, then the
-    Ray worker killed) left a terminal record without its status, and nobody to repair it: the
-    runner repairs only what a dead worker had not reported ended.
 
     `settled` is awaited between a won claim and the status: the worker's, until its `running`
     is acknowledged (its `final`/`error` may have been sent under that condition, which the
@@ -368,8 +358,6 @@ async def conclude(
             await settled()
         if send is None:
             await store([last])
-        elif confirm is not None:
-            await confirm(last)  # not refused: the status carries no condition
         else:
             send([last])
         return Ending(status, True, after + 2)

@@ -23,6 +23,8 @@ import logging
 import os
 import secrets
 import sys
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -33,10 +35,10 @@ from nats.aio.subscription import Subscription
 from . import subjects
 from .bus import deliver, respond
 from .codec import JSON, decode_msg
-from .config import ConnectSettings
+from .config import ACK_WAIT, RESEND_WITHIN, ConnectSettings
 from .errors import WireError
 from .executor import ExecActor, Job, JobBatch, Outcome, OutcomeBatch
-from .models import Ack
+from .models import Ack, ExecutionRecord
 from .procs import RayRecord, clean_left, tree
 from .tasks import TaskSet
 
@@ -90,6 +92,17 @@ def _trim_local_ray() -> None:
             log.debug("local Ray: %s failed: %r", name, exc)
 
 
+ENDED_KEPT = 4096
+"""Ended executions remembered per actor (`ENDED_WITHIN`); bounded, so a flood of short ones
+costs memory in proportion to this, not to the flood."""
+ENDED_WITHIN = ACK_WAIT + RESEND_WITHIN
+"""Seconds after an actor reported an execution ended during which its terminal status may
+still be on its way: a worker reports its ending once the status is handed to its publisher,
+which re-sends it through an outage for this long. An actor that dies meanwhile takes the
+status with it, and nobody else would store it (the runner ends from outside only what a dead
+actor had not reported ended): so the runner repairs those (`Runner._repair_endings`)."""
+
+
 class WorkerDied(Exception):
     """The Ray actor running an execution died (the flow called os._exit, OOM, crash...)."""
 
@@ -110,6 +123,8 @@ class _Worker:
         self.sending = False
         """The sender runs: it takes the outbox at its next step (one batch on its way at a
         time; the next one waits for its acknowledgement)."""
+        self.ended: deque[tuple[float, ExecutionRecord]] = deque(maxlen=ENDED_KEPT)
+        """The records of the executions it reported ended, with when (see `ENDED_KEPT`)."""
         self.watch: asyncio.Task[Any] | None = None
         self.sender: asyncio.Task[Any] | None = None
         """The sender: cancelled when the actor dies (no one would ever ack its batch)."""
@@ -126,8 +141,12 @@ class ActorPool:
         connect_settings: ConnectSettings,
         ray_address: str | None,
         size: int | None,
+        *,
+        on_death: Callable[[list[ExecutionRecord]], None] | None = None,
     ) -> None:
         self._nc = nc
+        self._on_death = on_death
+        """Told the executions a dead actor reported ended within `ENDED_WITHIN` (a repair)."""
         self._node = node
         self._pool = secrets.token_hex(4)
         """Tells this process's actors from other replicas' of the same node id."""
@@ -250,10 +269,13 @@ class ActorPool:
             worker.cancels.append(execution)
         self._flush_soon(worker)
         try:
-            return await outcome
+            result = await outcome
         finally:
             worker.waiting.pop(execution, None)
             self._where.pop(execution, None)
+        if result.ended:
+            worker.ended.append((asyncio.get_running_loop().time(), job.record))
+        return result
 
     def _flush_soon(self, worker: _Worker) -> None:
         """Start the sender unless it runs: its first step comes after this loop iteration,
@@ -317,6 +339,10 @@ class ActorPool:
         for future in worker.waiting.values():
             if not future.done():
                 future.set_exception(WorkerDied(reason))
+        since = asyncio.get_running_loop().time() - ENDED_WITHIN
+        recent = [record for when, record in worker.ended if when >= since]
+        if recent and self._on_death is not None:
+            self._on_death(recent)
         await self._replace(worker)
 
     def cancel(self, execution: str) -> None:

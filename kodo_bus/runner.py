@@ -63,7 +63,7 @@ from .executions import (
     update_record,
 )
 from .flows import FlowSpec
-from .lifecycle import conclude, end_from_outside, envelope, error_of, stored_ending
+from .lifecycle import conclude, end_from_outside, envelope, error_of, repair, stored_ending
 from .models import (
     TERMINAL_STATUSES,
     Ack,
@@ -528,6 +528,7 @@ class Runner:
                     self._settings.connect_settings(),
                     self._settings.ray_address,
                     self._settings.actors,
+                    on_death=self._repair_endings,
                 )
             try:
                 capacity = await self._pool.start(self._settings.max_running)
@@ -571,6 +572,18 @@ class Runner:
             self._running -= 1
             self._pump()
             self._forget(ex)
+
+    def _repair_endings(self, records: list[ExecutionRecord]) -> None:
+        """An actor died soon after reporting these ended: store the terminal status of each
+        whose status died with it (`pool.ENDED_WITHIN`)."""
+        self._spawn(self._repair_all(records), "repair-endings")
+
+    async def _repair_all(self, records: list[ExecutionRecord]) -> None:
+        assert self._js is not None and self._kv is not None
+        for record in records:
+            current = await read_record(self._kv, record_key(record))
+            if current is not None and current[0].status in TERMINAL_STATUSES:
+                await repair(self._js, self._kv, current[0])
 
     async def _end_outside(self, ex: _Execution, status: str, type_name: str, message: str) -> None:
         """End an execution its worker cannot end (it died, or never got it)."""
