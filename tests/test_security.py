@@ -29,6 +29,7 @@ from kodo_bus.codec import JSON, encode
 from kodo_bus.config import ConnectSettings, Credentials, ServerSettings, ServiceSettings
 from kodo_bus.errors import AuthError, ExecutionNotFound
 from kodo_bus.executions import create_record, event_message
+from kodo_bus.lifecycle import end_from_outside, error_of
 from kodo_bus.models import Event, ExecutionRecord
 from kodo_bus.server import NatsServer
 
@@ -473,3 +474,45 @@ def _output(*running: subprocess.Popen[str]) -> str:
 
 if sys.platform == "win32":  # pragma: no cover
     pytest.skip("loopback nats-server tests need a POSIX host", allow_module_level=True)
+
+
+async def test_a_registry_ends_an_execution_from_outside_a_client_cannot_fence(
+    secure: NatsServer, login: Any
+) -> None:
+    """A registry ending a dead node's execution stores the fence that stops a worker still
+    running (`kodo.fence.<execution>`, captured by the events stream in the events account):
+    its rights reach it. A client may not fence: it would stop other users' executions."""
+    execution = os.urandom(16).hex()
+    now = time.time()
+    record = ExecutionRecord(
+        execution=execution, flow="f", node="node1", launcher="alice",
+        status="running", created=now, updated=now,
+    )  # fmt: skip
+    root = await login("root")
+    js = jetstream(root.nc)
+    kv = await ensure_execution_storage(js, max_age=ServiceSettings().events_max_age)
+    await create_record(kv, record)
+    event = Event(
+        execution=execution, seq=1, ts=now, kind="inputs", node="node1", flow="f",
+        launcher="alice", data={},
+    )  # fmt: skip
+    subject, body, headers = event_message(event)
+    await js.publish(subject, body, headers=headers)
+
+    registry = await login("reg1")
+    reg_js = jetstream(registry.nc, timeout=2.0)
+    ending = await end_from_outside(
+        reg_js,
+        kv_handle(reg_js, subjects.BUCKET_EXECUTIONS),
+        record,
+        "lost",
+        error_of("ExecutionLost", "node1 went offline"),
+    )
+    assert (ending.status, ending.won, ending.last_seq) == ("lost", True, 3)
+    fence = await js.get_last_msg(subjects.STREAM_EVENTS, subjects.fence(execution), direct=True)
+    assert fence.seq
+    registry.clean()
+
+    alice = await login("alice")
+    await alice.nc.publish(subjects.fence(execution), b"")
+    await alice.violation("kodo.fence")
