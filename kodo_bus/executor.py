@@ -56,8 +56,17 @@ from .executions import (
     update_record,
 )
 from .flows import Next, import_object, input_model, spec_of
-from .lifecycle import NOTHING, Message, conclude, envelope, error_of, not_ended, unless_ended
-from .models import Ack, ExecutionRecord
+from .lifecycle import (
+    NOTHING,
+    Message,
+    conclude,
+    envelope,
+    error_of,
+    not_ended,
+    repair,
+    unless_ended,
+)
+from .models import TERMINAL_STATUSES, Ack, ExecutionRecord
 from .publisher import EventPublisher
 from .tasks import TaskSet
 from .tracer import AskTimeout, Emitter, Tracer, current
@@ -161,6 +170,10 @@ class ExecActor:
         self._nc: Any = None
         self._js: Any = None
         self._kv: Any = None
+        self._fenced_runs = True
+        """Every event of a run carries the fence's condition (`_Start`): not on a replicated
+        events stream, which refuses a second conditional publish on one check subject while
+        the first is being replicated (nats-server's expected-per-subject in process)."""
         self._pub: EventPublisher | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()
@@ -184,6 +197,7 @@ class ExecActor:
         js = jetstream(self._nc)
         self._js = js
         self._kv = await js.key_value(subjects.BUCKET_EXECUTIONS)
+        self._fenced_runs = await _solo_events_stream(js)
         self._pub = EventPublisher(self._nc, loop)
         await self._nc.subscribe(self._jobs_subject, cb=self._on_jobs)
         if not isinstance(sys.stdout, _Capture):
@@ -290,7 +304,7 @@ class ExecActor:
         running = emitter.message("status", {"status": "running"})
         if running is None:
             return await self._ended_elsewhere(r)
-        start = _Start(self._pub, r, running)
+        start = _Start(self._pub, r, running, whole_run=self._fenced_runs)
         try:
             record.write_later(set_status("running"), RUNNING_WRITE_AFTER)
             task = loop.create_task(self._call(job, tracer), context=context)
@@ -321,10 +335,17 @@ class ExecActor:
             self._pub.unguard(execution)
 
     async def _ended_elsewhere(self, r: ExecutionRecord) -> Outcome:
+        """Its events were refused: someone else ended it. Repair their ending (they may have
+        died after the fence), or, when the record is live (a fence left by an ending long
+        gone), say it is not ended, so the runner ends it."""
         log.warning("execution %s was ended by someone else than its worker", r.execution)
         current = await read_record(self._kv, record_key(r))
-        found = r if current is None else current[0]
-        return Outcome(status=found.status, last_seq=found.last_seq, ended=True)
+        if current is None or current[0].status not in TERMINAL_STATUSES:
+            return Outcome(
+                status=r.status, last_seq=0, ended=False, error="its events were refused"
+            )
+        ending = await repair(self._js, self._kv, current[0])
+        return Outcome(status=ending.status, last_seq=ending.last_seq, ended=True)
 
     async def _outcome_of(self, job: Job, task: asyncio.Task[Any]) -> _How:
         """Wait for the flow (within its timeout): status, failure and final value."""
@@ -478,8 +499,11 @@ class _Start:
     round trip before every flow and, for a short one, before its ending (issue 18).
     """
 
-    def __init__(self, pub: EventPublisher, record: ExecutionRecord, running: Message) -> None:
+    def __init__(
+        self, pub: EventPublisher, record: ExecutionRecord, running: Message, *, whole_run: bool
+    ) -> None:
         self._pub = pub
+        self._whole_run = whole_run
         self._execution = record.execution
         self._task: asyncio.Task[Any] | None = None
         self.refused = False
@@ -496,8 +520,12 @@ class _Start:
 
     def _on_confirmed(self, future: asyncio.Future[bool]) -> None:
         # Given up on (EventsNotStored): the flow runs, and its ending reports the loss.
-        if not future.cancelled() and future.exception() is None and not future.result():
+        if future.cancelled() or future.exception() is not None:
+            return
+        if not future.result():
             self._refuse()
+        elif not self._whole_run:  # a replicated stream: the run's events go as they are
+            self._pub.unguard(self._execution)
 
     def _refuse(self) -> None:
         if not self.refused:
@@ -517,6 +545,18 @@ class _Start:
         if not stored:  # an `error` stored, yet this worker's claim won: not by the protocol
             log.error("execution %s: its running was refused, yet its ending won", self._execution)
         self._pub.unguard(self._execution)
+
+
+async def _solo_events_stream(js: Any) -> bool:
+    """Whether the events stream has one replica (a worker's events can all carry the fence's
+    condition, pipelined). On a replicated one they cannot: only the `running` and what is
+    sent before its ack carry it, so a worker that runs on after an outsider ended its
+    execution can store events after the ending there (ARCHITECTURE, "Who may end")."""
+    try:
+        info = await js.stream_info(subjects.STREAM_EVENTS)
+    except Exception:  # no right to look, or not there yet: the solo case, the usual one
+        return True
+    return int(info.config.num_replicas or 1) <= 1
 
 
 class _RecordWriter:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.js.api import Header, PubAck
 from nats.js.kv import KeyValue
 
 from . import snapshot, subjects
@@ -160,8 +161,10 @@ def not_ended(record: ExecutionRecord) -> dict[str, str]:
 async def fence(js: JetStreamContext, record: ExecutionRecord) -> None:
     """Stop the worker of `record` storing events (`not_ended`). Idempotent: a fence stored
     again is one message more, and the worker's events are refused alike."""
-    msg_id = f"{record.execution}:fence"
-    await _publish_one(js, subjects.fence(record.execution), b"", {MSG_ID: msg_id})
+    headers = {MSG_ID: f"{record.execution}:fence"}
+    if record.retention is not None:  # it goes with the execution's events (`retain`)
+        headers[MSG_TTL] = str(max(1, math.ceil(record.retention)))
+    await _publish_one(js, subjects.fence(record.execution), b"", headers)
 
 
 # -- the stored trail ----------------------------------------------------------------------------
@@ -232,6 +235,7 @@ class Tail:
 
 
 ENDING_KINDS = frozenset({"final", "error"})
+MSG_TTL = Header.MSG_TTL.value
 
 
 async def stored_tail(
@@ -333,7 +337,7 @@ async def conclude(
     status must not carry: the worker's own `error` would fail it).
     """
     store = store or functools.partial(publish, js)
-    first, last = ending_messages(record, after, status, error, final)
+    first, last = _unfenced(ending_messages(record, after, status, error, final), record)
     if final is not NOTHING and not _fits(js, first):
         # No re-send stores it: it would be given up, while the claim and the status went on,
         # leaving `finished` behind a gap where the value should be (followers waited for it,
@@ -342,9 +346,13 @@ async def conclude(
         why = f"the flow's result ({size} bytes as its final event) does not fit in one NATS "
         why += f"message (the server's max_payload is {js._nc.max_payload} bytes)"
         status, error, final = "error", error_of("EventsNotStored", why), NOTHING
-        first, last = ending_messages(record, after, status, error, final)
+        first, last = _unfenced(ending_messages(record, after, status, error, final), record)
     if send is None:
-        await store([first])
+        try:
+            await store([first])
+        except nats.js.errors.APIError as exc:  # fenced: an outsider's claim won already
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
     else:
         send([first])
         if written is not None:
@@ -362,6 +370,14 @@ async def conclude(
             send([last])
         return Ending(status, True, after + 2)
     return await _lost(js, kv, record, decided)
+
+
+def _unfenced(messages: list[Message], record: ExecutionRecord) -> list[Message]:
+    """An owner's `final`/`error` stored only while no outsider fenced the execution: the
+    worker's carries it already (its guard), the runner's ending before the hand-over needs
+    it too (a node frozen past its ttl, then resumed: its ending would follow the registry's)."""
+    (subject, body, headers), *rest = messages
+    return [(subject, body, {**headers, **not_ended(record)}), *rest]
 
 
 def _fits(js: JetStreamContext, message: Message) -> bool:
@@ -579,7 +595,13 @@ async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None
                 await repair(js, kv, record)
             continue
         message = f"node {node!r} went offline while the execution was {record.status}"
-        ending = await end_from_outside(js, kv, record, "lost", error_of("ExecutionLost", message))
+        try:
+            ending = await end_from_outside(
+                js, kv, record, "lost", error_of("ExecutionLost", message)
+            )
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.error("cannot end %s of %s now: %r", record.execution, node, exc)
+            continue  # the others are ended all the same; this one at the next look
         ended += ending.won
     return ended
 

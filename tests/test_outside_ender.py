@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from kodo_bus import lifecycle
+from kodo_bus import lifecycle, subjects
 from kodo_bus.bus import deliver, ensure_execution_storage
 from kodo_bus.client import Client
 from kodo_bus.errors import ExecutionLost
 from kodo_bus.executions import last_seq, read_record, record_key
 from kodo_bus.executor import ExecActor, Job, JobBatch
-from kodo_bus.lifecycle import end_from_outside, error_of, stored_events
+from kodo_bus.lifecycle import end_from_outside, error_of, fence, stored_events
 from kodo_bus.models import TERMINAL_STATUSES, ExecutionRecord
 from kodo_bus.server import NatsServer
 from kodo_bus.tracer import Tracer
@@ -144,3 +144,35 @@ async def test_a_worker_emitting_at_full_speed_is_ended_from_outside(
     await conn.flush()
     last = await _record_agrees(js, kv, record)
     assert {(e.status, e.last_seq) for e in endings} == {("lost", last)}
+
+
+async def test_a_fence_goes_with_a_retained_executions_events(conn: NATS) -> None:
+    """A flow's `retention` takes its events away early; the fence of an outside ending goes
+    with them (`Nats-TTL`), or a later launch of the id would have every event refused."""
+    js = conn.jetstream()
+    kv = await ensure_execution_storage(js, max_age=3600)
+    record, _ = await handmade(js, kv, STARTING, status="starting", retention=30.0)
+    ending = await end_from_outside(js, kv, record, "lost", LOST)
+    assert ending.won
+    fence = await js.get_last_msg(subjects.STREAM_EVENTS, subjects.fence(record.execution))
+    assert (fence.headers or {}).get("Nats-TTL") == "30"
+
+
+async def test_a_job_fenced_while_its_record_is_live_is_reported_not_ended(
+    conn: NATS, worker: tuple[ExecActor, str, str]
+) -> None:
+    """A fence without an ending (its ender died in between, or one left from an ending long
+    gone): the worker's `running` is refused, and it tells its runner the execution did not
+    end, so the runner ends it, instead of forgetting a record that stays live for good."""
+    _, jobs_subject, outcomes_subject = worker
+    js = conn.jetstream()
+    kv = await ensure_execution_storage(js, max_age=3600)
+    record, revision = await handmade(js, kv, STARTING, status="starting", flow="bench")
+    await fence(js, record)
+    reported = await _outcomes(conn, outcomes_subject)
+    job = Job(record=record, revision=revision, entry=CHATTER, inputs={}, seq=len(STARTING))
+    await deliver(conn, jobs_subject, JobBatch(jobs=[job]))
+    _, outcome = await asyncio.wait_for(reported.get(), 30)  # the refusal stopped the flow
+    assert not outcome.ended
+    assert await last_seq(js, record.execution) == len(STARTING)  # nothing of it stored
+    await end_from_outside(js, kv, record, "error", error_of("WorkerFailure", "refused"))
