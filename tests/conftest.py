@@ -206,6 +206,21 @@ class Processes:
                     child.kill()
 
 
+def run_python(*argv: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """`python ARGV...` from the repository (`-c SCRIPT ...` or `-m kodo_bus ...`), run to its
+    end; it must succeed (the assertion shows the end of its stderr)."""
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def start_script(
     script: Path, env: dict[str, str], log: Path, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:

@@ -17,7 +17,7 @@ from kodo_bus.config import ConnectSettings
 from kodo_bus.server import NatsServer
 from kodo_bus.subjects import bucket_view
 
-from .conftest import REPO
+from .conftest import REPO, run_python
 
 
 def _check(result: ScenarioResult, scenario: str) -> dict[str, float]:
@@ -92,15 +92,7 @@ async def test_registry_and_memory_scenarios(nats_server: NatsServer) -> None:
 @pytest.mark.slow
 def test_cli_json_record(nats_server: NatsServer) -> None:
     """`kodo-bus bench memory --quick --json` prints one valid record (no Ray needed)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "kodo_bus", "bench", "memory", "--quick", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python("-m", "kodo_bus", "bench", "memory", "--quick", "--json")
     record = BenchRecord.model_validate(json.loads(done.stdout))
     assert [s.scenario for s in record.scenarios] == ["memory"]
     assert record.nats.startswith("embedded nats-server")

@@ -9,8 +9,6 @@ without a size limit on KODO_EVENTS (before issue 18) the stream of this run gro
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -20,7 +18,7 @@ from kodo_bus.bench.soak import COLUMNS, parse_bytes
 from kodo_bus.bench.suite import QUICK, run_one
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO
+from .conftest import run_python
 
 MiB = 2**20
 
@@ -49,15 +47,7 @@ def test_cli_soak_levels_off_at_its_limits() -> None:
     """12 s at full rate against a 2 MiB events stream and a 1 MiB records bucket."""
     sizes = ["--minutes", "0.2", "--sample-every", "2", "--max-running", "8"]
     limits = ["--events-max-bytes", "2MiB", "--records-max-bytes", "1MiB"]
-    done = subprocess.run(
-        [sys.executable, "-m", "kodo_bus", "bench", "soak", "--json", *sizes, *limits],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=220,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_python("-m", "kodo_bus", "bench", "soak", "--json", *sizes, *limits, timeout=220)
     record = BenchRecord.model_validate(json.loads(done.stdout))
     assert [s.scenario for s in record.scenarios] == ["soak"]
     soak = record.scenarios[0]

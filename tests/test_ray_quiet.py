@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import yaml
 from kodo_bus import Client
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes
+from .conftest import REPO, Processes, run_python
 from .test_reliability_support import online_flow
 
 NOISE = (
@@ -117,15 +116,7 @@ def test_the_screen_shows_rays_warnings_but_its_notices_and_info_go_to_the_file(
 ) -> None:
     """The filter in kodo_bus/logs.py alone: which Ray records reach the screen, which the file."""
     log = tmp_path / "node.log"
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(log)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python("-c", SCRIPT, str(log))
     screen, file = done.stderr, log.read_text()
     for shown in ("a Ray warning worth reading", "a Ray error", "our own line"):
         assert shown in screen and shown in file

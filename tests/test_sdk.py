@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +22,7 @@ from kodo_bus.client import Client
 from kodo_bus.config import ServerSettings
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes
+from .conftest import REPO, Processes, run_python
 
 pytestmark = [pytest.mark.ray]
 
@@ -122,15 +120,7 @@ async def test_launch_events_result_and_reattach(kb: Client, bus: NatsServer) ->
             ex = kb.execution({ex.id!r})
             print(ex.status(), ex.result(timeout=30)["greeting"])
     """)
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = await asyncio.to_thread(run_python, "-c", script, timeout=60)
     assert done.stdout.strip() == "finished Hello Ada"
     listed = await kb.executions(flow="greet", node="sdk-a", status="finished")
     assert ex.id in [r.execution for r in listed]

@@ -24,7 +24,7 @@ from kodo_bus.bench.memory import family, smaps
 from kodo_bus.config import ServerSettings
 from kodo_bus.server import NatsServer
 
-from .conftest import REPO, Processes, free_ports
+from .conftest import REPO, Processes, free_ports, run_python
 from .test_ray_quiet import Output
 from .test_reliability_support import online_flow
 
@@ -147,16 +147,7 @@ print(names, heavy)
 
 def _cli_process(script: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """`script` run as if `argv` were the command line of a `kodo-bus` process; must succeed."""
-    done = subprocess.run(
-        [sys.executable, "-c", script, *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done
+    return run_python("-c", script, *argv)
 
 
 @pytest.mark.parametrize(
