@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -34,6 +35,14 @@ ERROR_HEADER = "Kodo-Error"
 """Present (with the error kind) on error replies, so a reader knows which model to expect."""
 MSG_ID = "Nats-Msg-Id"
 """JetStream de-duplicates messages carrying the same id within the stream's window."""
+MSG_TTL = "Nats-TTL"
+"""Per-message TTL header (nats-server 2.11+, streams with `allow_msg_ttl`), in `ttl_seconds`."""
+
+
+def ttl_seconds(seconds: float) -> int:
+    """A TTL in JetStream's unit: whole seconds, at least 1, rounded up (never shorter)."""
+    return max(1, math.ceil(seconds))
+
 
 M = TypeVar("M", bound=BaseModel)
 

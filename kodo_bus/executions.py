@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 import traceback as tb
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from pydantic_core import to_jsonable_python
 
 from . import subjects
 from .bus import js_retry
-from .codec import JSON, MSG_ID, MSGPACK, decode, decode_events, encode
+from .codec import JSON, MSG_ID, MSGPACK, decode, decode_events, encode, ttl_seconds
 from .errors import WireError
 from .models import TERMINAL_STATUSES, Event, ExecutionRecord
 
@@ -110,7 +109,7 @@ def _ttl(record: ExecutionRecord) -> int | None:
     be ended (the bucket's history is 1, so the terminal write replaces them)."""
     if record.retention is None or record.status not in TERMINAL_STATUSES:
         return None
-    return max(1, math.ceil(record.retention))
+    return ttl_seconds(record.retention)
 
 
 async def read_record(kv: KeyValue, key: str) -> tuple[ExecutionRecord, int] | None:

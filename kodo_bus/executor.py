@@ -37,6 +37,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
+import nats.errors
 from nats.aio.msg import Msg
 from pydantic import BaseModel
 
@@ -554,7 +555,7 @@ async def _solo_events_stream(js: Any) -> bool:
     execution can store events after the ending there (ARCHITECTURE, "Who may end")."""
     try:
         info = await js.stream_info(subjects.STREAM_EVENTS)
-    except Exception:  # no right to look, or not there yet: the solo case, the usual one
+    except nats.errors.Error:  # no right to look, or not there yet: the solo case, the usual one
         return True
     return int(info.config.num_replicas or 1) <= 1
 

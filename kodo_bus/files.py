@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from nats.js.object_store import ObjectStore
 from pydantic import BaseModel
 
 from . import subjects
+from .codec import MSG_TTL, ttl_seconds
 from .config import DUPLICATE_WINDOW, ServiceSettings
 from .errors import FileDigestMismatch, FileError, FileQuotaExceeded
 from .models import File
@@ -352,7 +352,7 @@ async def _hold_the_id(js: JetStreamContext, record: str) -> None:
     after its first ones taken for a duplicate, not stored, and never end. An empty value
     (what readers take for no record) that expires by itself; where the bucket allows no
     per-message TTL (a store older than this version) the id is left free."""
-    headers = {"Nats-TTL": str(math.ceil(DUPLICATE_WINDOW))}
+    headers = {MSG_TTL: str(ttl_seconds(DUPLICATE_WINDOW))}
     try:
         await js.publish(record, b"", headers=headers)
     except nats.js.errors.APIError as exc:

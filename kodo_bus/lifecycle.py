@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,12 +40,12 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import Header, PubAck
+from nats.js.api import PubAck
 from nats.js.kv import KeyValue
 
 from . import snapshot, subjects
 from .bus import js_retry
-from .codec import MSG_ID, decode_events
+from .codec import MSG_ID, MSG_TTL, decode_events, ttl_seconds
 from .errors import WireError
 from .execution_id import EXPECTED_LAST_SUBJECT, EXPECTED_LAST_SUBJECT_SEQUENCE
 from .executions import (
@@ -129,12 +128,14 @@ def ending_messages(
 
 
 def unless_ended(message: Message, record: ExecutionRecord) -> Message:
-    """The worker's first event (`running`), stored only if nobody ended the execution from
-    outside already (`not_ended`).
+    """`message` stored only if nobody ended the execution from outside already
+    (`not_ended`): a worker's `running`, and an owner's `final`/`error` (`conclude`).
 
     A job can still reach a worker after that — sent just before its node died, and taken by
     the node's Ray actor in the moment before Ray killed it — and that worker must not run it:
-    its events would follow the terminal status.
+    its events would follow the terminal status. The runner's ending before the hand-over
+    needs it too (a node frozen past its ttl, then resumed: its ending would follow the
+    registry's); the worker's carries it already, by its guard.
     """
     subject, body, headers = message
     return subject, body, {**headers, **not_ended(record)}
@@ -163,7 +164,7 @@ async def fence(js: JetStreamContext, record: ExecutionRecord) -> None:
     again is one message more, and the worker's events are refused alike."""
     headers = {MSG_ID: f"{record.execution}:fence"}
     if record.retention is not None:  # it goes with the execution's events (`retain`)
-        headers[MSG_TTL] = str(max(1, math.ceil(record.retention)))
+        headers[MSG_TTL] = str(ttl_seconds(record.retention))
     await _publish_one(js, subjects.fence(record.execution), b"", headers)
 
 
@@ -204,9 +205,10 @@ async def _read(js: JetStreamContext, record: ExecutionRecord, seq: int) -> tupl
             )
         except nats.js.errors.NotFoundError:
             break
-        seq = int(msg.seq or seq) + 1
-        if seq - 1 > end:
+        stored_at = int(msg.seq or seq)
+        if stored_at > end:
             break
+        seq = stored_at + 1
         try:
             decoded = decode_events(msg.subject or "", msg.data or b"", msg.headers)
         except WireError as exc:
@@ -235,7 +237,6 @@ class Tail:
 
 
 ENDING_KINDS = frozenset({"final", "error"})
-MSG_TTL = Header.MSG_TTL.value
 
 
 async def stored_tail(
@@ -337,7 +338,8 @@ async def conclude(
     status must not carry: the worker's own `error` would fail it).
     """
     store = store or functools.partial(publish, js)
-    first, last = _unfenced(ending_messages(record, after, status, error, final), record)
+    first, last = ending_messages(record, after, status, error, final)
+    first = unless_ended(first, record)
     if final is not NOTHING and not _fits(js, first):
         # No re-send stores it: it would be given up, while the claim and the status went on,
         # leaving `finished` behind a gap where the value should be (followers waited for it,
@@ -346,7 +348,8 @@ async def conclude(
         why = f"the flow's result ({size} bytes as its final event) does not fit in one NATS "
         why += f"message (the server's max_payload is {js._nc.max_payload} bytes)"
         status, error, final = "error", error_of("EventsNotStored", why), NOTHING
-        first, last = _unfenced(ending_messages(record, after, status, error, final), record)
+        first, last = ending_messages(record, after, status, error, final)
+        first = unless_ended(first, record)
     if send is None:
         try:
             await store([first])
@@ -370,14 +373,6 @@ async def conclude(
             send([last])
         return Ending(status, True, after + 2)
     return await _lost(js, kv, record, decided)
-
-
-def _unfenced(messages: list[Message], record: ExecutionRecord) -> list[Message]:
-    """An owner's `final`/`error` stored only while no outsider fenced the execution: the
-    worker's carries it already (its guard), the runner's ending before the hand-over needs
-    it too (a node frozen past its ttl, then resumed: its ending would follow the registry's)."""
-    (subject, body, headers), *rest = messages
-    return [(subject, body, {**headers, **not_ended(record)}), *rest]
 
 
 def _fits(js: JetStreamContext, message: Message) -> bool:

@@ -62,7 +62,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -74,7 +73,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import Header
 
-from .codec import MSG_ID
+from .codec import MSG_ID, MSG_TTL, ttl_seconds
 from .config import ACK_WAIT, RESEND_WITHIN
 from .errors import EventsNotStored
 from .execution_id import WRONG_LAST_SEQUENCE_ACK
@@ -114,8 +113,6 @@ LOST_IDS_SHOWN = 5
 RETAINED = 20_000
 """Executions whose TTL a publisher remembers (the most recently retained): past that, an old
 execution's further events are kept for `events_max_age`, the safe side."""
-MSG_TTL = Header.MSG_TTL.value
-"""Per-message TTL header (nats-server 2.11+, streams with `allow_msg_ttl`)."""
 
 BATCH_KINDS = frozenset({"markdown", "text", "html", "stdout", "stderr"})
 """Event kinds whose bursts travel as one message (a JSON array of events)."""
@@ -205,7 +202,7 @@ class EventPublisher:
         if seconds is None:
             self._ttl.pop(execution, None)
             return
-        self._ttl[execution] = str(max(1, math.ceil(seconds)))
+        self._ttl[execution] = str(ttl_seconds(seconds))
         self._ttl.move_to_end(execution)
         if len(self._ttl) > RETAINED:
             self._ttl.popitem(last=False)
