@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import nats
@@ -28,19 +27,16 @@ from kodo_bus.config import ServerSettings
 from kodo_bus.errors import KodoError
 from kodo_bus.server import NatsServer
 
+from . import test_federation_resume as resume
 from .conftest import REPO, Processes
 from .test_federation import eventually, nodes
-from .test_federation_resume import Bus, far, open_bus
+from .test_federation_resume import Bus, far
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-async def bus(
-    procs: Processes, server_factory: Callable[[str], NatsServer], tmp_path: Path
-) -> AsyncIterator[Bus]:
-    async with open_bus(procs, server_factory("s0"), tmp_path, "loss-r") as b:
-        yield b
+bus = resume.bus
+"""One bus, one registry (`kodo-bus run`), as in test_federation_resume."""
 
 
 async def heard_again(bus: Bus, timeout: float = 20.0) -> None:
