@@ -379,7 +379,7 @@ class Execution:
         The events (not the record, which is written just after them) are the truth of how an
         execution ended. The follow is closed before this returns, so its consumer is gone.
         """
-        final: Any = None
+        final: Any = _NO_FINAL
         failure: dict[str, Any] = {}
         events = self.events(kinds=("final", "error", "status"))
         async with contextlib.aclosing(events):
@@ -397,6 +397,12 @@ class Execution:
     def _outcome(self, status: str, final: Any, failure: dict[str, Any]) -> Any:
         message = str(failure.get("message") or "")
         if status == "finished":
+            if final is _NO_FINAL:  # repaired: the worker died before its `final` was stored
+                raise ExecutionLost(
+                    self.id,
+                    f"execution {self.id} finished but its result was never stored: "
+                    + (message or "it is lost"),
+                )
             return final
         if status == "cancelled":
             raise ExecutionCancelled(self.id, f"execution {self.id} was cancelled")
@@ -414,13 +420,7 @@ class Execution:
 
     def _record_outcome(self, record: ExecutionRecord) -> None:
         """Raise how `record` says the execution ended (its terminal event is not stored)."""
-        if record.status == "finished":
-            raise ExecutionLost(
-                self.id,
-                f"execution {self.id} finished (its record says so) but its final event is "
-                "not in the stream: its result is lost",
-            )
-        self._outcome(record.status, None, {"message": record.error or ""})
+        self._outcome(record.status, _NO_FINAL, {"message": record.error or ""})
 
     # -- control -------------------------------------------------------------------------------
     async def _launcher(self) -> str:
@@ -528,7 +528,7 @@ class Execution:
     async def _tree(self) -> WorkflowNode:
         status, final, failure = await self._conclusion()
         error = None
-        if status != "finished":
+        if status != "finished" or final is _NO_FINAL:
             try:
                 self._outcome(status, final, failure)
             except ExecutionError as exc:
@@ -539,10 +539,15 @@ class Execution:
             flow=self.flow,
             node=self.node,
             status=status,
-            result=final if status == "finished" else None,
+            result=final if error is None and status == "finished" else None,
             error=error,
             children=list(kids),
         )
+
+
+_NO_FINAL: Any = object()
+"""No `final` event was read: a `finished` ending without one lost its value (a repair stored
+`error` `ResultLost` in its place), which is not the flow returning None."""
 
 
 def _ending_of(heard: list[Event]) -> tuple[str, Any, dict[str, Any]] | None:
@@ -561,12 +566,10 @@ def _ending_of(heard: list[Event]) -> tuple[str, Any, dict[str, Any]] | None:
     if len(endings) != 1:
         return None
     (event,) = endings.values()
-    if status == "finished" and event.kind != "final":
-        return None
     if event.kind == "final":
         return str(status), event.data, {}
     failure = event.data if isinstance(event.data, dict) else {"message": event.data}
-    return str(status), None, failure
+    return str(status), _NO_FINAL, failure
 
 
 class _Follower:

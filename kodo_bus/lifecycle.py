@@ -496,6 +496,10 @@ async def repair(js: JetStreamContext, kv: KeyValue, record: ExecutionRecord) ->
     await fence(js, record)  # an outside ender may have died before it stored the fence
     tail = await stored_tail(js, record, tail)
     error = error_of(_ERROR_TYPES.get(record.status, "Error"), record.error or "")
+    if record.status == "finished":  # the value was the worker's alone: say it is gone
+        error = error_of(
+            RESULT_LOST, "the flow finished, but its worker stopped before its result was stored"
+        )
     return Ending(record.status, False, await store_ending(js, kv, record, tail, error))
 
 
@@ -525,6 +529,12 @@ async def stored_ending(js: JetStreamContext, record: ExecutionRecord) -> _Store
 
 _ERROR_TYPES = {"lost": "ExecutionLost", "cancelled": "Cancelled", "timeout": "Timeout"}
 """`error` type of an ending an outsider made, when a repair has to store it again."""
+
+RESULT_LOST = "ResultLost"
+"""`error` type a repair stores before a `finished` status whose `final` never was: the worker
+claimed the record, then died with its `final` unacknowledged (a server restart in between).
+`finished` stays what the record says (the flow did return); readers raise `ExecutionLost`
+instead of taking the missing value for None."""
 
 
 async def publish(js: JetStreamContext, messages: list[Message]) -> None:

@@ -7,7 +7,8 @@ stream and the `KODO_EXECUTIONS` bucket — so any test, on any bus, can hold th
 - the events of an execution carry seqs 1..n, no gap, no duplicate, up to its terminal status;
 - exactly one terminal `status` event, and nothing after it;
 - exactly one `final` or `error` event, right before it (`final` for `finished`, `error` else,
-  either for `lost`: a worker's `final` may be stored while a registry ends it);
+  either for `lost`: a worker's `final` may be stored while a registry ends it; an `error` of
+  type `ResultLost` for a `finished` whose worker died before its `final` was stored);
 - every envelope agrees with its subject (execution, launcher, kind) and with the record (node,
   flow, launcher);
 - the record exists, its status is the terminal status and its `last_seq` the terminal seq.
@@ -36,6 +37,7 @@ from kodo_bus.bus import connect
 from kodo_bus.codec import decode, decode_many
 from kodo_bus.config import ConnectSettings
 from kodo_bus.errors import WireError
+from kodo_bus.lifecycle import RESULT_LOST
 from kodo_bus.models import TERMINAL_STATUSES, Event, ExecutionRecord
 
 NO_EXECUTION = "(no execution)"
@@ -331,6 +333,8 @@ class _Judge:
             self.bad("ending", f"{len(endings)} final/error events (want 1): {listed}")
         before = [e for e in by_seq if e.seq == terminal.seq - 1]
         want = _ENDING_KINDS.get(str(status), ("error",))
+        if before and _result_lost(before[0]) and status == "finished":
+            want = ("error",)  # a repair's: the worker died before its `final` was stored
         if not before or before[0].kind not in want:
             got = before[0].kind if before else "nothing"
             said = f"seq {terminal.seq - 1} before terminal {status} is {got}, want {want}"
@@ -348,6 +352,14 @@ class _Judge:
 _ENDING_KINDS = {"finished": ("final",), "lost": ("final", "error")}
 """The ending event allowed before each terminal status (`error` for the others). `lost` may
 follow a worker's `final`: stored while a registry, judging its node gone, was ending it."""
+
+
+def _result_lost(event: Event) -> bool:
+    return (
+        event.kind == "error"
+        and isinstance(event.data, dict)
+        and event.data.get("type") == RESULT_LOST
+    )
 
 
 def _check_one(

@@ -16,10 +16,12 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from kodo_bus import Client, ExecutionLost
 from kodo_bus.bus import connect, ensure_execution_storage
 from kodo_bus.config import ConnectSettings
 from kodo_bus.executions import event_message, read_record, record_key
 from kodo_bus.lifecycle import (
+    RESULT_LOST,
     Message,
     claim,
     conclude,
@@ -33,6 +35,7 @@ from kodo_bus.lifecycle import (
 from kodo_bus.models import TERMINAL_STATUSES, Event, ExecutionRecord
 from kodo_bus.server import NatsServer
 
+from .invariants import check_executions
 from .test_execution_support import FIRST_EVENTS, check_well_formed, handmade
 
 Bus = tuple[NATS, JetStreamContext, KeyValue]
@@ -174,3 +177,36 @@ async def test_mark_lost_repairs_an_ending_its_dead_node_left_half_stored(
     assert won.won
     assert await mark_lost(js, record.node) == 0  # nothing left to end: it repairs
     await _check(js, kv, record, "cancelled")
+
+
+async def test_a_finished_claim_whose_final_was_never_stored_reads_as_lost(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    """The worker claimed `finished` with its `final` still unacknowledged, then died (a server
+    restart lost the `final`): the repair cannot store a value only the worker had. It stores
+    `error` `ResultLost` and the `finished` the record holds, and `result()` raises
+    `ExecutionLost`, live and from the record — never None as if the flow had returned it."""
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+    won = await claim(
+        kv, record_key(record), "finished", last_seq=5, error=None, known=(record, revision)
+    )
+    assert won.won
+    async with Client(nats_server.url) as client:
+        ex = client.execution(record.execution)
+        with pytest.raises(ExecutionLost, match="its result"):
+            await ex.result(timeout=30)  # from the record: no terminal event is stored yet
+        stored = await read_record(kv, record_key(record))
+        assert stored is not None
+        assert (await repair(js, kv, stored[0])).status == "finished"
+        with pytest.raises(ExecutionLost, match="its result"):
+            await ex.result(timeout=30)  # from the stored ending
+        tree = await ex.workflow(timeout=30)
+        assert tree.result is None and tree.error and "never stored" in tree.error
+    events = sorted(await stored_events(js, record), key=lambda e: e.seq)
+    assert [e.kind for e in events[-2:]] == ["error", "status"]
+    assert events[-2].data["type"] == RESULT_LOST
+    report = await check_executions(js, executions=[record.execution])
+    assert report.rules() == set(), report
+    stored = await read_record(kv, record_key(record))
+    assert stored is not None and (stored[0].status, stored[0].last_seq) == ("finished", 5)
