@@ -87,6 +87,28 @@ async def test_an_outsider_ends_between_the_owners_final_and_its_claim(bus: Bus)
     await _check(js, kv, record, "lost")
 
 
+async def test_an_owner_behind_the_tail_is_fenced_after_an_outside_ending(bus: Bus) -> None:
+    """The runner's own ending after an outsider's, numbered from what the runner knows (seq
+    3) while the tail went on (a worker's event at 4): only the fence refuses it. Without its
+    condition the runner's `error` would store a second seq 4 after the terminal status (its
+    Msg-Id, `<execution>:4:end`, matches nothing the duplicate window holds). This is a node
+    resumed after a registry ended its queued execution, without the minutes a real resume
+    past the duplicate window takes."""
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+    worker = Event(
+        seq=4, ts=time.time(), kind="markdown", data="still running",
+        execution=record.execution, node=record.node, flow="f", launcher="local",
+    )  # fmt: skip
+    await publish(js, [event_message(worker)])
+    outside = await end_from_outside(js, kv, record, "lost", LOST)
+    assert outside.won and outside.last_seq == 6
+    stopping = error_of("Cancelled", "the node stopped")
+    owner = await conclude(js, kv, record, 3, "cancelled", error=stopping, known=(record, revision))
+    assert (owner.won, owner.status, owner.last_seq) == (False, "lost", 6)
+    await _check(js, kv, record, "lost")
+
+
 async def test_an_outsider_ends_before_the_owner_stores_its_final(bus: Bus) -> None:
     """The outsider numbered its `error` 4 before the owner's `final` 4 was stored: one of the
     two copies of seq 4 is kept (same Msg-Id), the outsider's status 5 ends it."""
