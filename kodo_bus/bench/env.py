@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -33,7 +34,8 @@ from .. import subjects
 from ..bus import connect, jetstream
 from ..client import Client
 from ..config import ConnectSettings, FlowDecl, ServerSettings, ServiceSettings
-from ..errors import KodoError
+from ..errors import FlowNotFound, KodoError
+from ..flow_ref import Flow
 from ..flows import load_flows
 from ..server import NatsServer
 from ..service import KodoService
@@ -299,11 +301,51 @@ class BenchEnv:
         exited.cancel()
         return proc
 
+    @contextlib.asynccontextmanager
+    async def own_node(self, kb: Client, flow: str) -> AsyncIterator[tuple[Flow, Process]]:
+        """A node serving the benchmark flows in a `kodo-bus run` process of its own (its
+        actors on this run's Ray), as a deployment has it, and its `flow` once listed; the
+        node is stopped by PID on the way out. The in-process service shares one event loop
+        between the SDK and the node: it saves a NATS hop's worth of work but makes them
+        compete for one core."""
+        import ray
+
+        await self.ray()
+        node_id = f"bench-sep-{self.run_id}"
+        config = self.write_config(
+            node_id,
+            {
+                "flows": [{"module": FLOW_MODULE}],
+                "max_running": self.settings.max_running,
+                "actors": self.settings.actors or self.settings.ray_cpus,
+            },
+        )
+        gcs = ray.get_runtime_context().gcs_address
+        node = await self.run_service(
+            node_id, "node", "--config", str(config), "--ray-address", gcs
+        )
+        try:
+            yield await _listed(kb, f"{node_id}/{flow}", self.service_id), node
+        finally:
+            await self.stop(node)
+
     async def stop(self, proc: Process) -> None:
         """Stop one child (SIGTERM, then SIGKILL) and its children, by PID."""
         await stop_process(proc)
         with contextlib.suppress(ValueError):
             self._procs.remove(proc)
+
+
+async def _listed(kb: Client, name: str, via: str, within: float = 30.0) -> Flow:
+    """The flow once the registry lists it (its node announced it a moment ago)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            return await kb.flow(name, via=via)
+        except FlowNotFound:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 async def stop_process(proc: Process, timeout: float = 15.0) -> None:

@@ -3,7 +3,8 @@
 Each sample is what a user waits for: `await flow.launch({})` then `await execution.result()`
 (the request to the node, the record and first events, the hand-over to a Ray actor, the final
 event, and the SDK's ordered consumer reading it). Floors: a bare Ray task round trip and a bare
-NATS request/reply, the two hops a launch cannot avoid.
+NATS request/reply, the two hops a launch cannot avoid. Then the same launches to a node in a
+`kodo-bus run` process of its own, as deployed (issue 18 asks for both).
 """
 
 from __future__ import annotations
@@ -33,19 +34,7 @@ async def run(env: BenchEnv, *, n: int = 500, warmup: int = 30) -> ScenarioResul
     await env.service()
     kb = await env.client()
     flow = await kb.flow("bench-noop", via=env.service_id)
-    for _ in range(warmup):
-        await (await flow.launch({})).result(timeout=60)
-    total: list[float] = []
-    reply: list[float] = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        ex = await flow.launch({})
-        t1 = time.perf_counter()
-        await ex.result(timeout=60)
-        t2 = time.perf_counter()
-        reply.append(t1 - t0)
-        total.append(t2 - t0)
-
+    total, reply = await _sequential(flow, n, warmup)
     await _phases(result, flow, max(10, min(n, 100)))
     ray_floor = floors.p50_floor("Ray task", await floors.ray_task_round_trip(max(n, 100)))
     nc = await env.nats()
@@ -60,8 +49,31 @@ async def run(env: BenchEnv, *, n: int = 500, warmup: int = 30) -> ScenarioResul
     reply_ms = [s * 1000 for s in reply]
     result.add("launch→reply p50", percentile(reply_ms, 50), "ms", floor=nats_floor)
     result.add("launch→reply p99", percentile(reply_ms, 99), "ms", floor=nats_floor)
+    async with env.own_node(kb, "bench-noop") as (apart, _):
+        total, _ = await _sequential(apart, n, warmup)
+    ms = [s * 1000 for s in total]
+    for p in (50, 99):
+        name = f"launch→final p{p}, node in its own process"
+        result.add(name, percentile(ms, p), "ms", floor=ray_floor)
     result.seconds = watch()
     return result
+
+
+async def _sequential(flow: Flow, n: int, warmup: int) -> tuple[list[float], list[float]]:
+    """`n` launches one after the other (after `warmup`): seconds to the final, to the reply."""
+    for _ in range(warmup):
+        await (await flow.launch({})).result(timeout=60)
+    total: list[float] = []
+    reply: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ex = await flow.launch({})
+        t1 = time.perf_counter()
+        await ex.result(timeout=60)
+        t2 = time.perf_counter()
+        reply.append(t1 - t0)
+        total.append(t2 - t0)
+    return total, reply
 
 
 async def _phases(result: ScenarioResult, flow: Flow, n: int) -> None:

@@ -27,12 +27,10 @@ from nats.aio.msg import Msg
 
 from .. import subjects
 from ..client import Client
-from ..errors import FlowNotFound
 from ..flow_ref import Flow
 from . import floors
 from .common import Floor, ScenarioResult, Stopwatch, cpu_seconds
 from .env import BenchEnv, BenchError
-from .flows import FLOW_MODULE
 
 TARGET_PER_S = 1000.0
 TARGET_RAY_RATIO = 0.8
@@ -69,21 +67,7 @@ async def _separate(
     run's Ray), as a deployment has it: the figures above share one process and one event loop
     between the SDK and the node, which saves a NATS hop's worth of work but makes them compete
     for one core."""
-    import ray
-
-    node_id = f"bench-sep-{env.run_id}"
-    config = env.write_config(
-        node_id,
-        {
-            "flows": [{"module": FLOW_MODULE}],
-            "max_running": env.settings.max_running,
-            "actors": env.settings.actors or env.settings.ray_cpus,
-        },
-    )
-    gcs = ray.get_runtime_context().gcs_address
-    node = await env.run_service(node_id, "node", "--config", str(config), "--ray-address", gcs)
-    try:
-        flow = await _listed(kb, f"{node_id}/bench-noop", env.service_id)
+    async with env.own_node(kb, "bench-noop") as (flow, node):
 
         def parts() -> dict[str, list[psutil.Process]]:
             found = _processes(env)
@@ -92,8 +76,6 @@ async def _separate(
             return found
 
         elapsed, _, cpu_used, failed = await _measure(kb, flow, n, warmup, parts)
-    finally:
-        await env.stop(node)
     name = "executions/s (all final), node in its own process"
     result.add(name, n / elapsed, "/s", better="higher", floor=ray_floor, target=TARGET_PER_S)
     result.add(
@@ -109,18 +91,6 @@ async def _separate(
     result.add("CPU per execution, node in its own process, all of them", total, "ms")
     if failed:
         result.notes.append(f"node in its own process: {failed} of {n} did not finish")
-
-
-async def _listed(kb: Client, name: str, via: str, within: float = 30.0) -> Flow:
-    """The flow once the registry lists it (the node announced it a moment ago)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        try:
-            return await kb.flow(name, via=via)
-        except FlowNotFound:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def _measure(
