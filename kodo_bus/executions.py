@@ -88,9 +88,12 @@ async def create_record(kv: KeyValue, record: ExecutionRecord) -> int:
     """Store a new record, and its node's index entry beside it (sent together: the index
     costs no round trip of its own); the record's revision. An index entry without its record
     (a create that failed) is harmless: its reader checks the record."""
+    create = asyncio.ensure_future(
+        kv.create(record_key(record), record_bytes(record), msg_ttl=_ttl(record))
+    )
     index = asyncio.ensure_future(index_record(kv, record))
     try:
-        return int(await kv.create(record_key(record), record_bytes(record), msg_ttl=_ttl(record)))
+        return int(await create)
     finally:
         await index
 

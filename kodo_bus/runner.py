@@ -401,10 +401,14 @@ class Runner:
             for kind, message in first
             if message is not None
         ]
+        # The record's create first, then the first events: all five messages (the index
+        # entry too) go out in one socket write, instead of the events alone and the record a
+        # loop turn later — a write is a loopback send, among the dearest steps of a launch.
+        creating = asyncio.ensure_future(self._create(self._kv, record))
         for message in claims:
             self._pub.put(*message)
         created, drained = await asyncio.gather(
-            self._create(self._kv, record), self._pub.drain(execution), return_exceptions=True
+            creating, self._pub.drain(execution), return_exceptions=True
         )
         meta_id = claims[0][2][MSG_ID]
         if self._pub.preceded(meta_id):  # the `meta` decides

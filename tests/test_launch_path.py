@@ -197,9 +197,10 @@ def _event(record: ExecutionRecord, seq: int, kind: str, data: Any) -> Event:
 def test_a_live_ending_is_trusted_only_when_it_is_clear() -> None:
     """`result()` heard live takes the terminal status and the one `final`/`error` right
     before it; anything less clear (two different endings at that seq — a worker whose claim
-    lost sent a refused `final` beside the winner's `error` —, none, a `finished` without a
-    `final`) is left to the follow, which reads what the stream stored."""
-    from kodo_bus.execution_ref import _ending_of
+    lost sent a refused `final` beside the winner's `error` —, none) is left to the follow,
+    which reads what the stream stored. An `error` before `finished` is a repair's
+    `ResultLost`: no value (`_NO_FINAL`, so `result()` raises `ExecutionLost`)."""
+    from kodo_bus.execution_ref import _NO_FINAL, _ending_of
 
     now = time.time()
     r = ExecutionRecord(
@@ -211,9 +212,9 @@ def test_a_live_ending_is_trusted_only_when_it_is_clear() -> None:
     error = _event(r, 4, "error", {"type": "ExecutionLost", "message": "gone"})
     assert _ending_of([final, finished]) == ("finished", 7, {})
     assert _ending_of([final, final, finished, finished]) == ("finished", 7, {})  # copies
-    assert _ending_of([error, lost]) == ("lost", None, error.data)
+    assert _ending_of([error, lost]) == ("lost", _NO_FINAL, error.data)
     assert _ending_of([final, error, lost]) is None
-    assert _ending_of([error, finished]) is None
+    assert _ending_of([error, finished]) == ("finished", _NO_FINAL, error.data)
     assert _ending_of([finished]) is None
     assert _ending_of([_event(r, 3, "final", 7), finished]) is None
     assert _ending_of([final]) is None
