@@ -400,8 +400,8 @@ class Execution:
             if final is _NO_FINAL:  # repaired: the worker died before its `final` was stored
                 raise ExecutionLost(
                     self.id,
-                    f"execution {self.id} finished but its result was never stored: "
-                    + (message or "it is lost"),
+                    f"execution {self.id} finished but its result is not in the stream: "
+                    + (message or "never stored, or discarded by the store's limits"),
                 )
             return final
         if status == "cancelled":

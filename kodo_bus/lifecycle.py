@@ -497,9 +497,7 @@ async def repair(js: JetStreamContext, kv: KeyValue, record: ExecutionRecord) ->
     tail = await stored_tail(js, record, tail)
     error = error_of(_ERROR_TYPES.get(record.status, "Error"), record.error or "")
     if record.status == "finished":  # the value was the worker's alone: say it is gone
-        error = error_of(
-            RESULT_LOST, "the flow finished, but its worker stopped before its result was stored"
-        )
+        error = error_of(RESULT_LOST, "its worker stopped before storing it")
     return Ending(record.status, False, await store_ending(js, kv, record, tail, error))
 
 

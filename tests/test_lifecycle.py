@@ -224,7 +224,7 @@ async def test_a_finished_claim_whose_final_was_never_stored_reads_as_lost(
         with pytest.raises(ExecutionLost, match="its result"):
             await ex.result(timeout=30)  # from the stored ending
         tree = await ex.workflow(timeout=30)
-        assert tree.result is None and tree.error and "never stored" in tree.error
+        assert tree.result is None and tree.error and "not in the stream" in tree.error
     events = sorted(await stored_events(js, record), key=lambda e: e.seq)
     assert [e.kind for e in events[-2:]] == ["error", "status"]
     assert events[-2].data["type"] == RESULT_LOST

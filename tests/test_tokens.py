@@ -17,10 +17,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.kv import KeyValue
 
 from kodo_bus import subjects
 from kodo_bus.auth import UserStore, permissions
@@ -30,6 +28,7 @@ from kodo_bus.errors import ConfigError
 from kodo_bus.models import Catalog, FlowInfo, Heartbeat, NodeEntry, RegistryView
 from kodo_bus.server import NatsServer
 from kodo_bus.service import KodoService
+from kodo_bus.snapshot import current
 
 from .test_reliability_support import eventually
 
@@ -143,11 +142,12 @@ async def announce(nc: NATS, cat: Catalog) -> None:
 
 async def stored(nc: NATS, registry: str) -> set[str]:
     """Node ids in the registry's KV bucket (what a restarted registry would serve)."""
-    kv: KeyValue = await nc.jetstream().key_value(subjects.bucket_view(registry))
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return set()
+    # snapshot.current, not kv.keys(): nats-py's keys() can end before it saw any key, and
+    # "not in" would then pass for nothing
+    bucket = subjects.bucket_view(registry)
+    prefix = subjects.kv_subject(bucket, "")
+    messages = current(nc.jetstream(), subjects.kv_stream(bucket), prefix + ">")
+    keys = {m.subject.removeprefix(prefix) async for m in messages if m.data}  # not deleted
     return {key.removeprefix("node.") for key in keys}
 
 
