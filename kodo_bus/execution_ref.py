@@ -86,6 +86,10 @@ FIRST_CHECK = 0.5
 END_GRACE = 2 * ACK_WAIT
 """Seconds a follower waits for the terminal event of an execution whose record already says it
 ended (the record is written after its terminal events are acknowledged)."""
+_NO_FINAL: Any = object()
+"""No `final` event was read: a `finished` ending without one lost its value (a repair stored
+`error` `ResultLost` in its place), which is not the flow returning None."""
+
 FOLLOW_INACTIVE = 2.0
 """Inactivity threshold of a follow's consumer: the server deletes it this long after nobody
 listens. A backstop only: a follow deletes its consumer itself when it ends."""
@@ -270,18 +274,34 @@ class Execution:
         outcome (`ExecutionLost`, `ExecutionFailed`...) when the record ended but the stream
         never gets a terminal status event.
         """
+        stream = self._events(kinds, replay)
+        async with contextlib.aclosing(stream):
+            try:
+                async for event in stream:
+                    yield event
+            except _RecordEnded as ended:
+                self._record_outcome(ended.record, ended.final)
+
+    async def _events(self, kinds: Iterable[str] | None, replay: bool) -> AsyncGenerator[Event]:
+        """`events()`, raising `_RecordEnded` where it raises the record's outcome."""
         wanted = set(kinds) if kinds else None
         # The launcher's token in the filter is what a client's permissions allow (its own).
         follower = _Follower(self, self.launcher or self._client.user)
+        final: Any = _NO_FINAL
         try:
             await follower.open(replay)
             while True:
                 for event in await follower.next_ready():
                     self.launcher, self.node, self.flow = event.launcher, event.node, event.flow
+                    if event.kind == "final":
+                        final = event.data
                     if wanted is None or event.kind in wanted:
                         yield event
                     if status_of(event) in TERMINAL_STATUSES:
                         return
+        except _RecordEnded as ended:
+            ended.final = final
+            raise
         finally:
             await follower.close()
 
@@ -381,17 +401,22 @@ class Execution:
         """
         final: Any = _NO_FINAL
         failure: dict[str, Any] = {}
-        events = self.events(kinds=("final", "error", "status"))
+        events = self._events(("final", "error", "status"), True)
         async with contextlib.aclosing(events):
-            async for event in events:
-                if event.kind == "final":
-                    final = event.data
-                elif event.kind == "error":
-                    failure = (
-                        event.data if isinstance(event.data, dict) else {"message": event.data}
-                    )
-                elif (status := status_of(event)) in TERMINAL_STATUSES:
-                    return status or "", final, failure
+            try:
+                async for event in events:
+                    if event.kind == "final":
+                        final = event.data
+                    elif event.kind == "error":
+                        failure = (
+                            event.data if isinstance(event.data, dict) else {"message": event.data}
+                        )
+                    elif (status := status_of(event)) in TERMINAL_STATUSES:
+                        return status or "", final, failure
+            except _RecordEnded as ended:
+                if ended.record.status == "finished" and ended.final is not _NO_FINAL:
+                    return "finished", ended.final, {}  # its status is missing, not its value
+                self._record_outcome(ended.record, ended.final)
         raise ExecutionLost(self.id, f"execution {self.id} ended without a terminal status")
 
     def _outcome(self, status: str, final: Any, failure: dict[str, Any]) -> Any:
@@ -418,8 +443,15 @@ class Execution:
             self.id, str(failure.get("type", "Error")), message, str(failure.get("traceback", ""))
         )
 
-    def _record_outcome(self, record: ExecutionRecord) -> None:
-        """Raise how `record` says the execution ended (its terminal event is not stored)."""
+    def _record_outcome(self, record: ExecutionRecord, final: Any = _NO_FINAL) -> None:
+        """Raise how `record` says the execution ended (its terminal event is not stored);
+        `final`: the value a follow read, if it did."""
+        if record.status == "finished" and final is not _NO_FINAL:
+            raise ExecutionLost(
+                self.id,
+                f"execution {self.id} finished (its record says so, and its final event was "
+                "read), but its terminal status is not in the stream",
+            )
         self._outcome(record.status, _NO_FINAL, {"message": record.error or ""})
 
     # -- control -------------------------------------------------------------------------------
@@ -545,9 +577,15 @@ class Execution:
         )
 
 
-_NO_FINAL: Any = object()
-"""No `final` event was read: a `finished` ending without one lost its value (a repair stored
-`error` `ResultLost` in its place), which is not the flow returning None."""
+class _RecordEnded(Exception):
+    """A follow found the record terminal and its terminal event missing (`END_GRACE` on):
+    `events()` raises the record's outcome; `_conclusion` keeps a `final` it read already."""
+
+    def __init__(self, record: ExecutionRecord) -> None:
+        super().__init__(record.execution)
+        self.record = record
+        self.final: Any = _NO_FINAL
+        """The `final` the follow read before, if any."""
 
 
 def _ending_of(heard: list[Event]) -> tuple[str, Any, dict[str, Any]] | None:
@@ -566,6 +604,8 @@ def _ending_of(heard: list[Event]) -> tuple[str, Any, dict[str, Any]] | None:
     if len(endings) != 1:
         return None
     (event,) = endings.values()
+    if status == "finished" and event.kind != "final":
+        return None  # a repair's `ResultLost`, or a refused `error` heard: the follow reads it
     if event.kind == "final":
         return str(status), event.data, {}
     failure = event.data if isinstance(event.data, dict) else {"message": event.data}
@@ -750,7 +790,7 @@ class _Follower:
                 record.node,
                 record.flow,
             )
-            self.ex._record_outcome(record)
+            raise _RecordEnded(record)
 
     async def _subscribe(self, after: int) -> None:
         """A consumer of the execution's events from the start, or from stream seq `after` + 1;

@@ -8,7 +8,8 @@ stream and the `KODO_EXECUTIONS` bucket — so any test, on any bus, can hold th
 - exactly one terminal `status` event, and nothing after it;
 - exactly one `final` or `error` event, right before it (`final` for `finished`, `error` else,
   either for `lost`: a worker's `final` may be stored while a registry ends it; an `error` of
-  type `ResultLost` for a `finished` whose worker died before its `final` was stored);
+  type `ResultLost` before a repaired `finished` whose worker died before its `final` was
+  stored is reported as its own rule, `result-lost`, not as a malformed ending);
 - every envelope agrees with its subject (execution, launcher, kind) and with the record (node,
   flow, launcher);
 - the record exists, its status is the terminal status and its `last_seq` the terminal seq.
@@ -334,7 +335,10 @@ class _Judge:
         before = [e for e in by_seq if e.seq == terminal.seq - 1]
         want = _ENDING_KINDS.get(str(status), ("error",))
         if before and _result_lost(before[0]) and status == "finished":
-            want = ("error",)  # a repair's: the worker died before its `final` was stored
+            # A repair's: the worker died before its `final` was stored. Well formed, but a
+            # value lost: its own rule, which only a test that makes that loss accepts.
+            self.bad("result-lost", f"seq {terminal.seq - 1} is error ResultLost")
+            want = ("error",)
         if not before or before[0].kind not in want:
             got = before[0].kind if before else "nothing"
             said = f"seq {terminal.seq - 1} before terminal {status} is {got}, want {want}"

@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from kodo_bus import Client, ExecutionLost
 from kodo_bus.bus import connect, ensure_execution_storage
+from kodo_bus.cli.exec_cmd import EXIT_BY_STATUS, follow
 from kodo_bus.config import ConnectSettings
 from kodo_bus.executions import event_message, read_record, record_key
 from kodo_bus.lifecycle import (
@@ -207,7 +208,8 @@ async def test_a_finished_claim_whose_final_was_never_stored_reads_as_lost(
     """The worker claimed `finished` with its `final` still unacknowledged, then died (a server
     restart lost the `final`): the repair cannot store a value only the worker had. It stores
     `error` `ResultLost` and the `finished` the record holds, and `result()` raises
-    `ExecutionLost`, live and from the record — never None as if the flow had returned it."""
+    `ExecutionLost`, live and from the record — never None as if the flow had returned it;
+    `kodo-bus launch`'s follow exits as for `lost`."""
     _, js, kv = bus
     record, revision = await _running(js, kv)
     won = await claim(
@@ -225,10 +227,37 @@ async def test_a_finished_claim_whose_final_was_never_stored_reads_as_lost(
             await ex.result(timeout=30)  # from the stored ending
         tree = await ex.workflow(timeout=30)
         assert tree.result is None and tree.error and "not in the stream" in tree.error
+        assert await follow(ex, as_json=True, interactive=False) == EXIT_BY_STATUS["lost"]
     events = sorted(await stored_events(js, record), key=lambda e: e.seq)
     assert [e.kind for e in events[-2:]] == ["error", "status"]
     assert events[-2].data["type"] == RESULT_LOST
     report = await check_executions(js, executions=[record.execution])
-    assert report.rules() == set(), report
+    assert report.rules() == {"result-lost"}, report  # well formed, the value named lost
     stored = await read_record(kv, record_key(record))
     assert stored is not None and (stored[0].status, stored[0].last_seq) == ("finished", 5)
+
+
+async def test_a_follower_keeps_a_final_it_read_when_only_the_status_is_missing(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    """The worker stored its `final` and claimed `finished`, then died before its status: the
+    value is in the stream. `result()` (a follow: nothing is heard live) gives it once the
+    record's grace is over — not `ExecutionLost`, which it raised while dropping the `final`
+    it had read; `events()` still raises, saying what is missing: the terminal status."""
+    _, js, kv = bus
+    record, revision = await _running(js, kv)
+    final = Event(
+        seq=4, ts=time.time(), kind="final", data=42,
+        execution=record.execution, node=record.node, flow="f", launcher="local",
+    )  # fmt: skip
+    await publish(js, [event_message(final, f"{record.execution}:4:end")])
+    won = await claim(
+        kv, record_key(record), "finished", last_seq=5, error=None, known=(record, revision)
+    )
+    assert won.won
+    async with Client(nats_server.url) as client:
+        ex = client.execution(record.execution)
+        assert await ex.result(timeout=60) == 42
+        with pytest.raises(ExecutionLost, match="terminal status is not in the stream"):
+            async for _ in ex.events():
+                pass

@@ -182,6 +182,7 @@ async def follow(execution: Execution, as_json: bool, interactive: bool) -> int:
     """Show every event until the terminal status; returns the documented exit code."""
     renderer = EventRenderer(out)
     status = "lost"
+    final = False
     try:
         async with _closing(execution.events()) as events:
             async for event in events:
@@ -191,10 +192,13 @@ async def follow(execution: Execution, as_json: bool, interactive: bool) -> int:
                     renderer.render(event)
                 if event.kind == "lock" and interactive and isinstance(event.data, dict):
                     await _answer_lock(execution, event.data)
+                final = final or event.kind == "final"
                 if (s := status_of(event)) in TERMINAL_STATUSES:
                     status = s or status
     finally:
         renderer.close()
+    if status == "finished" and not final:  # repaired: its result was lost (`ResultLost`)
+        status = "lost"
     return EXIT_BY_STATUS.get(status, 1)
 
 
