@@ -12,6 +12,7 @@ Events are JSON `Event`s with the header `Nats-Msg-Id: <execution>:<seq>`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -93,9 +94,13 @@ async def create_record(kv: KeyValue, record: ExecutionRecord) -> int:
     )
     index = asyncio.ensure_future(index_record(kv, record))
     try:
-        return int(await create)
-    finally:
-        await index
+        revision = int(await create)
+    except BaseException:  # the create's error is the one that says what happened
+        with contextlib.suppress(Exception):
+            await index
+        raise
+    await index
+    return revision
 
 
 async def index_record(kv: KeyValue, record: ExecutionRecord) -> None:
