@@ -612,18 +612,9 @@ async def mark_lost(js: JetStreamContext, node: str, instance: str | None = None
 async def records_of(js: JetStreamContext, node: str) -> list[str]:
     """The record keys `node`'s index names, in one pass over that index only (nats-py's
     kv.keys() can end before it has seen them all)."""
-    bucket = subjects.BUCKET_EXECUTIONS
-    index = subjects.kv_subject(bucket, subjects.record_node_key(node, "*", "*"))
+    index = subjects.record_node_key(node, "*", "*")
     keys = []
-    async for msg in snapshot.current(js, subjects.kv_stream(bucket), index):
-        if (msg.headers or {}).get(KV_OPERATION) in (KV_DEL, KV_PURGE):
-            continue  # an index entry deleted or purged
-        user, execution = msg.subject.split(".")[-2:]
+    for key in await snapshot.kv_keys(js, subjects.BUCKET_EXECUTIONS, index):
+        user, execution = key.split(".")[-2:]
         keys.append(subjects.record_key(user, execution))
     return keys
-
-
-KV_OPERATION = "KV-Operation"
-"""NATS KV convention: the header that marks a deleted (`DEL`) or purged (`PURGE`) key."""
-KV_DEL = "DEL"
-KV_PURGE = "PURGE"

@@ -23,6 +23,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from . import subjects
 from .bus import consumer_config
 from .errors import SnapshotStalled
 
@@ -89,6 +90,23 @@ async def current(
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+
+KV_OPERATION = "KV-Operation"
+"""NATS KV convention: the header that marks a deleted (`DEL`) or purged (`PURGE`) key."""
+KV_DEL = "DEL"
+KV_PURGE = "PURGE"
+
+
+async def kv_keys(js: JetStreamContext, bucket: str, keys: str = ">") -> list[str]:
+    """The live keys of `bucket` matching `keys` (a subject pattern over the key), in one pass
+    (`current`): what nats-py's `kv.keys()` does, without ending before it saw them all."""
+    prefix = subjects.kv_subject(bucket, "")
+    found = []
+    async for msg in current(js, subjects.kv_stream(bucket), prefix + keys):
+        if (msg.headers or {}).get(KV_OPERATION) not in (KV_DEL, KV_PURGE):
+            found.append(msg.subject.removeprefix(prefix))
+    return found
 
 
 async def _left(sub: JetStreamContext.PushSubscription, idle: float, what: str) -> bool:

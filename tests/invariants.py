@@ -40,10 +40,10 @@ from kodo_bus.config import ConnectSettings
 from kodo_bus.errors import WireError
 from kodo_bus.lifecycle import RESULT_LOST
 from kodo_bus.models import TERMINAL_STATUSES, Event, ExecutionRecord
+from kodo_bus.snapshot import KV_DEL, KV_OPERATION, KV_PURGE
 
 NO_EXECUTION = "(no execution)"
 """Where a message on `kodo.events.>` whose subject names no execution is reported."""
-KV_OPERATION = "KV-Operation"
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ RecordOrProblem = ExecutionRecord | str | None
 
 
 def _record_of(key: str, data: bytes, headers: Mapping[str, str] | None) -> RecordOrProblem:
-    if headers and headers.get(KV_OPERATION) in ("DEL", "PURGE"):
+    if headers and headers.get(KV_OPERATION) in (KV_DEL, KV_PURGE):
         return None
     if not data:
         return None

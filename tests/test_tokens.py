@@ -28,7 +28,7 @@ from kodo_bus.errors import ConfigError
 from kodo_bus.models import Catalog, FlowInfo, Heartbeat, NodeEntry, RegistryView
 from kodo_bus.server import NatsServer
 from kodo_bus.service import KodoService
-from kodo_bus.snapshot import current
+from kodo_bus.snapshot import kv_keys
 
 from .test_reliability_support import eventually
 
@@ -142,12 +142,7 @@ async def announce(nc: NATS, cat: Catalog) -> None:
 
 async def stored(nc: NATS, registry: str) -> set[str]:
     """Node ids in the registry's KV bucket (what a restarted registry would serve)."""
-    # snapshot.current, not kv.keys(): nats-py's keys() can end before it saw any key, and
-    # "not in" would then pass for nothing
-    bucket = subjects.bucket_view(registry)
-    prefix = subjects.kv_subject(bucket, "")
-    messages = current(nc.jetstream(), subjects.kv_stream(bucket), prefix + ">")
-    keys = {m.subject.removeprefix(prefix) async for m in messages if m.data}  # not deleted
+    keys = await kv_keys(nc.jetstream(), subjects.bucket_view(registry))
     return {key.removeprefix("node.") for key in keys}
 
 
