@@ -130,6 +130,10 @@ class RayRecord:
         self.owner = owner or os.getpid()
         self.path = self.directory / f"{self.owner}.json"
         self._known: dict[int, float] = {}
+        self._lock = threading.Lock()
+        """The pool records Ray's processes from several threads at once (`asyncio.to_thread`,
+        one per actor it starts): one write at a time, or the second `replace` finds the
+        temporary file gone."""
         self.created: float | None = None
         """When the owner started (a PID reused by another program is not the owner)."""
 
@@ -147,19 +151,24 @@ class RayRecord:
 
     def add(self, procs: Iterable[psutil.Process]) -> None:
         """Record these processes too (the file is replaced whole: never half-written)."""
+        found = {}
         for proc in procs:
             with contextlib.suppress(psutil.Error):
-                self._known[proc.pid] = proc.create_time()
-        self.created = self.created or _start_time(self.owner)
-        data = {"owner": [self.owner, self.created], "processes": sorted(self._known.items())}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps(data))
-        partial.replace(self.path)
+                found[proc.pid] = proc.create_time()
+        with self._lock:
+            self._known.update(found)
+            self.created = self.created or _start_time(self.owner)
+            data = {"owner": [self.owner, self.created], "processes": sorted(self._known.items())}
+            self.directory.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".tmp")
+            partial.write_text(json.dumps(data))
+            partial.replace(self.path)
 
     def processes(self) -> list[psutil.Process]:
         """The recorded processes still alive, with whatever runs below them now."""
-        found = [p for pid, t in self._known.items() if (p := _same(pid, t)) is not None]
+        with self._lock:
+            known = list(self._known.items())
+        found = [p for pid, t in known if (p := _same(pid, t)) is not None]
         below = [c for p in found for c in tree(p.pid)[1:]]
         return found + below
 
@@ -170,9 +179,10 @@ class RayRecord:
         return killed
 
     def forget(self) -> None:
-        self._known.clear()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        with self._lock:
+            self._known.clear()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 def clean_left(directory: Path | None = None) -> int:
